@@ -1,0 +1,65 @@
+# hpcgate: `make demo` runs the gateway on the local lab, `make test` tests it. Both set up first.
+# Everything installs only when missing, so repeated runs are quick.
+
+# The environment jobs run in must be readable and executable by the lab users (alice, bob,
+# carol): Debian's python3 in a world-readable place, not a Python under /root.
+VENV ?= /opt/hpcgate/venv
+PY := $(VENV)/bin/python
+CHP_DIR ?= /opt/hpcgate/chp
+LAB_DIR ?= /var/tmp/hpcgate-lab
+DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
+	python3 python3-venv
+SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
+
+.PHONY: setup debs test lint demo demo-down bench clean-lab
+
+setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# Node.js may come from elsewhere than Debian (NodeSource): look for the command, not the package.
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+
+$(PY):
+	mkdir -p $(dir $(VENV))
+	/usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Dependencies follow pyproject.toml; the project itself is reinstalled whenever a source changes
+# (a real install, not an editable one: jobs import it as the lab users, whatever the checkout's modes).
+$(VENV)/.deps-stamp: pyproject.toml | $(PY)
+	$(PY) -m pip install -q '.[test,bench]'
+	touch $@
+
+$(VENV)/.hpcgate-stamp: $(VENV)/.deps-stamp pyproject.toml $(SOURCES)
+	$(PY) -m pip install -q --no-deps --force-reinstall .
+	touch $@
+
+$(VENV)/bin/configurable-http-proxy: | $(PY)
+	mkdir -p $(CHP_DIR)
+	cd $(CHP_DIR) && npm install --silent --no-fund --no-audit configurable-http-proxy@5.3.0
+	ln -sf $(CHP_DIR)/node_modules/.bin/configurable-http-proxy $@
+
+lint: setup
+	$(VENV)/bin/ruff check schedulers auth gateway tests benchmarks
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/hpcgate lab up --nodes 2 --dir $(LAB_DIR)
+	@echo
+	@echo "Try a job as alice:  sudo -u alice env SLURM_CONF=$(LAB_DIR)/etc/slurm.conf sbatch -w c2 --wrap 'hostname'"
+	@echo "Stop the lab:        make demo-down"
+
+demo-down:
+	$(VENV)/bin/hpcgate lab down --dir $(LAB_DIR)
+
+bench: setup
+	@echo "Benchmarks arrive with the scheduler, spawner, LDAP and tunnel work."

@@ -1,0 +1,1 @@
+"""The JupyterHub side of hpcgate: spawner, site policy, tunnels, depots and the `hpcgate` command."""

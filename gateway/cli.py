@@ -1,0 +1,94 @@
+"""The `hpcgate` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _print_lab(info: dict[str, Any], seconds: float | None = None) -> None:
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    slurm, ldap, ssh = info["slurm"], info["ldap"], info["ssh"]
+    nodes = ", ".join(f"{n} ({v['address']})" for n, v in info["nodes"].items())
+    parts = ", ".join(f"{p} (max {v['max_time']})" for p, v in slurm["partitions"].items())
+    print(f"hpcgate lab is up{took}: {info['dir']}")
+    print(f"  Slurm       nodes {nodes}; partitions {parts}")
+    print(f"              export SLURM_CONF={slurm['conf']}")
+    print(f"              slurmrestd {slurm['rest_url']} (JWT: scontrol token username=USER)")
+    print(f"  LDAP        {ldap['uri']} (StartTLS)  {ldap['ldaps_uri']}  base {ldap['base_dn']}")
+    print(f"              CA certificate {ldap['ca_cert']}")
+    print(f"              service account {ldap['service_dn']}")
+    print(f"              passwords (users, service, admin) in {ldap['passwords_file']}")
+    print(f"  SSH         {ssh['host']}:{ssh['port']} (also on {', '.join(ssh['listen'][1:]) or '-'})"
+          f"; known_hosts {ssh['known_hosts']}")
+    print(f"              user keys {Path(next(iter(ssh['user_keys'].values()))).parent}/USER_ed25519")
+    users = ", ".join(f"{n} (uid {u['uid']}, {' '.join(u['groups'])})" for n, u in info["users"].items())
+    print(f"  Users       {users}")
+    print(f"  Logs        {info['logs']}")
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from gateway.lab import Lab
+
+    lab = Lab(args.dir)
+    if args.action == "up":
+        t0 = time.monotonic()
+        info = lab.up(nodes=args.nodes)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_lab(info, time.monotonic() - t0)
+        return 0
+    if args.action == "status":
+        status = lab.status()
+        if args.json:
+            print(json.dumps({**status, "info": lab.info()}, indent=2))
+        elif not status["started"]:
+            print(f"No lab has been started in {lab.dir}.")
+        else:
+            for name, s in status["services"].items():
+                print(f"  {name:<12} {'running' if s['running'] else 'STOPPED':<8} pid {s['pid']}")
+            if status["ok"]:
+                _print_lab(lab.info())
+        return 0 if status["ok"] else 1
+    if args.action == "down":
+        lab.down()
+        print(f"hpcgate lab in {lab.dir} is down (data kept; `hpcgate lab up` starts it again).")
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.lab import DEFAULT_DIR
+
+    parser = argparse.ArgumentParser(prog="hpcgate", description="HPC notebook gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lab = sub.add_parser("lab", help="a real Slurm + OpenLDAP + OpenSSH cluster on this machine")
+    lab.add_argument("action", choices=["up", "status", "down"])
+    lab.add_argument("--nodes", type=int, choices=[1, 2], default=1,
+                     help="compute nodes: c1, and c2 in its own network namespace")
+    lab.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state directory ({DEFAULT_DIR})")
+    lab.add_argument("--json", action="store_true", help="machine-readable output")
+    lab.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gateway.lab.procs import LabError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as err:
+        print(f"hpcgate: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

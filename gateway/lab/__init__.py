@@ -1,0 +1,239 @@
+"""`hpcgate lab`: a small but real cluster on one machine, for tests, CI, the demo and curious admins.
+
+One state directory holds everything: configs, keys, logs, databases, and `lab.json`, which tells
+programs where each service listens. Secrets sit in `secrets/` (root only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from gateway.lab import accounts, cluster, directory, netns, sshd
+from gateway.lab.procs import LabError, free_port, lab_pids, pid_alive, stop_pids
+from gateway.lab.tls import make_ca_and_server_cert
+
+__all__ = ["DEFAULT_DIR", "Lab", "LabError"]
+
+DEFAULT_DIR = Path(os.environ.get("HPCGATE_LAB_DIR", "/var/tmp/hpcgate-lab"))  # noqa: S108 - root-owned lab state
+
+# command -> Debian package that provides it
+REQUIRED_COMMANDS = {
+    "munged": "munge",
+    "slurmctld": "slurmctld",
+    "slurmd": "slurmd",
+    "sbatch": "slurm-client",
+    "slurmrestd": "slurmrestd",
+    "slapd": "slapd",
+    "slapadd": "slapd",
+    "ldapwhoami": "ldap-utils",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "sudo": "sudo",
+    "setfacl": "acl",
+    "ip": "iproute2",
+    "nsenter": "util-linux",
+}
+DEBIAN_PACKAGES = "slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2"
+
+SERVICE_ORDER = ("munged", "slurmctld", "slurmd-c1", "slurmd-c2", "slurmrestd", "slapd", "sshd")
+
+
+def missing_packages() -> list[str]:
+    search = "/usr/sbin:/usr/bin:/sbin:/bin"
+    return sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items()
+                   if shutil.which(cmd, path=search) is None})
+
+
+class Lab:
+    """The lab in one state directory: `up()` (idempotent), `status()`, `down()`."""
+
+    def __init__(self, directory: Path | str = DEFAULT_DIR):
+        self.dir = Path(directory).resolve()
+        self.state_file = self.dir / "lab.json"
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What `up` wrote: endpoints, paths, pids. Empty when the lab was never started here."""
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text())
+
+    def _save(self, info: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(self.state_file)
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.dir / "secrets" / "passwords.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        names = [u.name for u in accounts.USERS] + ["svc-hpcgate", "admin"]
+        passwords = {n: secrets.token_urlsafe(12) for n in names}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(passwords, indent=2) + "\n")
+        return passwords
+
+    def _check_host(self) -> None:
+        missing = missing_packages()
+        if missing:
+            raise LabError(
+                "The lab needs Debian packages that are not installed: " + " ".join(missing)
+                + f".\nInstall them with: apt-get install -y {' '.join(missing)}"
+                + "   (or run `make setup`)"
+            )
+        if os.geteuid() != 0:
+            raise LabError("The lab creates Unix accounts and network namespaces: run it as root.")
+        # Jobs run as alice/bob/carol and must read slurm.conf and reach the munge socket.
+        for parent in [*reversed(self.dir.parents)]:
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                raise LabError(f"The lab directory must be reachable by the lab users, but {parent} "
+                               "is not searchable by others. Choose another --dir.")
+
+    # -- up ----------------------------------------------------------------------------------------
+
+    def up(self, nodes: int = 1) -> dict[str, Any]:
+        if nodes not in (1, 2):
+            raise LabError("The lab has one or two compute nodes (--nodes 1 or 2).")
+        self._check_host()
+        old = self.info()
+        if old and old.get("node_count") != nodes and self._alive(old):
+            self.down()  # a different shape: restart cleanly rather than reconfigure live daemons
+            old = self.info()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        ports = old.get("ports") or {
+            name: free_port() for name in
+            ("slurmctld", "slurmd", "slurmrestd", "ldap", "ldaps", "ssh")
+        }
+        pids: dict[str, int] = {k: v for k, v in old.get("pids", {}).items() if pid_alive(v)}
+        passwords = self._secrets()
+        accounts.ensure_accounts()
+
+        namespaces = {}
+        if nodes == 2:
+            ns = netns.namespace_for(self.dir, "c2")
+            if not (ns.exists() and pid_alive(pids.get("slurmd-c2"))):
+                netns.create(ns)
+            namespaces["c2"] = ns
+        tls_dir = self.dir / "tls"
+        if not (tls_dir / "server.crt").exists():
+            make_ca_and_server_cert(tls_dir, ["localhost"], ["127.0.0.1"])
+
+        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces)
+        cluster.ensure_munge_dir_modes(self.dir)
+        if "munged" not in pids:
+            pids["munged"] = cluster.start_munged(self.dir)
+        if "slurmctld" not in pids:
+            pids["slurmctld"] = cluster.start_slurmctld(self.dir)
+        for node in ["c1", *namespaces]:
+            if f"slurmd-{node}" not in pids:
+                pids[f"slurmd-{node}"] = cluster.start_slurmd(self.dir, node, namespaces.get(node))
+        if "slapd" not in pids:
+            pids["slapd"] = directory.start_slapd(self.dir, ports["ldap"], ports["ldaps"],
+                                                  passwords["admin"], passwords)
+        listen = ["127.0.0.1"] + [ns.host_addr for ns in namespaces.values()]
+        if "sshd" not in pids:
+            pids["sshd"] = sshd.start_sshd(self.dir, ports["ssh"], listen)
+        if "slurmrestd" not in pids:
+            pids["slurmrestd"] = cluster.start_slurmrestd(self.dir, ports["slurmrestd"])
+        cluster.wait_nodes_idle(self.dir, ["c1", *namespaces])
+
+        info = self._describe(nodes, ports, pids, namespaces, listen)
+        self._save(info)
+        return info
+
+    def _describe(self, nodes: int, ports: dict[str, int], pids: dict[str, int],
+                  namespaces: dict[str, netns.Namespace], ssh_listen: list[str]) -> dict[str, Any]:
+        d = self.dir
+        node_info: dict[str, Any] = {"c1": {"address": "127.0.0.1", "namespace": None,
+                                            "hub_address": "127.0.0.1"}}
+        for node, ns in namespaces.items():
+            node_info[node] = {"address": ns.node_addr, "namespace": ns.name,
+                               "namespace_path": ns.path, "hub_address": ns.host_addr}
+        return {
+            "dir": str(d),
+            "node_count": nodes,
+            "nodes": node_info,
+            "ports": ports,
+            "pids": pids,
+            "slurm": {
+                "conf": str(d / "etc" / "slurm.conf"),
+                "env": cluster.slurm_env(d),
+                "partitions": {name: {"max_time": mt, "default_time": dt}
+                               for name, (mt, dt, _) in cluster.PARTITIONS.items()},
+                "default_partition": "debug",
+                "jobcomp": str(d / "log" / "jobcomp.txt"),
+                "rest_url": f"http://127.0.0.1:{ports['slurmrestd']}",
+                "jwt_key": str(d / "etc" / "jwt_hs256.key"),
+            },
+            "ldap": {
+                "uri": f"ldap://127.0.0.1:{ports['ldap']}",
+                "ldaps_uri": f"ldaps://127.0.0.1:{ports['ldaps']}",
+                "host": "127.0.0.1",
+                "port": ports["ldap"],
+                "ldaps_port": ports["ldaps"],
+                "ca_cert": str(d / "tls" / "ca.crt"),
+                "base_dn": directory.BASE_DN,
+                "people_dn": directory.PEOPLE_DN,
+                "groups_dn": directory.GROUPS_DN,
+                "posix_groups_dn": directory.POSIX_GROUPS_DN,
+                "named_groups_dn": directory.NAMED_GROUPS_DN,
+                "service_dn": directory.SERVICE_DN,
+                "admin_dn": directory.ADMIN_DN,
+                "passwords_file": str(d / "secrets" / "passwords.json"),
+            },
+            "ssh": {
+                "host": "127.0.0.1",
+                "port": ports["ssh"],
+                "listen": ssh_listen,
+                "known_hosts": str(d / "ssh" / "known_hosts"),
+                "user_keys": {u.name: str(d / "ssh" / "users" / f"{u.name}_ed25519")
+                              for u in accounts.USERS},
+            },
+            "users": {u.name: {"uid": u.uid, "gid": accounts.group_gid(u.groups[0]),
+                               "home": u.home, "groups": list(u.groups)}
+                      for u in accounts.USERS},
+            "logs": str(d / "log"),
+        }
+
+    # -- status / down --------------------------------------------------------------------------
+
+    @staticmethod
+    def _alive(info: dict[str, Any]) -> bool:
+        return any(pid_alive(p) for p in info.get("pids", {}).values())
+
+    def status(self) -> dict[str, Any]:
+        """Each service with its pid and whether it runs; `ok` when all of them do."""
+        info = self.info()
+        services = {name: {"pid": pid, "running": pid_alive(pid)}
+                    for name, pid in info.get("pids", {}).items()}
+        return {"dir": str(self.dir), "started": bool(info),
+                "ok": bool(services) and all(s["running"] for s in services.values()),
+                "services": services}
+
+    def down(self) -> None:
+        """Stop every lab process (jobs included) and remove the namespaces. Keeps the data."""
+        info = self.info()
+        pids = info.get("pids", {})
+        if pid_alive(pids.get("slurmctld")):
+            cluster.cancel_all_jobs(self.dir)
+        for name in reversed(SERVICE_ORDER):
+            if name in pids:
+                stop_pids([pids[name]])
+        # Whatever is left: job steps and their processes, sshd session children.
+        stop_pids(lab_pids(self.dir), grace=2)
+        for node in ("c2",):
+            netns.delete(netns.namespace_for(self.dir, node))
+        if info:
+            info["pids"] = {}
+            self._save(info)

@@ -1,0 +1,89 @@
+"""The lab's people and groups: one definition for the directory and the local Unix accounts.
+
+Jobs run under the users' real identities, so every directory user has a local account with the
+same uidNumber, gidNumber and supplementary groups (what a site gets from sssd/nslcd).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.lab.procs import LabError, run
+
+
+@dataclass(frozen=True)
+class LabGroup:
+    name: str
+    gid: int
+    description: str
+
+
+@dataclass(frozen=True)
+class LabUser:
+    name: str
+    uid: int
+    full_name: str
+    groups: tuple[str, ...]
+    """Directory groups; the first is the primary (gidNumber) group."""
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.name}"
+
+
+GROUPS = (
+    LabGroup("hpc-users", 5100, "Everyone allowed to use the cluster"),
+    LabGroup("soundscape-lab", 5101, "Soundscape ecology lab: audio recordings depot"),
+    LabGroup("hub-admins", 5102, "Administrators of the notebook portal"),
+)
+
+USERS = (
+    LabUser("alice", 5001, "Alice Acoustic", ("hpc-users", "soundscape-lab")),
+    LabUser("bob", 5002, "Bob Birdsong", ("hpc-users", "soundscape-lab")),
+    LabUser("carol", 5003, "Carol Admin", ("hpc-users", "hub-admins")),
+)
+
+
+def group_gid(name: str) -> int:
+    return next(g.gid for g in GROUPS if g.name == name)
+
+
+def ensure_accounts() -> None:
+    """Create the groups and users if missing; refuse if a name is taken with another number."""
+    for group in GROUPS:
+        try:
+            existing = grp.getgrnam(group.name)
+        except KeyError:
+            run(["groupadd", "-g", str(group.gid), group.name])
+            continue
+        if existing.gr_gid != group.gid:
+            raise LabError(
+                f"The local group {group.name!r} has gid {existing.gr_gid}, but the lab directory "
+                f"says {group.gid}. Remove it (groupdel {group.name}) or use another machine."
+            )
+    for user in USERS:
+        primary, *others = user.groups
+        try:
+            existing = pwd.getpwnam(user.name)
+        except KeyError:
+            # Password '*': no password login, but not "locked" (sshd refuses locked accounts).
+            run(["useradd", "-u", str(user.uid), "-g", primary, "-G", ",".join(others),
+                 "-m", "-d", user.home, "-s", "/bin/bash", "-c", user.full_name, "-p", "*",
+                 user.name])
+            os.chmod(user.home, 0o700)
+            continue
+        if existing.pw_uid != user.uid:
+            raise LabError(
+                f"The local user {user.name!r} has uid {existing.pw_uid}, but the lab directory "
+                f"says {user.uid}. Remove it (userdel {user.name}) or use another machine."
+            )
+        # Keep supplementary groups in step with the directory (an older lab may predate a group).
+        run(["usermod", "-g", primary, "-G", ",".join(others), "-p", "*", user.name])
+        home = Path(user.home)
+        if not home.exists():
+            home.mkdir(mode=0o700)
+            os.chown(home, user.uid, group_gid(primary))

@@ -1,0 +1,1 @@
+"""Example site policies shipped with hpcgate (data files)."""

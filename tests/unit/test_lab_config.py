@@ -1,0 +1,71 @@
+"""The lab's generated configuration, checked without starting anything."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import gateway.lab as lab_module
+from gateway.lab import Lab, LabError, cluster, directory, netns
+
+
+def test_namespaces_differ_per_state_directory() -> None:
+    a = netns.namespace_for(Path("/var/tmp/lab-a"), "c2")
+    b = netns.namespace_for(Path("/var/tmp/lab-b"), "c2")
+    assert a == netns.namespace_for(Path("/var/tmp/lab-a"), "c2")
+    assert a.name != b.name and a.host_if != b.host_if
+    assert len(a.host_if) <= 15 and len(a.node_if) <= 15  # Linux interface name limit
+    assert a.node_addr.rsplit(".", 1)[0] == a.host_addr.rsplit(".", 1)[0]
+
+
+def test_nodes_conf_two_nodes_points_c2_at_its_namespace_address() -> None:
+    ns = netns.namespace_for(Path("/var/tmp/lab-a"), "c2")
+    conf = cluster.nodes_conf({"c2": ns})
+    assert f"SlurmctldHost=localhost({ns.host_addr})" in conf
+    assert f"NodeName=c2 NodeHostname=c2 NodeAddr={ns.node_addr}" in conf
+    assert "PartitionName=debug Nodes=c1,c2 Default=YES" in conf
+    assert "MaxTime=2-00:00:00" in conf.split("PartitionName=long")[1]
+
+
+def test_slurm_conf_enforces_limits_and_keeps_final_states() -> None:
+    conf = cluster.slurm_conf(Path("/x"), 1, 2)
+    assert "EnforcePartLimits=ALL" in conf
+    assert "JobCompType=jobcomp/filetxt" in conf and "JobCompLoc=/x/log/jobcomp.txt" in conf
+    assert "AuthAltTypes=auth/jwt" in conf
+
+
+def test_ssha_is_verifiable() -> None:
+    hashed = directory.ssha("s3cret")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    digest, salt = raw[:20], raw[20:]
+    assert hashlib.sha1(b"s3cret" + salt).digest() == digest  # noqa: S324
+
+
+def test_demo_ldif_has_people_and_both_group_shapes() -> None:
+    names = ["alice", "bob", "carol", "svc-hpcgate"]
+    ldif = directory.demo_ldif({n: "pw" for n in names})
+    assert "dn: uid=alice,ou=people,dc=example,dc=org" in ldif
+    soundscape = ldif.split("dn: cn=soundscape-lab,ou=posix")[1].split("\n\n")[0]
+    assert "memberUid: alice" in soundscape and "memberUid: bob" in soundscape
+    assert "memberUid: carol" not in soundscape
+    admins = ldif.split("dn: cn=hub-admins,ou=names")[1].split("\n\n")[0]
+    assert "member: uid=carol,ou=people,dc=example,dc=org" in admins
+    assert "userPassword: pw" not in ldif  # only hashes
+
+
+def test_missing_packages_are_named_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = lab_module.shutil.which
+    monkeypatch.setattr(lab_module.shutil, "which",
+                        lambda cmd, path=None: None if cmd in ("slapd", "slapadd", "munged")
+                        else real_which(cmd, path=path))
+    with pytest.raises(LabError) as err:
+        Lab("/var/tmp/never-started").up()
+    assert "apt-get install -y munge slapd" in str(err.value)
+
+
+def test_node_count_is_one_or_two() -> None:
+    with pytest.raises(LabError, match="one or two"):
+        Lab("/var/tmp/never-started").up(nodes=3)
