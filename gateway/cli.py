@@ -37,7 +37,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab(args.dir)
     if args.action == "up":
         t0 = time.monotonic()
-        info = lab.up(nodes=args.nodes)
+        info = lab.up(nodes=args.nodes, fresh_jobs=args.fresh)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compute nodes: c1, and c2 in its own network namespace")
     lab.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state directory ({DEFAULT_DIR})")
     lab.add_argument("--json", action="store_true", help="machine-readable output")
+    lab.add_argument("--fresh", action="store_true",
+                     help="with up, when the lab is stopped: forget Slurm's saved jobs")
     lab.set_defaults(func=cmd_lab)
     return parser
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hpcgate lab up | head`
+        return 0
 
 
 if __name__ == "__main__":

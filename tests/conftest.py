@@ -23,7 +23,7 @@ def lab() -> Any:
     """
     test_lab = Lab(TEST_LAB_DIR)
     try:
-        info = test_lab.up(nodes=2)
+        info = test_lab.up(nodes=2, fresh_jobs=True)
     except LabError as err:
         test_lab.down()
         pytest.fail(f"the lab could not start: {err}", pytrace=False)

@@ -101,7 +101,9 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 1) -> dict[str, Any]:
+    def up(self, nodes: int = 1, fresh_jobs: bool = False) -> dict[str, Any]:
+        """Start what is not running. `fresh_jobs` forgets Slurm's saved jobs when it starts
+        from nothing (a test session must not inherit jobs a crashed earlier one left behind)."""
         if nodes not in (1, 2):
             raise LabError("The lab has one or two compute nodes (--nodes 1 or 2).")
         self._check_host()
@@ -109,6 +111,10 @@ class Lab:
         if old and old.get("node_count") != nodes and self._alive(old):
             self.down()  # a different shape: restart cleanly rather than reconfigure live daemons
             old = self.info()
+        if fresh_jobs and not self._alive(old):
+            for sub in ("var/ctld", "var/d"):
+                shutil.rmtree(self.dir / sub, ignore_errors=True)
+            (self.dir / "log" / "jobcomp.txt").unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
         ports = old.get("ports") or {

@@ -1,0 +1,142 @@
+"""Schedulers: the pure builders and parsers of one batch system, run through a runner.
+
+A `Scheduler` is what the watcher and the spawner talk to. Submitting and cancelling happen as the
+job's user; the batched status query runs as the hub's own identity, once for every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from schedulers import slurm
+from schedulers.errors import SchedulerUnavailable
+from schedulers.model import JobRequest, JobStatus
+from schedulers.runners import Runner
+
+
+class Scheduler(Protocol):
+    name: str
+
+    async def submit(self, req: JobRequest, user: str) -> str: ...
+
+    async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        """Every job the scheduler still lists, among `job_ids`; raises SchedulerUnavailable."""
+        ...
+
+    async def final_status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        """How jobs that the scheduler no longer lists ended, where a record of it exists."""
+        ...
+
+    async def cancel(self, job_ids: Iterable[str], user: str | None = None) -> None: ...
+
+    async def node_address(self, node: str) -> str | None: ...
+
+
+_DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+
+
+def parse_slurm_duration(text: str) -> timedelta | None:
+    """`30:00`, `1:00:00`, `2-00:00:00` -> timedelta; UNLIMITED/infinite -> None."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+class SlurmScheduler:
+    """Slurm through its command-line tools (`squeue --json`: one controller RPC per tick)."""
+
+    name = "slurm"
+
+    def __init__(self, runner: Runner, jobcomp_file: str | None = None, use_sacct: bool = False,
+                 node_cache_seconds: float = 300):
+        self.runner = runner
+        self.jobcomp_file = jobcomp_file
+        self.use_sacct = use_sacct
+        self.node_cache_seconds = node_cache_seconds
+        self._nodes: dict[str, str] = {}
+        self._nodes_at = 0.0
+        self._partition_limits: dict[str, timedelta | None] = {}
+
+    async def _partition_max_walltime(self, partition: str | None) -> timedelta | None:
+        if not self._partition_limits:
+            res = await self.runner.run(["sinfo", "-h", "-o", "%R %l"], timeout=15)
+            for line in res.stdout.splitlines():
+                name, _, limit = line.partition(" ")
+                self._partition_limits[name] = parse_slurm_duration(limit)
+        if partition is None:
+            return None
+        return self._partition_limits.get(partition)
+
+    async def submit(self, req: JobRequest, user: str) -> str:
+        argv, script = slurm.build_submit(req)
+        res = await self.runner.run(argv, user=user, input=script, timeout=60)
+        limit = None
+        if res.returncode != 0 and req.walltime is not None:
+            try:
+                limit = await self._partition_max_walltime(req.partition)
+            except SchedulerUnavailable:
+                limit = None
+        return slurm.parse_submit(res.stdout, res.stderr, res.returncode, req, limit)
+
+    async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        wanted = set(job_ids)
+        res = await self.runner.run(slurm.build_status(wanted), timeout=30)
+        nodes = await self._node_addresses_cached()
+        parsed = slurm.parse_status(res.stdout, res.stderr, res.returncode, nodes)
+        return {k: v for k, v in parsed.items() if k in wanted}
+
+    async def final_status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        if self.jobcomp_file:
+            text = await asyncio.to_thread(read_text_or_empty, self.jobcomp_file)
+            found = slurm.parse_jobcomp(text, ids)
+            if found or not self.use_sacct:
+                return found
+        if self.use_sacct:
+            res = await self.runner.run(slurm.build_sacct(ids), timeout=30)
+            if res.returncode != 0:
+                raise SchedulerUnavailable("Slurm accounting is not answering.", res.stderr)
+            return slurm.parse_sacct(res.stdout)
+        return {}
+
+    async def cancel(self, job_ids: Iterable[str], user: str | None = None) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        res = await self.runner.run(slurm.build_cancel(ids), user=user, timeout=30)
+        slurm.parse_cancel(res.stdout, res.stderr, res.returncode)
+
+    async def _node_addresses_cached(self) -> Mapping[str, str]:
+        if time.monotonic() - self._nodes_at > self.node_cache_seconds:
+            try:
+                res = await self.runner.run(slurm.build_node_addresses(), timeout=15)
+                if res.returncode == 0:
+                    self._nodes = slurm.parse_node_addresses(res.stdout)
+                    self._nodes_at = time.monotonic()
+            except SchedulerUnavailable:
+                pass  # keep the last known addresses
+        return self._nodes
+
+    async def node_address(self, node: str) -> str | None:
+        addresses = await self._node_addresses_cached()
+        if node not in addresses:
+            self._nodes_at = 0.0  # a node added since the last look
+            addresses = await self._node_addresses_cached()
+        return addresses.get(node)
+
+
+def read_text_or_empty(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""

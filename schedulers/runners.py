@@ -1,0 +1,190 @@
+"""Runners execute an argv: here, as another user through sudo, or on a login node over SSH.
+
+The thin command layer, apart from the scheduler semantics: a runner knows nothing of Slurm or
+PBS. The environment a command needs (SLURM_CONF, PATH) is always passed explicitly: sudo and
+sshd both drop the caller's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from schedulers.errors import SchedulerUnavailable
+from schedulers.model import SAFE_ENV_NAME, check_name
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
+                  timeout: float = 30) -> CommandResult:
+        """Run argv (as `user` when given) and return what it printed."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _env_args(env: Mapping[str, str]) -> list[str]:
+    for name, value in env.items():
+        if not SAFE_ENV_NAME.match(name) or any(c in value for c in "\0\n"):
+            raise ValueError(f"environment entry {name!r} is not safe to pass")
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+async def _communicate(proc: asyncio.subprocess.Process, input: str | None, timeout: float,
+                       argv: Sequence[str]) -> CommandResult:
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(input.encode() if input is not None else None), timeout)
+    except asyncio.TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise SchedulerUnavailable(
+            f"`{argv[0]}` did not answer within {timeout:.0f} s; the scheduler may be overloaded.",
+            "") from exc
+    return CommandResult(proc.returncode or 0, out.decode(errors="replace"),
+                         err.decode(errors="replace"))
+
+
+class LocalRunner:
+    """Runs commands as the hub's own user (with `user`, through sudo: see SudoRunner)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None):
+        self.env = {"PATH": DEFAULT_PATH, **(env or {})}
+        _env_args(self.env)
+
+    async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
+                  timeout: float = 30) -> CommandResult:
+        if user is not None:
+            raise ValueError("LocalRunner runs as the hub's user only; use SudoRunner for users")
+        return await self._exec(list(argv), input, timeout, self.env)
+
+    async def _exec(self, argv: list[str], input: str | None, timeout: float,
+                    env: Mapping[str, str]) -> CommandResult:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=dict(env), cwd="/")
+        except FileNotFoundError as err:
+            raise SchedulerUnavailable(f"The command `{argv[0]}` is not installed on the hub host.",
+                                       str(err)) from err
+        return await _communicate(proc, input, timeout, argv)
+
+    async def close(self) -> None:
+        return None
+
+
+class SudoRunner(LocalRunner):
+    """Runs commands as the job's user: `sudo -n -u USER env K=V ... argv`.
+
+    `-n` makes a missing sudoers rule fail at once instead of waiting for a password. Without
+    `user`, commands run as the hub's user (the watcher's batched query needs no identity).
+    """
+
+    async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
+                  timeout: float = 30) -> CommandResult:
+        if user is None or user == _current_user():
+            return await self._exec(list(argv), input, timeout, self.env)
+        check_name("user name", user)
+        full = ["sudo", "-n", "-u", user, "env", *_env_args(self.env), *argv]
+        return await self._exec(full, input, timeout, {"PATH": DEFAULT_PATH})
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+class SSHRunner:
+    """Runs commands on a login node over SSH, one reused connection per remote user.
+
+    The remote side is a shell, so argv is joined with shlex quoting: every element arrives as
+    one literal word. `key_for_user` names the private key to log in as a user with (or a
+    service account's key when `login_user` is set and sudo is used on the login node).
+    """
+
+    def __init__(self, host: str, port: int = 22, known_hosts: str | None = None,
+                 key_for_user: Callable[[str], str] | None = None,
+                 env: Mapping[str, str] | None = None, connect_timeout: float = 10,
+                 service_user: str | None = None):
+        self.host, self.port, self.known_hosts = host, port, known_hosts
+        self.key_for_user = key_for_user
+        self.env = dict(env or {})
+        _env_args(self.env)
+        self.connect_timeout = connect_timeout
+        self.service_user = service_user
+        self._connections: dict[str, object] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _connection(self, login: str):  # -> asyncssh.SSHClientConnection
+        import asyncssh
+
+        conn = self._connections.get(login)
+        if conn is not None and not conn.is_closed():  # type: ignore[attr-defined]
+            return conn
+        lock = self._locks.setdefault(login, asyncio.Lock())
+        async with lock:
+            conn = self._connections.get(login)
+            if conn is not None and not conn.is_closed():  # type: ignore[attr-defined]
+                return conn
+            keys = [self.key_for_user(login)] if self.key_for_user else None
+            try:
+                conn = await asyncio.wait_for(asyncssh.connect(
+                    self.host, self.port, username=login, client_keys=keys,
+                    known_hosts=self.known_hosts, agent_path=None, keepalive_interval=30,
+                    # aes128-gcm was the fastest cipher measured here for OpenSSH peers.
+                    encryption_algs=["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                                     "aes256-gcm@openssh.com", "aes128-ctr"]),
+                    self.connect_timeout)
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as err:
+                raise SchedulerUnavailable(
+                    f"The login node {self.host}:{self.port} cannot be reached over SSH.",
+                    str(err)) from err
+            self._connections[login] = conn
+            return conn
+
+    async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
+                  timeout: float = 30) -> CommandResult:
+        import asyncssh
+
+        if user is not None:
+            check_name("user name", user)
+        if self.service_user:
+            login = self.service_user
+            prefix = ["sudo", "-n", "-u", user] if user and user != self.service_user else []
+        else:
+            if user is None:
+                raise ValueError("SSHRunner without a service_user needs the user to log in as")
+            login, prefix = user, []
+        command = shlex.join([*prefix, "env", *_env_args(self.env), *argv])
+        conn = await self._connection(login)
+        try:
+            result = await asyncio.wait_for(
+                conn.run(command, input=input, check=False),  # type: ignore[attr-defined]
+                timeout)
+        except asyncio.TimeoutError as err:
+            raise SchedulerUnavailable(
+                f"`{argv[0]}` on {self.host} did not answer within {timeout:.0f} s.", "") from err
+        except (OSError, asyncssh.Error) as err:
+            self._connections.pop(login, None)
+            raise SchedulerUnavailable(f"The SSH connection to {self.host} failed.", str(err)) from err
+        rc = result.exit_status if result.exit_status is not None else 255
+        return CommandResult(rc, str(result.stdout or ""), str(result.stderr or ""))
+
+    async def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()  # type: ignore[attr-defined]
+        self._connections.clear()
