@@ -61,5 +61,6 @@ demo: setup
 demo-down:
 	$(VENV)/bin/hpcgate lab down --dir $(LAB_DIR)
 
+# Side-by-side with the anchors on this machine, in one run each; each prints `ratio=...` last.
 bench: setup
-	@echo "Benchmarks arrive with the scheduler, spawner, LDAP and tunnel work."
+	$(PY) -m benchmarks.poll_load --servers 100

@@ -54,6 +54,7 @@ class JobWatcher:
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
         self.queries = 0
+        self.query_seconds = 0.0
         self.last_error: str = ""
 
     # -- tracking ---------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class JobWatcher:
         if not ids:
             return
         self.queries += 1
+        started = time.perf_counter()
         try:
             found = await self.scheduler.status(ids)
         except (SchedulerError, OSError) as err:
@@ -163,6 +165,8 @@ class JobWatcher:
                                       reason_text=f"The scheduler is not answering; last known: "
                                                   f"{old.reason_text or old.state.value}"))
             return
+        finally:
+            self.query_seconds += time.perf_counter() - started
         self.failures = 0
         now = self._clock()
         missing = [j for j in ids if j not in found and not self._latest[j].is_final]
