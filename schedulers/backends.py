@@ -10,6 +10,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -64,16 +65,18 @@ class SlurmScheduler:
         self._nodes: dict[str, str] = {}
         self._nodes_at = 0.0
         self._partition_limits: dict[str, timedelta | None] = {}
+        self._default_partition: str | None = None
 
     async def _partition_max_walltime(self, partition: str | None) -> timedelta | None:
         if not self._partition_limits:
-            res = await self.runner.run(["sinfo", "-h", "-o", "%R %l"], timeout=15)
+            res = await self.runner.run(["sinfo", "-h", "-o", "%P %l"], timeout=15)
             for line in res.stdout.splitlines():
                 name, _, limit = line.partition(" ")
+                if name.endswith("*"):  # the default partition
+                    name = name[:-1]
+                    self._default_partition = name
                 self._partition_limits[name] = parse_slurm_duration(limit)
-        if partition is None:
-            return None
-        return self._partition_limits.get(partition)
+        return self._partition_limits.get(partition or self._default_partition or "")
 
     async def submit(self, req: JobRequest, user: str) -> str:
         argv, script = slurm.build_submit(req)
@@ -84,6 +87,8 @@ class SlurmScheduler:
                 limit = await self._partition_max_walltime(req.partition)
             except SchedulerUnavailable:
                 limit = None
+            if req.partition is None and self._default_partition:
+                req = replace(req, partition=self._default_partition)  # name it in the message
         return slurm.parse_submit(res.stdout, res.stderr, res.returncode, req, limit)
 
     async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:

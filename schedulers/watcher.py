@@ -91,18 +91,26 @@ class JobWatcher:
         """Ask now rather than at the next tick (after a submit or a cancel)."""
         self._wake.set()
 
-    async def updates(self, job_id: str) -> AsyncIterator[JobStatus]:
-        """Every change of the job from now on, starting with its current status."""
+    def subscribe(self, job_id: str) -> asyncio.Queue[JobStatus]:
+        """A queue that receives the job's current status, then every change of it."""
         queue: asyncio.Queue[JobStatus] = asyncio.Queue()
         self._queues.setdefault(job_id, set()).add(queue)
+        current = self._latest.get(job_id)
+        if current is not None:
+            queue.put_nowait(current)
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue[JobStatus]) -> None:
+        self._queues.get(job_id, set()).discard(queue)
+
+    async def updates(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Every change of the job from now on, starting with its current status."""
+        queue = self.subscribe(job_id)
         try:
-            current = self._latest.get(job_id)
-            if current is not None:
-                yield current
             while True:
                 yield await queue.get()
         finally:
-            self._queues.get(job_id, set()).discard(queue)
+            self.unsubscribe(job_id, queue)
 
     async def wait_for(self, job_id: str, predicate: Callable[[JobStatus], bool],
                        timeout: float) -> JobStatus:

@@ -1,0 +1,72 @@
+"""The hub API the launcher in a job calls to say where its server listens.
+
+JupyterHub has no such API; like batchspawner we add a handler to the hub's API handlers at
+import time (`JupyterHub.extra_handlers` is deprecated). Unlike it, the hub accepts only a host and
+a port, only with that very server's own token, and only a host that is the job's node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+from typing import Any
+
+from jupyterhub import apihandlers
+from jupyterhub.apihandlers.base import APIHandler
+from tornado import web
+
+REPORT_PATH = "/api/hpcgate/report"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def token_digest(token: str) -> str:
+    """What the spawner keeps to recognise its server's token (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_report(body: bytes) -> tuple[str, str, int]:
+    """(server name, host, port) from the launcher's JSON, or HTTPError 400 with the reason."""
+    try:
+        doc = json.loads(body)
+    except ValueError as err:
+        raise web.HTTPError(400, "the body must be JSON") from err
+    if not isinstance(doc, dict) or set(doc) - {"server_name", "host", "port"}:
+        raise web.HTTPError(400, "only server_name, host and port are accepted")
+    name, host, port = doc.get("server_name", ""), doc.get("host"), doc.get("port")
+    if not isinstance(name, str) or not isinstance(host, str) or not _HOSTNAME.match(host):
+        raise web.HTTPError(400, "server_name and host must be strings; host a name or address")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise web.HTTPError(400, "port must be a number from 1 to 65535")
+    return name, host, port
+
+
+def same_host(reported: str, expected: str) -> bool:
+    try:
+        return ipaddress.ip_address(reported) == ipaddress.ip_address(expected)
+    except ValueError:
+        return reported == expected
+
+
+class ServerAddressHandler(APIHandler):
+    """POST {host, port, server_name}: the job's server is listening there."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        name, host, port = parse_report(self.request.body)
+        user = self.current_user
+        token = self.get_auth_token() or ""
+        spawner: Any = user.spawners.get(name) if hasattr(user, "spawners") else None
+        expected = getattr(spawner, "token_digest", None)
+        if spawner is None or not expected or not hmac.compare_digest(expected, token_digest(token)):
+            # Only the server's own token may say where that server is.
+            raise web.HTTPError(403, "this token does not belong to that server")
+        await spawner.address_reported(host, port)
+        self.set_status(200)
+        self.write({"ok": True})
+
+
+if not any(route[0] == REPORT_PATH for route in apihandlers.default_handlers):
+    apihandlers.default_handlers.append((REPORT_PATH, ServerAddressHandler))

@@ -1,0 +1,131 @@
+"""A real JupyterHub (with configurable-http-proxy) on the lab, for `make demo` and the tests.
+
+The hub API listens on the lab's veth address (reachable from the host and from node c2, nowhere
+else), the proxy on 127.0.0.1. The hub runs as root here because it submits jobs as the lab
+users through sudo.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway.lab.procs import free_port, pid_alive, stop_pids
+
+
+def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port: int,
+               api_port: int, service_token: str | None = None, extra: str = "") -> str:
+    """The text of a jupyterhub_config.py for the lab."""
+    nodes = info["nodes"]
+    hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
+    users = sorted(info["users"])
+    service = ""
+    if service_token:
+        service = f"""
+c.JupyterHub.services = [{{"name": "hpcgate-tests", "api_token": {service_token!r}}}]
+c.JupyterHub.load_roles = [{{
+    "name": "hpcgate-tests",
+    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "tokens", "proxy"],
+    "services": ["hpcgate-tests"],
+}}]
+"""
+    return f"""# JupyterHub on the hpcgate lab (generated; see gateway/labhub.py)
+c = get_config()  # noqa: F821
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {proxy_port}
+c.JupyterHub.hub_ip = {hub_ip!r}
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.ConfigurableHTTPProxy.command = [{str(Path(sys.executable).parent / "configurable-http-proxy")!r}]
+c.JupyterHub.db_url = "sqlite:///{state_dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state_dir}/cookie_secret"
+c.JupyterHub.pid_file = "{state_dir}/jupyterhub.pid"
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.cleanup_proxy = False
+c.Authenticator.allowed_users = {set(users)!r}
+c.JupyterHub.spawner_class = "gateway.spawner.BatchSpawner"
+c.SchedulerConfig.environment = {info["slurm"]["env"]!r}
+c.SchedulerConfig.jobcomp_file = {info["slurm"]["jobcomp"]!r}
+c.BatchSpawner.job_python = {sys.executable!r}
+c.BatchSpawner.default_url = "/lab"
+c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allows 30 minutes
+{service}
+{extra}
+"""
+
+
+class LabHub:
+    """One jupyterhub process (and its proxy) in `state_dir`; `start()`, `kill()`, `stop()`."""
+
+    def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = ""):
+        self.info = info
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proxy_port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
+        self.service_token = secrets.token_hex(24)
+        self.url = f"http://127.0.0.1:{self.proxy_port}"
+        self.config = self.dir / "jupyterhub_config.py"
+        self.config.write_text(hub_config(info, self.dir, self.proxy_port, self.hub_port,
+                                          self.api_port, self.service_token, extra_config))
+        self.config.chmod(0o600)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "jupyterhub.log"
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": self._crypt_key(),
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(self.config)], cwd=self.dir,
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyterhub exited ({self.proc.returncode}); see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/hub/api", timeout=2) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"jupyterhub did not answer within {timeout:.0f} s; see {self.log}")
+
+    def _crypt_key(self) -> str:
+        key = self.dir / "crypt_key"
+        if not key.exists():
+            key.write_text(secrets.token_hex(32))
+            key.chmod(0o600)
+        return key.read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL the hub alone (its proxy keeps running), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def proxy_pid(self) -> int | None:
+        pid_file = self.dir / "jupyterhub-proxy.pid"
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """Stop hub and proxy (never the users' jobs: cleanup_servers is off)."""
+        pids = []
+        if self.proc is not None and self.proc.poll() is None:
+            pids.append(self.proc.pid)
+        proxy = self.proxy_pid()
+        if proxy and pid_alive(proxy):
+            pids.append(proxy)
+        stop_pids(pids, grace=5)
+        if self.proc is not None:
+            self.proc.wait()

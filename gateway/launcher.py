@@ -1,0 +1,130 @@
+"""Runs inside the batch job: bind, report, then become jupyterhub-singleuser.
+
+    python -m gateway.launcher LAUNCH_JSON          # in the job (the job script's only command)
+    python -m gateway.launcher --write LAUNCH_JSON  # as the user, before submit: stdin -> file
+
+The launch file holds the server's environment, token included. It is written as the user with
+mode 0600 and read here, so the token is never in argv, in the job script or in the environment
+the scheduler records for the job.
+
+The server's socket is bound here once (port 0 on the node's own address) and handed to the
+Jupyter server: no bind-close-rebind race with other jobs on the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def write_launch_file(path: str) -> None:
+    """Create `path` (and its directory) as the calling user, mode 0600, from stdin."""
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = sys.stdin.buffer.read()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, target)
+
+
+def bind_address(config: dict[str, Any]) -> str:
+    """The node's own address as the hub knows it (NodeAddr), else the interface facing the hub."""
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    known = config.get("node_addresses", {}).get(node)
+    if known:
+        return known
+    hub_host = config["hub_host"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((hub_host, 9))  # no packet is sent: this only picks the route
+        return probe.getsockname()[0]
+
+
+def report(config: dict[str, Any], host: str, port: int, deadline: float) -> None:
+    """Tell the hub where the server listens, retrying while the hub is away (restarts)."""
+    env = config["env"]
+    url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/hpcgate/report"
+    body = json.dumps({"server_name": env.get("JUPYTERHUB_SERVER_NAME", ""), "host": host,
+                       "port": port}).encode()
+    delay = 0.2
+    while True:
+        request = urllib.request.Request(url, data=body, method="POST", headers={  # noqa: S310
+            "Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}",
+            "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - hub URL
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as err:
+            if err.code in (400, 403):  # refused for good: no retry can fix it
+                raise SystemExit(f"hpcgate: the hub refused this server's address: "
+                                 f"{err.read().decode(errors='replace')}") from err
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("hpcgate: the hub could not be reached to report the server address")
+        time.sleep(delay)
+        delay = min(delay * 2, 10)
+
+
+def use_bound_socket(sock: socket.socket) -> None:
+    """Make jupyter_server serve on our socket instead of binding its own port."""
+    from jupyter_server.serverapp import ServerApp
+
+    def find_port(self: ServerApp) -> None:
+        self.port = sock.getsockname()[1]
+
+    def bind_tcp(self: ServerApp) -> bool:
+        self.http_server.add_sockets([sock])
+        return True
+
+    ServerApp._find_http_port = find_port  # type: ignore[method-assign]
+    ServerApp._bind_http_server_tcp = bind_tcp  # type: ignore[method-assign]
+
+
+def launch(path: str) -> None:
+    config = json.loads(Path(path).read_text())
+    env = config["env"]
+    host = bind_address(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+
+    os.environ.update(env)
+    prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    os.environ["JUPYTERHUB_SERVICE_URL"] = f"http://{host}:{port}{prefix}"
+    os.environ.setdefault("HOME", config.get("home", os.path.expanduser("~")))
+    os.chdir(os.environ["HOME"])
+    print(f"hpcgate: JupyterLab for {env.get('JUPYTERHUB_USER')} on {host}:{port}", flush=True)
+
+    report(config, host, port, time.monotonic() + config.get("report_timeout", 600))
+    use_bound_socket(sock)
+    from jupyterhub.singleuser import main as singleuser_main
+
+    sys.argv = ["jupyterhub-singleuser", *config.get("args", [])]
+    sys.exit(singleuser_main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--write"] and len(args) == 2:
+        write_launch_file(args[1])
+    elif len(args) == 1:
+        launch(args[0])
+    else:
+        raise SystemExit("usage: python -m gateway.launcher [--write] LAUNCH_JSON")
+
+
+if __name__ == "__main__":
+    main()

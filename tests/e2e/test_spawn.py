@@ -1,0 +1,193 @@
+"""Spawning through the real hub and proxy onto the lab's real Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.labhub import LabHub
+
+
+class Hub:
+    """The running LabHub plus a small API client with the test service's token."""
+
+    def __init__(self, lab: dict, hub: LabHub):
+        self.lab, self.hub = lab, hub
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.hub.url}/hub/api{path}", data=data, method=method,
+                                     headers={"Authorization": f"token {self.hub.service_token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                text = resp.read().decode()
+                return resp.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as err:
+            text = err.read().decode()
+            try:
+                return err.code, json.loads(text)
+            except ValueError:
+                return err.code, text
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
+        req = urllib.request.Request(f"{self.hub.url}{path}",
+                                     headers={"Authorization": f"token {self.hub.service_token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def server(self, user: str, name: str = "") -> dict | None:
+        _, model = self.api("GET", f"/users/{user}")
+        return model["servers"].get(name)
+
+    def wait_ready(self, user: str, name: str = "", timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.server(user, name)
+            if server and server["ready"]:
+                return server
+            if server is None:
+                raise AssertionError(f"{user}'s server went away while starting")
+            time.sleep(0.2)
+        raise AssertionError(f"{user}'s server not ready after {timeout} s: {self.server(user, name)}")
+
+    def spawn(self, user: str, options: dict | None = None, name: str = "") -> tuple[int, Any]:
+        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+        return self.api("POST", path, options or {})
+
+    def stop(self, user: str, name: str = "") -> None:
+        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+        status, _ = self.api("DELETE", path)
+        assert status in (202, 204)
+        deadline = time.monotonic() + 60
+        while self.server(user, name) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert self.server(user, name) is None
+
+    def jobs(self, user: str) -> list[dict]:
+        out = subprocess.run(["squeue", "--json"], env={**os.environ, **self.lab["slurm"]["env"]},
+                             capture_output=True, text=True, check=True).stdout
+        return [j for j in json.loads(out)["jobs"]
+                if j["user_name"] == user and j["name"].startswith("hpcgate-")]
+
+    def job(self, job_id: int) -> dict:
+        return next(j for j in self.jobs_all() if j["job_id"] == job_id)
+
+    def jobs_all(self) -> list[dict]:
+        out = subprocess.run(["squeue", "--json"], env={**os.environ, **self.lab["slurm"]["env"]},
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["jobs"]
+
+    def active_jobs(self, user: str) -> list[dict]:
+        return [j for j in self.jobs(user)
+                if j["job_state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+
+@pytest.fixture(scope="module")
+def hub(lab: dict):
+    state = Path("/var/tmp") / f"hpcgate-hub-test-{uuid.uuid4().hex[:8]}"
+    labhub = LabHub(lab, state, extra_config='c.BatchSpawner.allowed_nodes = ["c1", "c2"]\n'
+                                             'c.BatchSpawner.node = "c1"\n')
+    h = Hub(lab, labhub)
+    try:
+        labhub.start()
+        for user in ("alice", "bob", "carol"):
+            h.api("POST", f"/users/{user}")
+        yield h
+    finally:
+        labhub.stop()
+        if os.environ.get("HPCGATE_KEEP_HUB") is None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -> None:
+    status, _ = hub.spawn("alice")
+    assert status in (201, 202), _
+    hub.wait_ready("alice")
+    code, body = hub.get("/user/alice/api")
+    assert code == 200 and "version" in json.loads(body)
+    jobs = hub.active_jobs("alice")
+    assert len(jobs) == 1, [(j["job_id"], j["job_state"], j["name"]) for j in jobs]
+    job = jobs[0]
+    assert job["job_state"] == "RUNNING" and job["batch_host"] == "c1"
+    # The server process itself runs as alice.
+    ps = subprocess.run(["pgrep", "-u", "alice", "-f", "gateway.launcher"], capture_output=True,
+                        text=True)
+    assert ps.returncode == 0 and ps.stdout.split()
+    # The token is in no argv and not in the environment Slurm keeps for the job.
+    for pid in ps.stdout.split():
+        assert "JUPYTERHUB_API_TOKEN" not in Path(f"/proc/{pid}/cmdline").read_text()
+    env = subprocess.run(["scontrol", "show", "job", "-d", str(job["job_id"])],
+                         env={**os.environ, **hub.lab["slurm"]["env"]}, capture_output=True,
+                         text=True).stdout
+    assert "TOKEN" not in env
+    script = subprocess.run(["scontrol", "write", "batch_script", str(job["job_id"]), "-"],
+                            env={**os.environ, **hub.lab["slurm"]["env"]}, capture_output=True,
+                            text=True).stdout
+    assert "gateway.launcher" in script and "TOKEN" not in script
+
+    hub.stop("alice")
+    final = hub.job(job["job_id"])
+    assert final["job_state"] == "CANCELLED"
+    assert not hub.active_jobs("alice")
+
+
+def test_spawn_on_c2_direct_to_its_address(hub: Hub) -> None:
+    status, _ = hub.spawn("bob", {"node": "c2"})
+    assert status in (201, 202), _
+    hub.wait_ready("bob")
+    code, _ = hub.get("/user/bob/api")
+    assert code == 200
+    [job] = hub.active_jobs("bob")
+    assert job["batch_host"] == "c2"
+    server = hub.server("bob")
+    # The proxy routes to c2's own address: no tunnel, and the launcher reached the hub API.
+    _, routes = hub.api("GET", "/proxy")
+    [target] = [r["target"] for spec, r in routes.items() if spec.endswith("/user/bob/")]
+    assert target.startswith(f"http://{hub.lab['nodes']['c2']['address']}:"), (target, server)
+    hub.stop("bob")
+
+
+def test_scancel_while_starting_fails_spawn_within_two_seconds(hub: Hub) -> None:
+    # The spawn request returns only when the server is up (or after 10 s): send it aside.
+    spawn = threading.Thread(target=hub.spawn, args=("carol",), daemon=True)
+    spawn.start()
+    deadline = time.monotonic() + 30
+    while not [j for j in hub.active_jobs("carol") if j["job_state"] == "RUNNING"]:
+        assert time.monotonic() < deadline, "carol's job never started"
+        time.sleep(0.05)
+    [job] = hub.active_jobs("carol")
+    subprocess.run(["scancel", str(job["job_id"])], env={**os.environ, **hub.lab["slurm"]["env"]},
+                   check=True)
+    cancelled_at = time.monotonic()
+    while hub.server("carol") is not None:
+        assert time.monotonic() - cancelled_at < 2, "the spawn did not fail within 2 s"
+        time.sleep(0.05)
+    spawn.join(10)
+    _, model = hub.api("GET", "/users/carol")
+    assert model["servers"] == {}
+    log = hub.hub.log.read_text()
+    assert "Your job ended before JupyterLab started: The job was cancelled." in log
+
+
+def test_three_hours_on_debug_fails_at_once_with_the_limit(hub: Hub) -> None:
+    t0 = time.monotonic()
+    status, body = hub.spawn("alice", {"partition": "debug", "walltime": "3:00:00"})
+    assert time.monotonic() - t0 < 10
+    assert status == 400, body
+    assert "Partition 'debug' allows at most 30 minutes; you asked for 3 hours." in body["message"]
+    assert hub.server("alice") is None
+    assert not hub.active_jobs("alice")
