@@ -62,6 +62,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from gateway import orphans
+
+    return orphans.main(args.config, cancel=args.cancel, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.lab import DEFAULT_DIR
 
@@ -76,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--fresh", action="store_true",
                      help="with up, when the lab is stopped: forget Slurm's saved jobs")
     lab.set_defaults(func=cmd_lab)
+
+    jobs = sub.add_parser("jobs", help="the gateway's jobs on the scheduler")
+    jobs.add_argument("action", choices=["orphans"],
+                      help="orphans: jobs hpcgate submitted that no server of the hub owns")
+    jobs.add_argument("--config", default="jupyterhub_config.py",
+                      help="the hub's jupyterhub_config.py (for its database and scheduler)")
+    jobs.add_argument("--cancel", action="store_true", help="cancel the orphan jobs")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs.set_defaults(func=cmd_jobs)
     return parser
 
 

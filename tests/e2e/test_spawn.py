@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -191,3 +192,59 @@ def test_three_hours_on_debug_fails_at_once_with_the_limit(hub: Hub) -> None:
     assert "Partition 'debug' allows at most 30 minutes; you asked for 3 hours." in body["message"]
     assert hub.server("alice") is None
     assert not hub.active_jobs("alice")
+
+
+def orphans(hub: Hub, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "jobs", "orphans", "--config",
+                           str(hub.hub.config), *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_orphans_lists_and_cancels_a_job_no_server_owns(hub: Hub) -> None:
+    stray = subprocess.run(
+        ["sudo", "-u", "carol", "env", *[f"{k}={v}" for k, v in hub.lab["slurm"]["env"].items()],
+         "sbatch", "--parsable", "-J", "hpcgate-carol", "-o", "/dev/null", "--wrap", "sleep 600"],
+        capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    listed = orphans(hub, "--json")
+    assert listed.returncode == 1, listed.stderr
+    assert [o["job_id"] for o in json.loads(listed.stdout)] == [stray]
+    cancelled = orphans(hub, "--cancel")
+    assert cancelled.returncode == 0 and f"job {stray}" in cancelled.stdout
+    deadline = time.monotonic() + 10
+    while hub.active_jobs("carol") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not hub.active_jobs("carol")
+
+
+def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> None:
+    env = [f"{k}={v}" for k, v in hub.lab["slurm"]["env"].items()]
+    # Explicit options: JupyterHub would reuse alice's last ones (3 hours on debug).
+    assert hub.spawn("alice", {"walltime": "0:20:00"})[0] in (201, 202)
+    hub.wait_ready("alice")
+    [alice_job] = hub.active_jobs("alice")
+    # Fill c2 so that bob's server must wait in the queue.
+    blocker = subprocess.run(
+        ["sudo", "-u", "carol", "env", *env, "sbatch", "--parsable", "-w", "c2", "-c", "16",
+         "--mem=8000", "-o", "/dev/null", "--wrap", "sleep 600"],
+        capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    threading.Thread(target=hub.spawn, args=("bob", {"node": "c2"}), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not [j for j in hub.active_jobs("bob") if j["state_reason"] == "Resources"]:
+        assert time.monotonic() < deadline, hub.active_jobs("bob")
+        time.sleep(0.1)
+    [bob_job] = hub.active_jobs("bob")
+
+    hub.hub.kill()
+    hub.hub.start()
+    subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]}, check=True)
+
+    hub.wait_ready("bob", timeout=120)
+    assert hub.get("/user/bob/api")[0] == 200
+    assert [j["job_id"] for j in hub.active_jobs("bob")] == [bob_job["job_id"]]
+    # alice's server survived the crash in the same job.
+    assert hub.get("/user/alice/api")[0] == 200
+    assert [j["job_id"] for j in hub.active_jobs("alice")] == [alice_job["job_id"]]
+    listed = orphans(hub)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "No orphan jobs" in listed.stdout
+    hub.stop("alice")
+    hub.stop("bob")

@@ -1,0 +1,86 @@
+"""`hpcgate jobs orphans`: jobs the gateway submitted that no server of the hub owns.
+
+A job is the gateway's when its name starts with `hpcgate-`; it is owned when a spawner's saved
+state in the hub's database names its id. Orphans burn allocation for nobody: list them, and with
+`--cancel` cancel them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config, PyFileConfigLoader
+
+from gateway.schedulerconfig import SchedulerConfig
+from schedulers import slurm
+
+JOB_PREFIX = "hpcgate-"
+
+
+def load_hub_config(path: str) -> Config:
+    config_path = Path(path).resolve()
+    return PyFileConfigLoader(config_path.name, str(config_path.parent)).load_config()
+
+
+def owned_job_ids(db_url: str) -> set[str]:
+    """Job ids named in any spawner's saved state."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT state FROM spawners")).fetchall()
+    finally:
+        engine.dispose()
+    owned = set()
+    for (state,) in rows:
+        if isinstance(state, str):
+            state = json.loads(state or "{}")
+        if isinstance(state, dict) and state.get("job_id"):
+            owned.add(str(state["job_id"]))
+    return owned
+
+
+async def find_orphans(scheduler_config: SchedulerConfig, db_url: str) -> list[dict[str, Any]]:
+    runner = scheduler_config.make_runner()
+    try:
+        res = await runner.run(slurm.build_status(), timeout=60)
+    finally:
+        await runner.close()
+    jobs = slurm.parse_status(res.stdout, res.stderr, res.returncode)
+    owned = owned_job_ids(db_url)
+    return [{"job_id": s.job_id, "user": s.raw.get("user_name"), "name": s.raw.get("name"),
+             "state": s.state.value, "node": s.node}
+            for s in jobs.values()
+            if str(s.raw.get("name", "")).startswith(JOB_PREFIX) and not s.is_final
+            and s.job_id not in owned]
+
+
+async def cancel_jobs(scheduler_config: SchedulerConfig, job_ids: list[str]) -> None:
+    scheduler = scheduler_config.make_scheduler()
+    await scheduler.cancel(job_ids)
+
+
+def main(config_file: str, cancel: bool, as_json: bool) -> int:
+    config = load_hub_config(config_file)
+    db_url = config.JupyterHub.get("db_url", "sqlite:///jupyterhub.sqlite")
+    if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
+        db_url = "sqlite:///" + str(Path(config_file).resolve().parent / db_url[len("sqlite:///"):])
+    scheduler_config = SchedulerConfig(config=config)
+    orphans = asyncio.run(find_orphans(scheduler_config, db_url))
+    if as_json:
+        print(json.dumps(orphans, indent=2))
+    elif not orphans:
+        print("No orphan jobs: every running hpcgate job belongs to a server of the hub.")
+    else:
+        print(f"{len(orphans)} job(s) submitted by hpcgate that no server owns:")
+        for o in orphans:
+            print(f"  job {o['job_id']:<8} {o['user']:<12} {o['state']:<9} {o['node'] or '-':<8} "
+                  f"{o['name']}")
+    if cancel and orphans:
+        asyncio.run(cancel_jobs(scheduler_config, [o["job_id"] for o in orphans]))
+        print(f"Cancelled {len(orphans)} job(s).")
+    return 1 if orphans and not cancel else 0
