@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with up, when the lab is stopped: forget Slurm's saved jobs")
     lab.set_defaults(func=cmd_lab)
 
+    sub.add_parser("check-config", add_help=False,
+                   help="check a site policy file against the live cluster and directory")
     jobs = sub.add_parser("jobs", help="the gateway's jobs on the scheduler")
     jobs.add_argument("action", choices=["orphans"],
                       help="orphans: jobs hpcgate submitted that no server of the hub owns")
@@ -97,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from gateway.lab.procs import LabError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check-config"]:  # has its own parser (gateway.policy.check)
+        from gateway.policy.check import main as check_main
+
+        return check_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,21 @@ def lab() -> Any:
     missing install step in CI).
     """
     test_lab = Lab(TEST_LAB_DIR)
+    # Two test sessions on one lab would stop it under each other: the second one waits.
+    lock = open(f"{TEST_LAB_DIR}.lock", "w")  # noqa: SIM115 - held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        info = test_lab.up(nodes=2, fresh_jobs=True)
-    except LabError as err:
-        test_lab.down()
-        pytest.fail(f"the lab could not start: {err}", pytrace=False)
-    try:
-        yield info
+        try:
+            info = test_lab.up(nodes=2, fresh_jobs=True)
+        except LabError as err:
+            test_lab.down()
+            pytest.fail(f"the lab could not start: {err}", pytrace=False)
+        try:
+            yield info
+        finally:
+            test_lab.down()
     finally:
-        test_lab.down()
+        lock.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,0 +1,418 @@
+"""`hpcgate check-config SITE.yaml`: does this policy work on this cluster, for real users?
+
+Each check runs what the portal will run, the way it will run it: scheduler commands as a real
+user through `sudo -n` with the scheduler's environment passed explicitly (sudo drops it), the
+job's interpreter as that user, a bind with the directory's service account, and (with
+`--submit-test-job`) a tiny job on each partition that checks its own environment and whether it
+can reach the hub. The report has one ✓/✗ line per check and one sentence per problem.
+
+Commands go through the tiny `Run` callable of `probe.py`; the test jobs live in `testjobs.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import ssl
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from gateway.policy.live import compare_limits
+from gateway.policy.load import PolicyFileError, load_policy
+from gateway.policy.model import Directory, SitePolicy, format_duration_td
+from gateway.policy.probe import (
+    Report,
+    Run,
+    RunResult,
+    env_argv,
+    last_line,
+    resolve,
+    subprocess_run,
+    unix_groups_of,
+)
+from gateway.policy.rules import rules_for
+from gateway.policy.schema import describe_schema
+from gateway.policy.testjobs import ProbeJobs
+from schedulers.slurm_partitions import (
+    NodeInfo,
+    PartitionLimits,
+    build_nodes_argv,
+    build_partitions_argv,
+    parse_nodes,
+    parse_partitions,
+)
+
+__all__ = ["ConfigChecker", "Report", "Run", "main", "subprocess_run"]
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+class ConfigChecker:
+    """Runs every check for one policy and fills a Report."""
+
+    def __init__(self, policy: SitePolicy, source: str, run: Run, report: Report, *,
+                 test_user: str | None = None, submit_test_job: bool = False,
+                 poll_interval: float = 1.0):
+        self.policy = policy
+        self.source = source
+        self.run = run
+        self.report = report
+        self.user = test_user or policy.check.test_user
+        self.submit_test_job = submit_test_job
+        self.poll_interval = poll_interval
+        self.live: dict[str, PartitionLimits] | None = None
+        self.nodes: dict[str, NodeInfo] | None = None
+        self.slurm_ok = False
+        self.home = "/"
+        """The test user's home (set by check_test_user): test jobs write their output there."""
+
+    @property
+    def scheduler_env(self) -> dict[str, str]:
+        return {"PATH": self.policy.cluster.command_path, **self.policy.cluster.environment}
+
+    @property
+    def job_env(self) -> dict[str, str]:
+        """What the job script exports before the prologue (as the spawner's script does)."""
+        return {**self.policy.cluster.environment, **self.policy.job.environment,
+                "PATH": self.policy.job.path}
+
+    def as_user(self, argv: Sequence[str], env: Mapping[str, str] | None = None, clean: bool = False,
+                input: str | None = None) -> RunResult:
+        return self.run(env_argv(env if env is not None else self.scheduler_env, argv, clean),
+                        self.user, input)
+
+    def run_all(self) -> Report:
+        self.check_policy()
+        self.check_hosts()
+        if self.policy.directory is not None:
+            self.check_directory(self.policy.directory)
+        if not self.check_test_user():
+            return self.report
+        self.check_scheduler()
+        self.check_nodes()
+        self.check_job_environment()
+        if self.submit_test_job:
+            self.check_test_jobs()
+        return self.report
+
+    # policy -----------------------------------------------------------------------------------
+
+    def check_policy(self) -> None:
+        p = self.policy
+        self.report.section("Policy")
+        depots = f", {len(p.depots)} depot{'s' if len(p.depots) != 1 else ''}" if p.depots else ""
+        self.report.ok(f"{self.source} is valid: cluster {p.cluster.name} ({p.cluster.scheduler} via "
+                       f"{p.cluster.transport}), partitions {', '.join(p.partitions)}, "
+                       f"{len(p.groups)} group rules{depots}, connection mode {p.connection.mode}.")
+        if p.cluster.transport in ("ssh", "rest"):
+            self.report.skip(f"Transport {p.cluster.transport}: check-config runs scheduler commands "
+                             "through sudo on this host; the transport itself is not exercised.")
+
+    # host names ----------------------------------------------------------------------------------
+
+    def _named_hosts(self) -> list[tuple[str, str]]:
+        p = self.policy
+        hosts: list[tuple[str, str]] = []
+        if p.connection.hub_api_url:
+            hosts.append(("connection.hub_api_url", urlsplit(p.connection.hub_api_url).hostname or ""))
+        if p.connection.ssh_host:
+            hosts.append(("connection.ssh_host", p.connection.ssh_host))
+        if p.directory is not None:
+            hosts.append(("directory.uri", urlsplit(p.directory.uri).hostname or ""))
+        if p.cluster.ssh is not None:
+            hosts.append(("cluster.ssh.host", p.cluster.ssh.host))
+        if p.cluster.rest is not None:
+            hosts.append(("cluster.rest.url", urlsplit(p.cluster.rest.url).hostname or ""))
+        return hosts
+
+    def check_hosts(self) -> None:
+        self.report.section("Host names")
+        for where, host in self._named_hosts():
+            address = resolve(host)
+            if address is None:
+                self.report.fail(f"The host {host!r} named in {where} does not resolve on this "
+                                 "machine: fix the name or add it to DNS or /etc/hosts.")
+            else:
+                self.report.ok(f"{where}: {host} resolves to {address}.")
+
+    # directory -----------------------------------------------------------------------------------
+
+    def check_directory(self, d: Directory) -> None:
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+        from ldap3.utils.conv import escape_filter_chars
+
+        self.report.section("Directory")
+        try:
+            password = Path(d.bind_password_file).read_text().rstrip("\n")
+        except OSError as err:
+            self.report.fail(f"directory.bind_password_file {d.bind_password_file} cannot be read "
+                             f"({err.strerror}): check-config cannot log in to the directory.")
+            return
+        parts = urlsplit(d.uri)
+        use_ssl = parts.scheme == "ldaps"
+        port = parts.port or (636 if use_ssl else 389)
+        timeout = max(1, round(d.timeout.total_seconds()))  # ldap3 packs socket timeouts as ints
+        tls = ldap3.Tls(ca_certs_file=d.ca_cert,
+                        validate=ssl.CERT_REQUIRED if d.verify_tls else ssl.CERT_NONE)
+        server = ldap3.Server(parts.hostname or "", port=port, use_ssl=use_ssl, tls=tls,
+                              get_info=ldap3.NONE, connect_timeout=timeout)
+        conn = ldap3.Connection(server, user=d.bind_dn, password=password, auto_bind=False,
+                                receive_timeout=timeout, raise_exceptions=False, read_only=True)
+        how = "LDAPS" if use_ssl else ("StartTLS" if d.start_tls else "no TLS")
+        verified = ", certificate verified" if d.verify_tls and (use_ssl or d.start_tls) else ""
+        try:
+            conn.open()
+            if d.start_tls and not use_ssl and not conn.start_tls():
+                self.report.fail(f"StartTLS with {d.uri} failed ({conn.result.get('description')}).")
+                return
+            if not conn.bind():
+                reason = conn.result.get("description") or "refused"
+                hint = (" The password in directory.bind_password_file is wrong, or the DN is."
+                        if reason == "invalidCredentials" else "")
+                self.report.fail(f"The directory at {d.uri} refused the service account "
+                                 f"{d.bind_dn} ({reason}).{hint}")
+                return
+            self.report.ok(f"Bound to {d.uri} as {d.bind_dn} ({how}{verified}).")
+            if d.group_base_dn:
+                missing = []
+                for group in self.policy.groups:
+                    conn.search(d.group_base_dn, f"(cn={escape_filter_chars(group)})",
+                                attributes=["cn"], size_limit=1)
+                    if not conn.entries:
+                        missing.append(group)
+                for group in missing:
+                    self.report.fail(f"The directory has no group {group!r} under {d.group_base_dn}: "
+                                     f"the rule groups.{group} matches nobody (a typo?).")
+                if not missing:
+                    self.report.ok(f"Groups {', '.join(self.policy.groups)} exist under "
+                                   f"{d.group_base_dn}.")
+        except (LDAPException, OSError) as err:
+            self.report.fail(f"Cannot talk to the directory at {d.uri} ({how}): {err}. Check the "
+                             "URI, the port, and (with TLS) ca_cert and the certificate's host name.")
+        finally:
+            try:
+                conn.unbind()
+            except LDAPException:
+                pass
+
+    # the test user ---------------------------------------------------------------------------------
+
+    def check_test_user(self) -> bool:
+        self.report.section("Test user")
+        if not self.user:
+            self.report.fail("No test user: set check.test_user in the policy or pass --user; "
+                             "scheduler and job checks run as a real user.")
+            return False
+        try:
+            entry = pwd.getpwnam(self.user)
+        except KeyError:
+            self.report.fail(f"The test user {self.user!r} has no account on this machine.")
+            return False
+        self.home = entry.pw_dir
+        rc, out, err = self.run(["id", "-un"], self.user)
+        if rc != 0 or out.strip() != self.user:
+            self.report.fail(f"Cannot run commands as {self.user} through `sudo -n`: {last_line(err)}. "
+                             "Run check-config as root (or give the hub's user the sudo rule the "
+                             "portal uses).")
+            return False
+        rules = rules_for(self.policy, [g.gr_name for g in unix_groups_of(self.user)])
+        offered = ", ".join(rules.partitions) or "no partition"
+        self.report.ok(f"Commands run as {self.user} through sudo; the policy offers them {offered}.")
+        return True
+
+    # scheduler -------------------------------------------------------------------------------------
+
+    def check_scheduler(self) -> None:
+        self.report.section("Scheduler")
+        if self.policy.cluster.scheduler == "pbs":
+            self._check_pbs()
+            return
+        conf = self.policy.cluster.environment.get("SLURM_CONF")
+        if conf is None:
+            default = "/etc/slurm/slurm.conf"
+            if not os.path.exists(default):
+                self.report.fail("cluster.environment sets no SLURM_CONF and /etc/slurm/slurm.conf "
+                                 "does not exist: Slurm commands run through sudo (and jobs) cannot "
+                                 "find their configuration. Add SLURM_CONF to cluster.environment.")
+            else:
+                self.report.warn("cluster.environment sets no SLURM_CONF: commands use "
+                                 "/etc/slurm/slurm.conf.")
+        else:
+            rc, _, _ = self.as_user(["test", "-r", conf])
+            if rc != 0:
+                # A missing file makes every Slurm command retry for a minute: stop here.
+                self.report.fail(f"{self.user} cannot read SLURM_CONF={conf} (missing, or a parent "
+                                 "directory is closed to users): no Slurm command can work.")
+                return
+            self.report.ok(f"{self.user} can read SLURM_CONF={conf}.")
+        rc, out, err = self.as_user(["sinfo", "-h", "-o", "%R"])
+        if rc != 0:
+            self.report.fail(f"`sinfo` as {self.user} failed: {last_line(err)}.")
+            return
+        self.report.ok(f"`sinfo` as {self.user} lists partitions {', '.join(out.split())}.")
+        self.slurm_ok = True
+        rc, out, err = self.as_user(build_partitions_argv())
+        if rc != 0:
+            self.report.fail(f"`scontrol show partition` as {self.user} failed: {last_line(err)}.")
+            return
+        self.live = parse_partitions(out)
+        rc, out, err = self.as_user(build_nodes_argv())
+        if rc == 0:
+            self.nodes = parse_nodes(out)
+        else:
+            self.report.warn(f"`scontrol show node` as {self.user} failed ({last_line(err)}): node "
+                             "sizes are not compared.")
+        problems = compare_limits(self.policy, self.live, self.nodes)
+        for problem in problems:
+            (self.report.fail if problem.severity == "error" else self.report.warn)(problem.message)
+        if not [p for p in problems if p.severity == "error"]:
+            self.report.ok(f"The policy's limits fit Slurm's partitions "
+                           f"({_describe_live(self.live, self.policy)}).")
+
+    def _check_pbs(self) -> None:
+        env = self.scheduler_env
+        rc, out, err = self.as_user(["qstat", "-Qf", "-F", "json"], env)
+        if rc != 0:
+            self.report.fail(f"`qstat -Qf -F json` as {self.user} failed: {last_line(err)}.")
+            return
+        self.report.ok(f"`qstat -Qf -F json` as {self.user} answered.")
+        self.report.skip("Comparing the policy with PBS queue limits is not implemented yet.")
+
+    # nodes -----------------------------------------------------------------------------------------
+
+    def check_nodes(self) -> None:
+        self.report.section("Nodes")
+        direct = self.policy.connection.mode == "direct"
+        for name, partition in self.policy.partitions.items():
+            pinned = partition.node
+            if pinned and (self.nodes is None or pinned not in self.nodes):
+                address = resolve(pinned)
+                if address is None:
+                    self.report.fail(f"partitions.{name}.node {pinned!r} does not resolve on this "
+                                     "machine and the scheduler does not list it: no job could "
+                                     "start there.")
+        if self.nodes is None or self.live is None:
+            self.report.skip("The scheduler's node list is not available; node addresses not checked.")
+            return
+        wanted = sorted({n for p in self.policy.partitions if p in self.live
+                         for n in self.live[p].nodes})
+        for node_name in wanted:
+            node = self.nodes.get(node_name)
+            if node is None:
+                continue
+            address = resolve(node.address)
+            name_note = ""
+            if node.address != node.name and resolve(node.name) is None:
+                name_note = (f" (the name {node.name} does not resolve here; the gateway uses "
+                             "Slurm's NodeAddr)")
+            if address is None:
+                text = (f"Node {node.name}: its address {node.address!r} (NodeAddr) does not resolve "
+                        "on this machine")
+                if direct:
+                    self.report.fail(text + ": in direct mode the hub cannot reach servers there.")
+                else:
+                    self.report.warn(text + f" (not needed in {self.policy.connection.mode} mode).")
+            else:
+                self.report.ok(f"Node {node.name} resolves to {address}{name_note}.")
+
+    # job environment -------------------------------------------------------------------------------
+
+    def check_job_environment(self) -> None:
+        self.report.section("Job environment")
+        job = self.policy.job
+        env = {"PATH": job.path, "HOME": self.home}
+        rc, _, _ = self.as_user(["test", "-x", job.python], env, clean=True)
+        if rc != 0:
+            self.report.fail(f"{self.user} cannot execute the job's interpreter {job.python} (missing, "
+                             "or it or a parent directory is not readable and executable by "
+                             "users): jobs cannot start the notebook server.")
+        else:
+            code = "import sys, gateway; print(sys.version.split()[0], gateway.__file__)"
+            rc, out, err = self.as_user([job.python, "-c", code], env, clean=True)
+            if rc != 0:
+                self.report.fail(f"{self.user} runs {job.python} but it cannot import the gateway: "
+                                 f"{last_line(err)}. Install hpcgate into that environment, "
+                                 "readable by users.")
+            else:
+                version, _, location = out.strip().partition(" ")
+                self.report.ok(f"{self.user} runs {job.python} (Python {version}) and imports the "
+                               f"gateway from {location}.")
+        missing = [d for d in job.path.split(":") if not os.path.isdir(d)]
+        if missing:
+            self.report.warn(f"job.path lists directories missing on this host: {', '.join(missing)}.")
+        command = "srun" if self.policy.cluster.scheduler == "slurm" else "qstat"
+        rc, out, _ = self.as_user(["sh", "-c", 'command -v "$0"', command], env, clean=True)
+        if rc != 0:
+            self.report.warn(f"The job's PATH ({job.path}) has no `{command}` on this host.")
+        else:
+            self.report.ok(f"The job's PATH finds {out.strip()} as {self.user}.")
+        if not self.submit_test_job:
+            self.report.skip("Jobs on the nodes were not tried: add --submit-test-job to check PATH, "
+                             "SLURM_CONF and the way back to the hub from inside real jobs.")
+
+    # test jobs ---------------------------------------------------------------------------------------
+
+    def check_test_jobs(self) -> None:
+        ProbeJobs(self).check()
+
+
+def _describe_live(live: Mapping[str, PartitionLimits], policy: SitePolicy) -> str:
+    parts = []
+    for name in policy.partitions:
+        if name in live:
+            mt = live[name].max_time
+            parts.append(f"{name} MaxTime {format_duration_td(mt) if mt else 'unlimited'}")
+    return ", ".join(parts)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcgate check-config",
+        description="Check a site policy file against the live cluster, directory and nodes.")
+    parser.add_argument("site", nargs="?", help="the site policy file (YAML)")
+    parser.add_argument("--user", help="run scheduler commands and test jobs as this user "
+                                       "(default: check.test_user from the policy)")
+    parser.add_argument("--submit-test-job", action="store_true",
+                        help="submit a tiny job per partition and node to check the job's "
+                             "environment and the way back to the hub")
+    parser.add_argument("--schema", action="store_true",
+                        help="print every field of the policy file with its help text, and exit")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds one command may take (default 30)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, run: Run | None = None,
+         out: TextIO | None = None) -> int:
+    """Exit code 0 when every check passes, 1 when any fails (or the file is invalid)."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    if args.schema:
+        print(describe_schema(SitePolicy), file=out)
+        return 0
+    if not args.site:
+        print("hpcgate check-config: name the site policy file (or use --schema).", file=out)
+        return 1
+    report = Report(out=out)
+    try:
+        policy = load_policy(args.site)
+    except PolicyFileError as err:
+        report.section("Policy")
+        for problem in err.problems:
+            report.fail(str(problem))
+        print(report.summary(), file=out)
+        return 1
+    ConfigChecker(policy, args.site, run or subprocess_run(args.timeout), report,
+                  test_user=args.user, submit_test_job=args.submit_test_job).run_all()
+    print(report.summary(), file=out)
+    return 1 if report.failures else 0
+

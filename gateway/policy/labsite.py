@@ -1,0 +1,40 @@
+"""demo.yaml made concrete for one running lab: its ports, its state directory, its addresses.
+
+The lab picks free ports at its first `up` and derives c2's veth addresses from its directory, so
+`site_configs/demo.yaml` holds the default lab's paths and placeholder ports. `lab_site_policy`
+fills in what `lab.json` says; `hpcgate demo` and the tests write the result next to the lab.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEMO = Path(str(resources.files("site_configs") / "demo.yaml"))
+DEFAULT_LAB = "/var/tmp/hpcgate-lab"  # noqa: S108 - the path demo.yaml is written for
+
+
+def lab_site_policy(info: dict[str, Any], password_file: str | Path,
+                    demo: Path = DEMO) -> dict[str, Any]:
+    """demo.yaml as a dict, pointed at the lab described by `info` (the content of lab.json)."""
+    text = demo.read_text().replace(DEFAULT_LAB + "/", info["dir"].rstrip("/") + "/")
+    policy = yaml.safe_load(text)
+    policy["cluster"]["environment"]["SLURM_CONF"] = info["slurm"]["conf"]
+    policy["directory"].update(uri=info["ldap"]["uri"], ca_cert=info["ldap"]["ca_cert"],
+                               bind_password_file=str(password_file))
+    hub_side = info["nodes"]["c2"]["hub_address"] if "c2" in info["nodes"] else "127.0.0.1"
+    policy["connection"].update(ssh_host=hub_side, ssh_port=info["ssh"]["port"],
+                                known_hosts=info["ssh"]["known_hosts"])
+    return policy
+
+
+def write_lab_site(info: dict[str, Any], password_file: str | Path, path: str | Path) -> Path:
+    """Write the lab's policy file (YAML, with a header saying where it came from)."""
+    header = (f"# Generated from site_configs/demo.yaml for the lab in {info['dir']}.\n"
+              "# Read demo.yaml for the comments; edit that file, not this one.\n")
+    out = Path(path)
+    out.write_text(header + yaml.safe_dump(lab_site_policy(info, password_file), sort_keys=False))
+    return out

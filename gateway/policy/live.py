@@ -1,0 +1,163 @@
+"""The scheduler's live limits next to the policy's promises, and a cache for them.
+
+A policy that promises more than the scheduler allows is the worst kind of error: the form offers
+a walltime, the user asks for it, and sbatch refuses at submit (EnforcePartLimits) or the job sits
+pending forever. `compare_limits` finds every such promise, for the partitions' own limits and for
+each group's overrides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from gateway.policy.durations import format_memory
+from gateway.policy.model import Limits, SitePolicy, format_duration_td
+from schedulers.slurm_partitions import NodeInfo, PartitionLimits
+
+
+@dataclass(frozen=True)
+class LimitProblem:
+    partition: str
+    field: str
+    """The policy field: 'partitions.debug.max_walltime' or 'groups.hub-admins.limits.long.max_cpus'."""
+    message: str
+    severity: str = "error"
+    """'error' (the policy promises more than the scheduler allows) or 'warning'."""
+
+
+def _promises(policy: SitePolicy, name: str) -> Iterator[tuple[str, Limits]]:
+    """Every set of limits the policy offers on partition `name`, with where it is written."""
+    partition = policy.partitions[name]
+    yield f"partitions.{name}", partition.limits
+    for group, rule in policy.groups.items():
+        if name in rule.partitions and name in rule.limits:
+            yield f"groups.{group}.limits.{name}", partition.limits.override(rule.limits[name])
+
+
+def compare_limits(policy: SitePolicy, live: Mapping[str, PartitionLimits],
+                   nodes: Mapping[str, NodeInfo] | None = None) -> list[LimitProblem]:
+    """Where the policy promises more than Slurm's partitions (and their nodes) allow."""
+    problems: list[LimitProblem] = []
+    for name, partition in policy.partitions.items():
+        part = live.get(name)
+        if part is None:
+            known = ", ".join(live) or "none"
+            problems.append(LimitProblem(name, f"partitions.{name}",
+                                         f"Slurm has no partition {name!r} (it has: {known})."))
+            continue
+        if part.state.upper() != "UP":
+            problems.append(LimitProblem(name, f"partitions.{name}",
+                                         f"Slurm's partition {name!r} is {part.state}, not UP: jobs "
+                                         "will not start there.", "warning"))
+        members = [nodes[n] for n in part.nodes if nodes and n in nodes]
+        if partition.node is not None and nodes is not None and partition.node not in part.nodes:
+            problems.append(LimitProblem(name, f"partitions.{name}.node",
+                                         f"Partition {name!r} pins node {partition.node!r}, which "
+                                         f"Slurm does not list in that partition "
+                                         f"({', '.join(part.nodes) or 'no nodes'})."))
+        if partition.node is not None:
+            members = [m for m in members if m.name == partition.node] or members
+        for where, limits in _promises(policy, name):
+            problems.extend(_compare_one(name, where, limits, part, members))
+    return problems
+
+
+def _compare_one(name: str, where: str, lim: Limits, part: PartitionLimits,
+                 members: list[NodeInfo]) -> Iterator[LimitProblem]:
+    def over(field: str, promised: str, allowed: str, source: str) -> LimitProblem:
+        return LimitProblem(name, f"{where}.{field}",
+                            f"{where}.{field} promises {promised}, but Slurm allows at most "
+                            f"{allowed} on partition {name!r} ({source}).")
+
+    if part.max_time is not None and lim.max_walltime > part.max_time:
+        yield over("max_walltime", format_duration_td(lim.max_walltime),
+                   format_duration_td(part.max_time), "MaxTime")
+    if part.max_nodes is not None and lim.max_nodes > part.max_nodes:
+        yield over("max_nodes", str(lim.max_nodes), str(part.max_nodes), "MaxNodes")
+    if part.max_mem_per_node_mb is not None and lim.max_memory > part.max_mem_per_node_mb:
+        yield over("max_memory", format_memory(lim.max_memory),
+                   format_memory(part.max_mem_per_node_mb), "MaxMemPerNode")
+    if part.max_cpus_per_node is not None and lim.max_cpus > part.max_cpus_per_node:
+        yield over("max_cpus", f"{lim.max_cpus} cores", f"{part.max_cpus_per_node} cores",
+                   "MaxCPUsPerNode")
+    if part.max_mem_per_cpu_mb is not None and lim.max_memory > part.max_mem_per_cpu_mb * lim.max_cpus:
+        yield over("max_memory", format_memory(lim.max_memory),
+                   format_memory(part.max_mem_per_cpu_mb * lim.max_cpus),
+                   f"MaxMemPerCPU {part.max_mem_per_cpu_mb} MB times {lim.max_cpus} cores")
+    if not members:
+        return
+    # One job runs on one node (max_nodes 1): the biggest node in the partition bounds it.
+    most_cpus = max((m.cpus or 0) for m in members)
+    most_memory = max((m.real_memory_mb or 0) for m in members)
+    most_gpus = max(m.gpus for m in members)
+    nodes_word = "its largest node"
+    if most_cpus and lim.max_cpus > most_cpus * lim.max_nodes:
+        yield over("max_cpus", f"{lim.max_cpus} cores", f"{most_cpus * lim.max_nodes} cores",
+                   f"{nodes_word} has {most_cpus}")
+    if most_memory and lim.max_memory > most_memory * lim.max_nodes:
+        yield over("max_memory", format_memory(lim.max_memory),
+                   format_memory(most_memory * lim.max_nodes),
+                   f"{nodes_word} has RealMemory={most_memory}")
+    if lim.max_gpus > most_gpus * lim.max_nodes:
+        yield over("max_gpus", f"{lim.max_gpus} GPUs", f"{most_gpus * lim.max_nodes} GPUs",
+                   "from the nodes' Gres")
+
+
+Fetch = Callable[[], Awaitable[Mapping[str, PartitionLimits]]]
+
+
+class LiveLimitsCache:
+    """The scheduler's partition limits, fetched at most once per `ttl` seconds.
+
+    `get()` refreshes when the copy is older than `ttl`; concurrent callers share one fetch. A
+    failed fetch keeps the last good copy (and records the error): a scheduler hiccup must not
+    turn into "no partitions". `fetch` is any coroutine function, e.g. one that runs
+    `build_partitions_argv()` through a runner and returns `parse_partitions(stdout)`.
+    """
+
+    def __init__(self, fetch: Fetch, ttl: float = 300.0, retry_after: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._fetch = fetch
+        self.ttl = ttl
+        self.retry_after = retry_after
+        """After a failed fetch, wait this long before asking again (no hammering a sick controller)."""
+        self._clock = clock
+        self._value: Mapping[str, PartitionLimits] | None = None
+        self._fetched_at: float | None = None
+        self._failed_at: float | None = None
+        self._lock = asyncio.Lock()
+        self.last_error: BaseException | None = None
+
+    @property
+    def age(self) -> float | None:
+        return None if self._fetched_at is None else self._clock() - self._fetched_at
+
+    def fresh(self) -> bool:
+        age = self.age
+        if age is not None and age < self.ttl:
+            return True
+        # Just failed: treat the old copy (or None) as good enough until retry_after passes.
+        return self._failed_at is not None and self._clock() - self._failed_at < self.retry_after
+
+    async def get(self) -> Mapping[str, PartitionLimits] | None:
+        """The cached limits, refreshed when stale; None only if no fetch ever succeeded."""
+        if not self.fresh():
+            await self.refresh()
+        return self._value
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if self.fresh():  # another caller refreshed while this one waited
+                return
+            try:
+                self._value = await self._fetch()
+            except Exception as err:  # noqa: BLE001 - kept for the caller; old value stays
+                self.last_error = err
+                self._failed_at = self._clock()
+                return
+            self._fetched_at = self._clock()
+            self._failed_at = None
+            self.last_error = None

@@ -1,0 +1,402 @@
+"""The site policy, typed: what a cluster admin promises the portal may ask of the scheduler.
+
+Frozen dataclasses, built by `load.py` from YAML. Each field carries the help text admins read
+(`hpcgate check-config --schema` prints them all). `SitePolicy.problems()` finds what a single
+field cannot: a default above its maximum, a group naming a partition that does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from gateway.policy.durations import format_memory
+from gateway.policy.schema import (
+    AbsPath,
+    Boolean,
+    Choice,
+    Duration,
+    EnvName,
+    GroupName,
+    Host,
+    Integer,
+    ListOf,
+    MapOf,
+    Memory,
+    Name,
+    SearchPath,
+    Section,
+    Text,
+    Url,
+    setting,
+)
+
+Path = tuple[str | int, ...]
+"""Where a value sits in the file: ('partitions', 'debug', 'max_walltime')."""
+
+SCHEDULERS = ("slurm", "pbs")
+TRANSPORTS = ("local", "sudo", "ssh", "rest")
+CONNECTION_MODES = ("direct", "reverse", "login-node")
+DIRECTIVE_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS "}
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one job may ask of one partition, and what the form offers when the user says nothing."""
+
+    max_walltime: timedelta = setting(
+        "Longest walltime a user may ask for (e.g. 30m, 2:00:00, 1-12:00, 2d).", Duration())
+    default_walltime: timedelta = setting(
+        "Walltime the form suggests; at most max_walltime.", Duration(), timedelta(hours=1))
+    max_cpus: int = setting("Most cores one job may ask for (on one node).", Integer(1, 100_000))
+    default_cpus: int = setting("Cores the form suggests.", Integer(1, 100_000), 1)
+    max_memory: int = setting(
+        "Most memory one job may ask for (e.g. 8G, 512M; a bare number is MB). Held in MB.",
+        Memory())
+    default_memory: int = setting("Memory the form suggests. Held in MB.", Memory(), 1024)
+    max_gpus: int = setting("Most GPUs one job may ask for; 0 hides the GPU field.",
+                            Integer(0, 1024), 0)
+    default_gpus: int = setting("GPUs the form suggests.", Integer(0, 1024), 0)
+    max_nodes: int = setting(
+        "Most nodes one job may span. Notebook servers use one node; keep 1 unless your site "
+        "runs multi-node kernels.", Integer(1, 100_000), 1)
+
+    def override(self, changes: LimitOverrides | None) -> Limits:
+        """These limits with a group's overrides applied (fields the group leaves unset stay)."""
+        if changes is None:
+            return Limits(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Limits)})
+        return Limits(**{f.name: (getattr(changes, f.name) if getattr(changes, f.name) is not None
+                                  else getattr(self, f.name))
+                         for f in dataclasses.fields(Limits)})
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """(field, sentence) for each default that exceeds its maximum."""
+        pairs = (
+            ("default_walltime", self.default_walltime, self.max_walltime, format_duration_td),
+            ("default_cpus", self.default_cpus, self.max_cpus, str),
+            ("default_memory", self.default_memory, self.max_memory, format_memory),
+            ("default_gpus", self.default_gpus, self.max_gpus, str),
+        )
+        for name, default, maximum, show in pairs:
+            if default > maximum:
+                yield name, (f"the default {show(default)} is above the maximum {show(maximum)} "
+                             f"(max_{name.removeprefix('default_')})")
+
+
+def format_duration_td(td: timedelta) -> str:
+    """Plain words with every part kept: '1 day 2 hours 30 minutes' (no rounding in a limit)."""
+    seconds = int(td.total_seconds())
+    parts = []
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    return " ".join(parts) or "0 seconds"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partition(Limits):
+    """A Slurm partition or PBS queue the portal may submit to, with its limits for everyone."""
+
+    description: str = setting("What the partition is for, shown in the form.", Text(), "")
+    node: str | None = setting(
+        "Pin the portal's jobs on this partition to one node (e.g. a dedicated interactive node). "
+        "Leave unset to let the scheduler choose.", Name(), None)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.override(self, None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitOverrides:
+    """A group's own limits on one partition: tighter or looser than the partition's."""
+
+    max_walltime: timedelta | None = setting("Longest walltime for this group.", Duration(), None)
+    default_walltime: timedelta | None = setting("Suggested walltime for this group.", Duration(), None)
+    max_cpus: int | None = setting("Most cores for this group.", Integer(1, 100_000), None)
+    default_cpus: int | None = setting("Suggested cores for this group.", Integer(1, 100_000), None)
+    max_memory: int | None = setting("Most memory for this group.", Memory(), None)
+    default_memory: int | None = setting("Suggested memory for this group.", Memory(), None)
+    max_gpus: int | None = setting("Most GPUs for this group.", Integer(0, 1024), None)
+    default_gpus: int | None = setting("Suggested GPUs for this group.", Integer(0, 1024), None)
+    max_nodes: int | None = setting("Most nodes for this group.", Integer(1, 100_000), None)
+
+
+# -- who may do what ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    """A scheduler account (Slurm --account, PBS -A) that jobs are charged to."""
+
+    description: str = setting("What the account is for, shown in the form.", Text(), "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupRule:
+    """What members of one directory group may do. A user in several groups gets the union."""
+
+    description: str = setting("A note for admins (not shown to users).", Text(), "")
+    partitions: tuple[str, ...] = setting(
+        "Partitions this group may use. A user sees the partitions of all their groups.",
+        ListOf(Name()), ())
+    limits: Mapping[str, LimitOverrides] = setting(
+        "Per-partition limits for this group, replacing the partition's own field by field. "
+        "Where several of a user's groups open a partition, the user gets the largest maximum.",
+        MapOf(Name(), Section(LimitOverrides)), factory=dict)
+    accounts: tuple[str, ...] = setting("Accounts this group may charge.", ListOf(Name()), ())
+    default_account: str | None = setting(
+        "Account preselected for this group's members; one of `accounts`. When several of a "
+        "user's groups set one, the group listed first in this file wins.", Name(), None)
+    max_servers: int = setting(
+        "How many notebook servers one member may run at the same time (largest over a user's "
+        "groups).", Integer(0, 1000), 1)
+
+
+# -- the cluster and the job --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SshTransport:
+    """A login node the hub reaches over SSH to run scheduler commands (transport: ssh)."""
+
+    host: str = setting("The login node's host name.", Host())
+    port: int = setting("Its SSH port.", Integer(1, 65535), 22)
+    known_hosts: str | None = setting(
+        "A known_hosts file holding the login node's host key (never trust on first use).",
+        AbsPath(), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestTransport:
+    """slurmrestd (transport: rest): submit and query over HTTP instead of forking commands."""
+
+    url: str = setting("slurmrestd's base URL, e.g. http://slurm-ctl:6820.", Url("http", "https"))
+    api_version: str = setting("The OpenAPI plugin version to speak.", Name(), "v0.0.38")
+    jwt_key_file: str | None = setting(
+        "The JWT signing key, to mint per-user tokens (root-only file).", AbsPath(), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cluster:
+    """The batch system and how the hub talks to it."""
+
+    name: str = setting("A short name for the cluster, shown in messages.", Name())
+    scheduler: str = setting("The batch system.", Choice(*SCHEDULERS))
+    transport: str = setting(
+        "How the hub runs scheduler commands: local (as the hub's user), sudo (as each user on "
+        "the hub host), ssh (on a login node), rest (slurmrestd).", Choice(*TRANSPORTS), "sudo")
+    environment: Mapping[str, str] = setting(
+        "Variables every scheduler command needs, passed explicitly (sudo and ssh drop the "
+        "caller's environment): SLURM_CONF for Slurm, PBS_CONF_FILE for PBS.",
+        MapOf(EnvName(), Text()), factory=dict)
+    command_path: str = setting(
+        "PATH for scheduler commands on the hub side.", SearchPath(),
+        "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+    command_timeout: timedelta = setting(
+        "How long one scheduler command may take before it counts as a failure.", Duration(),
+        timedelta(seconds=30))
+    ssh: SshTransport | None = setting("Settings for transport: ssh.", Section(SshTransport), None)
+    rest: RestTransport | None = setting("Settings for transport: rest.", Section(RestTransport), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobEnvironment:
+    """What the job script sets up before it starts the notebook server. Written by the site only."""
+
+    python: str = setting(
+        "The interpreter that runs the notebook server in the job: it must be readable and "
+        "executable by every user and able to `import gateway`.", AbsPath())
+    path: str = setting("PATH inside the job.", SearchPath(), "/usr/local/bin:/usr/bin:/bin")
+    prologue: str = setting(
+        "Shell lines run before the server starts, e.g. `module load python/3.11` or "
+        "`source /opt/envs/jupyter/bin/activate`. Site text: users never add to it.",
+        Text(multiline=True, max_length=65536), "")
+    environment: Mapping[str, str] = setting(
+        "Extra variables exported in the job (never secrets: schedulers show job environments to "
+        "other users).", MapOf(EnvName(), Text()), factory=dict)
+    extra_directives: tuple[str, ...] = setting(
+        "Raw scheduler header lines added to every job, e.g. '#SBATCH --constraint=ib'. Each must "
+        "start with '#SBATCH ' (Slurm) or '#PBS ' (PBS).", ListOf(Text()), ())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connection:
+    """How the hub's proxy reaches the notebook server inside a job."""
+
+    mode: str = setting(
+        "direct: the hub connects to the node's address (nodes reachable from the hub). "
+        "reverse: the job opens an SSH tunnel back to the hub host (hub outside the cluster). "
+        "login-node: the hub tunnels through a login node to the node.",
+        Choice(*CONNECTION_MODES), "direct")
+    hub_api_url: str | None = setting(
+        "The URL jobs use to call the hub's API. In direct mode every node must reach it; in "
+        "reverse mode jobs reach it through their tunnel (a loopback URL on the hub host is fine).",
+        Url("http", "https"), None)
+    ssh_host: str | None = setting(
+        "reverse: the hub host's SSH server that jobs tunnel to; login-node: the login node the "
+        "hub tunnels through.", Host(), None)
+    ssh_port: int = setting("Port of that SSH server.", Integer(1, 65535), 22)
+    known_hosts: str | None = setting(
+        "known_hosts file with that SSH server's host key.", AbsPath(), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Directory:
+    """The directory service (LDAP), used here by `hpcgate check-config` to test the service account."""
+
+    uri: str = setting("ldap://host:port (with start_tls) or ldaps://host:port.", Url("ldap", "ldaps"))
+    start_tls: bool = setting("Upgrade an ldap:// connection with StartTLS.", Boolean(), True)
+    ca_cert: str | None = setting("CA certificate that signed the directory's certificate.",
+                                  AbsPath(), None)
+    verify_tls: bool = setting(
+        "Verify the directory's certificate and host name. Turn off only on a test bench.",
+        Boolean(), True)
+    bind_dn: str = setting("The service account's DN, for the search step of search-then-bind.",
+                           Text())
+    bind_password_file: str = setting(
+        "A root-only file holding the service account's password (never the password inline).",
+        AbsPath())
+    group_base_dn: str | None = setting(
+        "Where groups live; when set, check-config confirms each group of this policy exists.",
+        Text(), None)
+    timeout: timedelta = setting("Connect and answer timeout.", Duration(), timedelta(seconds=5))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Depot:
+    """A shared project directory on the cluster's filesystem (provisioned by `hpcgate depot`)."""
+
+    path: str = setting("Where the depot lives on the shared filesystem.", AbsPath())
+    group: str = setting("The Unix group that owns it.", Name())
+    access: str = setting("What the owning group may do: rw (read and write) or ro.",
+                          Choice("rw", "ro"), "rw")
+    read_only_groups: tuple[str, ...] = setting("Other Unix groups that may read it.",
+                                                ListOf(Name()), ())
+    description: str = setting("What the depot holds, shown to users.", Text(), "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSettings:
+    """Settings for `hpcgate check-config`."""
+
+    test_user: str | None = setting(
+        "A real user to run scheduler commands and test jobs as (`--user` overrides it).",
+        Name(), None)
+    job_timeout: timedelta = setting("How long a test job may take from submission to its end.",
+                                     Duration(), timedelta(minutes=2))
+    nodes_per_partition: int = setting(
+        "With --submit-test-job: how many nodes of each partition get a test job.",
+        Integer(1, 64), 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SitePolicy:
+    """One site's whole policy."""
+
+    cluster: Cluster = setting("The batch system and how to reach it.", Section(Cluster))
+    job: JobEnvironment = setting("How jobs start the notebook server.", Section(JobEnvironment))
+    partitions: Mapping[str, Partition] = setting(
+        "Partitions (Slurm) or queues (PBS) the portal may use, by their scheduler name.",
+        MapOf(Name(), Section(Partition)))
+    default_partition: str | None = setting(
+        "Partition the form preselects (when the user may use it).", Name(), None)
+    accounts: Mapping[str, Account] = setting(
+        "Scheduler accounts, by name. Leave empty when the site does not charge accounts.",
+        MapOf(Name(), Section(Account)), factory=dict)
+    groups: Mapping[str, GroupRule] = setting(
+        "Rules by directory group. Users in none of these groups cannot start servers.",
+        MapOf(GroupName(), Section(GroupRule)))
+    connection: Connection = setting("How the proxy reaches servers in jobs.", Section(Connection),
+                                     factory=Connection)
+    directory: Directory | None = setting("The LDAP directory (for check-config).",
+                                          Section(Directory), None)
+    depots: Mapping[str, Depot] = setting("Shared project directories, by name.",
+                                          MapOf(Name(), Section(Depot)), factory=dict)
+    check: CheckSettings = setting("Settings for hpcgate check-config.", Section(CheckSettings),
+                                   factory=CheckSettings)
+
+    def problems(self) -> list[tuple[Path, str]]:
+        """Rules that span fields: (where, sentence) for each. Empty when the policy holds together."""
+        found: list[tuple[Path, str]] = []
+
+        def add(where: Path, sentence: str) -> None:
+            found.append((where, sentence))
+        if not self.partitions:
+            add(("partitions",), "the policy names no partition; the portal would offer nothing")
+        if not self.groups:
+            add(("groups",), "the policy has no group rules; nobody could start a server")
+        for name, part in self.partitions.items():
+            for field, sentence in part.problems():
+                add(("partitions", name, field), sentence)
+        if self.default_partition is not None and self.default_partition not in self.partitions:
+            add(("default_partition",), _unknown("partition", self.default_partition, self.partitions))
+        for group, rule in self.groups.items():
+            for i, part_name in enumerate(rule.partitions):
+                if part_name not in self.partitions:
+                    add(("groups", group, "partitions", i),
+                        _unknown("partition", part_name, self.partitions))
+            for part_name, changes in rule.limits.items():
+                where: Path = ("groups", group, "limits", part_name)
+                if part_name not in self.partitions:
+                    add(where, _unknown("partition", part_name, self.partitions))
+                    continue
+                if part_name not in rule.partitions:
+                    add(where, f"limits for partition {part_name!r}, which this group may not use "
+                               "(add it to the group's partitions)")
+                for field, sentence in self.partitions[part_name].limits.override(changes).problems():
+                    # Only what this override changed; the partition's own slips are reported there.
+                    touched = [f for f in ("max_" + field.removeprefix("default_"), field)
+                               if getattr(changes, f) is not None]
+                    if touched:
+                        add((*where, touched[0]), sentence)
+            for i, account in enumerate(rule.accounts):
+                if account not in self.accounts:
+                    add(("groups", group, "accounts", i), _unknown("account", account, self.accounts))
+            if rule.default_account is not None and rule.default_account not in rule.accounts:
+                add(("groups", group, "default_account"),
+                    f"{rule.default_account!r} is not among this group's accounts "
+                    f"({', '.join(rule.accounts) or 'none'})")
+        found.extend(self._cluster_problems())
+        found.extend(self._connection_problems())
+        for name, depot in self.depots.items():
+            if depot.group in depot.read_only_groups:
+                add(("depots", name, "read_only_groups"),
+                    f"the owning group {depot.group!r} is listed as read-only as well")
+        return found
+
+    def _cluster_problems(self) -> Iterator[tuple[Path, str]]:
+        c = self.cluster
+        if c.transport == "ssh" and c.ssh is None:
+            yield ("cluster", "transport"), "transport ssh needs a cluster.ssh section (the login node)"
+        if c.transport == "rest" and c.rest is None:
+            yield ("cluster", "transport"), "transport rest needs a cluster.rest section (slurmrestd)"
+        if c.transport == "rest" and c.scheduler != "slurm":
+            yield ("cluster", "transport"), "transport rest (slurmrestd) exists for Slurm only"
+        prefix = DIRECTIVE_PREFIX[c.scheduler]
+        for i, line in enumerate(self.job.extra_directives):
+            if not line.startswith(prefix):
+                yield (("job", "extra_directives", i),
+                       f"{line!r} must start with {prefix!r} for a {c.scheduler} cluster")
+        if "\0" in self.job.prologue:
+            yield ("job", "prologue"), "the prologue holds a NUL character"
+
+    def _connection_problems(self) -> Iterator[tuple[Path, str]]:
+        conn = self.connection
+        if conn.mode == "direct" and conn.hub_api_url is None:
+            yield (("connection", "hub_api_url"),
+                   "direct mode needs hub_api_url: the address jobs use to reach the hub")
+        if conn.mode in ("reverse", "login-node") and conn.ssh_host is None:
+            yield (("connection", "ssh_host"),
+                   f"{conn.mode} mode needs ssh_host: the SSH server the tunnel goes through")
+
+
+def _unknown(what: str, name: str, known: Mapping[str, object]) -> str:
+    names = ", ".join(known) or "none"
+    return f"there is no {what} {name!r} in this policy (known: {names})"

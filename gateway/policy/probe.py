@@ -1,0 +1,135 @@
+"""The small tools `hpcgate check-config` works with: running commands as a user, looking names up,
+and the ✓/✗ report.
+
+Commands go through a tiny `Run` callable (argv, user, input) -> (rc, stdout, stderr). The
+environment a command needs travels inside its argv (`env K=V ...`), because sudo drops the
+caller's. To be unified with `schedulers/runners.py` (async, local/sudo/ssh) once that settles.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import grp
+import pwd
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
+
+RunResult = tuple[int, str, str]
+
+
+class Run(Protocol):
+    def __call__(self, argv: Sequence[str], user: str | None, input: str | None = None
+                 ) -> RunResult: ...
+
+
+def subprocess_run(timeout: float = 30.0) -> Run:
+    """Run argv locally; as `user` through `sudo -n -u` (never prompting for a password)."""
+
+    def run(argv: Sequence[str], user: str | None, input: str | None = None) -> RunResult:
+        full = list(argv)
+        if user is not None:
+            full = ["sudo", "-n", "-u", user, "--", *full]
+        try:
+            proc = subprocess.run(full, input=input, capture_output=True, text=True,
+                                  timeout=timeout, cwd="/",
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"`{argv[0]}` gave no answer within {timeout:.0f} s"
+        except OSError as err:
+            return 127, "", f"{argv[0]}: {err.strerror or err}"
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return run
+
+
+def env_argv(env: Mapping[str, str], argv: Sequence[str], clean: bool = False) -> list[str]:
+    """`env [-i] K=V ... argv`: the environment travels inside the argv, past sudo."""
+    return ["env", *(["-i"] if clean else []), *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def resolve(host: str, timeout: float = 5.0) -> str | None:
+    """The first address `host` resolves to on this machine, or None (also on a slow resolver)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        infos = pool.submit(socket.getaddrinfo, host, None).result(timeout=timeout)
+        return str(infos[0][4][0]) if infos else None
+    except (OSError, concurrent.futures.TimeoutError, UnicodeError):
+        return None
+    finally:
+        pool.shutdown(wait=False)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+MARKS = {"ok": "✓", "fail": "✗", "warn": "!", "skip": "–"}
+
+
+@dataclass
+class Report:
+    sections: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    out: TextIO | None = None
+    """When set, each line is printed as it is found (checks can take a while)."""
+
+    def section(self, title: str) -> None:
+        self.sections.append((title, []))
+        if self.out:
+            print(title, file=self.out, flush=True)
+
+    def add(self, status: str, text: str) -> None:
+        if not self.sections:
+            self.section("Checks")
+        self.sections[-1][1].append((status, text))
+        if self.out:
+            print(f"  {MARKS[status]} {text}", file=self.out, flush=True)
+
+    def ok(self, text: str) -> None:
+        self.add("ok", text)
+
+    def fail(self, text: str) -> None:
+        self.add("fail", text)
+
+    def warn(self, text: str) -> None:
+        self.add("warn", text)
+
+    def skip(self, text: str) -> None:
+        self.add("skip", text)
+
+    def lines(self, status: str | None = None) -> list[str]:
+        return [text for _, items in self.sections for s, text in items
+                if status is None or s == status]
+
+    @property
+    def failures(self) -> list[str]:
+        return self.lines("fail")
+
+    def summary(self) -> str:
+        n = len(self.failures)
+        warned = len(self.lines("warn"))
+        extra = f" ({warned} warning{'s' if warned != 1 else ''})" if warned else ""
+        if n == 0:
+            return f"Result: every check passed{extra}."
+        return f"Result: {n} problem{'s' if n != 1 else ''} found{extra}."
+
+    def render(self) -> str:
+        out = []
+        for title, items in self.sections:
+            out.append(title)
+            out.extend(f"  {MARKS[s]} {text}" for s, text in items)
+        out.append(self.summary())
+        return "\n".join(out)
+
+
+def unix_groups_of(user: str) -> list[grp.struct_group]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return []
+    return [g for g in grp.getgrall() if user in g.gr_mem or g.gr_gid == entry.pw_gid]
