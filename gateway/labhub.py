@@ -64,10 +64,17 @@ c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allow
 class LabHub:
     """One jupyterhub process (and its proxy) in `state_dir`; `start()`, `kill()`, `stop()`."""
 
-    def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = ""):
+    def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
+                 site_policy: bool = False):
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        if site_policy:
+            from gateway.policy.labsite import write_lab_site
+
+            self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
+                                              self.dir / "site.yaml")
+            extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
         self.proxy_port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"

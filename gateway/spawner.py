@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
+import os
 import pwd
 import re
 import shlex
@@ -68,6 +70,11 @@ class BatchSpawner(Spawner):
     job_prologue = Unicode(
         "", help="Site-written shell lines run in the job before the launcher, such as "
                  "`module load python`. Never built from user input.",
+    ).tag(config=True)
+    policy_file = Unicode(
+        "", help="Site policy (YAML, see site_configs/): when set, the spawn form, the limits "
+                 "and the job's environment come from it, and every user option is validated "
+                 "against the user's groups. Without it, the defaults above apply.",
     ).tag(config=True)
     state_dir_template = Unicode(
         "{home}/.hpcgate/servers/{server}",
@@ -139,9 +146,59 @@ class BatchSpawner(Spawner):
     def _job_name(self) -> str:
         return f"hpcgate-{self.user.name}" + (f"-{self.name}" if self.name else "")
 
-    def _request_fields(self) -> dict[str, Any]:
-        """Partition, account, cores, memory and walltime from the user's options or defaults."""
+    def _site_policy(self) -> Any:
+        if not self.policy_file:
+            return None
+        if getattr(self, "_policy_config", None) is None:
+            from gateway.policy.config import SitePolicyConfig
+
+            self._policy_config = SitePolicyConfig(parent=self, policy_file=self.policy_file)
+        return self._policy_config.policy()
+
+    async def _groups(self, user: str) -> list[str]:
+        """The user's directory groups (auth_state), else hub groups, else Unix groups."""
+        auth_state = await self.user.get_auth_state() or {}
+        if auth_state.get("groups"):
+            return list(auth_state["groups"])
+        hub_groups = [g.name for g in getattr(self.user, "groups", [])]
+        if hub_groups:
+            return hub_groups
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            return []
+        return [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, entry.pw_gid)]
+
+    async def get_options_form(self) -> str:  # type: ignore[override]
+        policy = self._site_policy()
+        if policy is None:
+            return await super().get_options_form()
+        from gateway.policy import render_form
+
+        user, _ = await self._identity()
+        return render_form(policy, await self._groups(user), previous=self.user_options)
+
+    def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:
+        if not self.policy_file:
+            return super().options_from_form(form_data)
+        from gateway.policy import options_from_form
+
+        return options_from_form(form_data)
+
+    async def _request_fields(self, user: str) -> dict[str, Any]:
+        """Partition, account, cores, memory, GPUs and walltime the user may have, validated."""
         opts = self.user_options or {}
+        policy = self._site_policy()
+        if policy is not None:
+            from gateway.policy import PolicyError, check_server_count, validate_options
+
+            groups = await self._groups(user)
+            running = sum(1 for s in self.user.spawners.values() if s is not self and s.active)
+            try:
+                check_server_count(policy, groups, running)
+                return validate_options(policy, groups, opts).job_request_fields()
+            except PolicyError as err:
+                raise SpawnException(err.message, reason="policy") from err
         try:
             walltime = parse_walltime(str(opts.get("walltime") or self.walltime))
         except ValueError as err:
@@ -163,6 +220,21 @@ class BatchSpawner(Spawner):
                     raise SpawnException(f"{key} must be a whole number; you entered {opts[key]!r}.",
                                          reason="bad-options") from err
         return fields
+
+    def _job_environment(self) -> tuple[str, str, dict[str, str], tuple[str, ...]]:
+        """(python, prologue, environment, extra directives) for the job: the policy's, else the
+        spawner's own settings. The scheduler's environment (SLURM_CONF) always reaches the job."""
+        policy = self._site_policy()
+        if policy is not None:
+            job = policy.job
+            env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
+            # The policy writes whole header lines; the builder adds its own "#SBATCH ".
+            directives = tuple(d.removeprefix("#SBATCH ").strip() for d in job.extra_directives
+                               if d.startswith("#SBATCH "))
+            return job.python, job.prologue, {**self.scheduler_config.environment, **env}, directives
+        env = {"PATH": f"{_bin_dir(self.job_python)}:/usr/local/bin:/usr/bin:/bin",
+               **self.scheduler_config.environment}
+        return self.job_python, self.job_prologue, env, ()
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -209,7 +281,8 @@ class BatchSpawner(Spawner):
         self._events_changed = asyncio.Event()
         self._emit(5, "Preparing your job")
         user, home = await self._identity()
-        fields = self._request_fields()
+        fields = await self._request_fields(user)
+        python, prologue, job_env, directives = self._job_environment()
         if self.name and not _SERVER_NAME.match(self.name):
             raise SpawnException(f"Server name {self.name!r} is not allowed.", reason="bad-options")
         server_dir = self.state_dir_template.format(home=home, server=self.name or "default")
@@ -227,15 +300,14 @@ class BatchSpawner(Spawner):
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
                   "report_timeout": self.report_timeout}
-        await self._write_launch_file(runner, user, launch_file, launch)
+        await self._write_launch_file(runner, python, user, launch_file, launch)
 
-        body = [self.job_prologue.strip(), f"exec {shlex.quote(self.job_python)} -m gateway.launcher "
+        body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.launcher "
                 f"{shlex.quote(launch_file)}"]
-        job_env = {"PATH": f"{_bin_dir(self.job_python)}:/usr/local/bin:/usr/bin:/bin",
-                   **self.scheduler_config.environment}
         try:
             req = JobRequest(script="\n".join(b for b in body if b) + "\n", name=self._job_name(),
-                             workdir=home, output=log_file, environment=job_env, **fields)
+                             workdir=home, output=log_file, environment=job_env,
+                             extra_directives=directives, **fields)
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
 
@@ -272,9 +344,9 @@ class BatchSpawner(Spawner):
                 return {**await nodes(), **known}
         return known
 
-    async def _write_launch_file(self, runner: Any, user: str, path: str,
+    async def _write_launch_file(self, runner: Any, python: str, user: str, path: str,
                                  launch: dict[str, Any]) -> None:
-        res = await runner.run([self.job_python, "-m", "gateway.launcher", "--write", path],
+        res = await runner.run([python, "-m", "gateway.launcher", "--write", path],
                                user=user, input=json.dumps(launch), timeout=30)
         if res.returncode != 0:
             raise SpawnException(

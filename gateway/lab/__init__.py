@@ -73,14 +73,21 @@ class Lab:
         tmp.replace(self.state_file)
 
     def _secrets(self) -> dict[str, str]:
+        """Passwords made at the first `up` and kept: users, service account, directory admin."""
         path = self.dir / "secrets" / "passwords.json"
         if path.exists():
-            return json.loads(path.read_text())
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        names = [u.name for u in accounts.USERS] + ["svc-hpcgate", "admin"]
-        passwords = {n: secrets.token_urlsafe(12) for n in names}
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(passwords, indent=2) + "\n")
+            passwords = json.loads(path.read_text())
+        else:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            names = [u.name for u in accounts.USERS] + ["svc-hpcgate", "admin"]
+            passwords = {n: secrets.token_urlsafe(12) for n in names}
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(passwords, indent=2) + "\n")
+        # The service password alone, for configurations that read a password file.
+        service = path.parent / "svc-hpcgate.password"
+        if not service.exists():
+            service.touch(mode=0o600)
+            service.write_text(passwords["svc-hpcgate"] + "\n")
         return passwords
 
     def _check_host(self) -> None:
@@ -197,6 +204,7 @@ class Lab:
                 "service_dn": directory.SERVICE_DN,
                 "admin_dn": directory.ADMIN_DN,
                 "passwords_file": str(d / "secrets" / "passwords.json"),
+                "service_password_file": str(d / "secrets" / "svc-hpcgate.password"),
             },
             "ssh": {
                 "host": "127.0.0.1",
