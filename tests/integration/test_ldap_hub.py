@@ -1,0 +1,188 @@
+"""Through a real JupyterHub and configurable-http-proxy: what the login page says, and a hub that keeps
+answering while the directory stalls. Each hub runs on free loopback ports and is stopped (process
+group and proxy) even when a test fails."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from auth.authenticator import NOT_ALLOWED, THROTTLED, UNAVAILABLE, WRONG_CREDENTIALS
+from gateway.lab.procs import LabError
+from gateway.lab.replica import HubProcess, StalledListener
+from tests.integration.test_ldap_login import passwords
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE_TOKEN = secrets.token_hex(24)
+
+
+def hub_config(lab: dict[str, Any], server_urls: list[str], **extra: Any) -> str:
+    ldap = lab["ldap"]
+    lines = [
+        'c.JupyterHub.authenticator_class = "auth.authenticator.LDAPAuthenticator"',
+        f"c.LDAPAuthenticator.server_urls = {server_urls!r}",
+        f"c.LDAPAuthenticator.tls_ca_file = {ldap['ca_cert']!r}",
+        f"c.LDAPAuthenticator.service_dn = {ldap['service_dn']!r}",
+        f"c.LDAPAuthenticator.user_search_base = {ldap['people_dn']!r}",
+        f"c.LDAPAuthenticator.group_search_base = {ldap['groups_dn']!r}",
+        # a probe service that may read users and their auth_state
+        f'c.JupyterHub.services = [{{"name": "probe", "api_token": {PROBE_TOKEN!r}}}]',
+        'c.JupyterHub.load_roles = [{"name": "probe", "scopes": ["admin:users", "admin:auth_state"], '
+        '"services": ["probe"]}]',
+    ]
+    lines += [f"c.LDAPAuthenticator.{k} = {v!r}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def start_hub(lab: dict[str, Any], workdir: Path, config: str, crypt_key: bool = True) -> HubProcess:
+    env = {"HPCGATE_LDAP_SERVICE_PASSWORD": passwords(lab)["svc-hpcgate"]}
+    if crypt_key:
+        env["JUPYTERHUB_CRYPT_KEY"] = secrets.token_hex(32)
+    hub = HubProcess(workdir, config, env=env, pythonpath=str(REPO))
+    try:
+        hub.start()
+    except BaseException:
+        hub.stop()
+        raise
+    return hub
+
+
+@pytest.fixture(scope="module")
+def directory_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    config = hub_config(lab, [lab["ldap"]["uri"]], allowed_groups={"hub-admins"}, admin_groups={"hub-admins"},
+                        failed_logins_per_user=3)
+    hub = start_hub(lab, tmp_path_factory.mktemp("hub-directory"), config)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="module")
+def stalled_hub(lab: dict[str, Any],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, StalledListener]]:
+    with StalledListener() as stalled:
+        config = hub_config(lab, [stalled.uri], allow_all=True, connect_timeout=1.0, receive_timeout=2.0)
+        hub = start_hub(lab, tmp_path_factory.mktemp("hub-stalled"), config)
+        try:
+            yield hub, stalled
+        finally:
+            hub.stop()
+
+
+def session() -> aiohttp.ClientSession:
+    # unsafe=True: keep cookies set by an IP-address host (127.0.0.1)
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 timeout=aiohttp.ClientTimeout(total=30))
+
+
+async def post_login(s: aiohttp.ClientSession, hub: HubProcess, username: str,
+                     password: str) -> tuple[int, str, dict[str, str], float]:
+    """Like a browser: fetch the form (and its xsrf token), post it; status, page text, headers, seconds."""
+    async with s.get(f"{hub.url}/hub/login") as page:
+        assert page.status == 200
+        token = re.search(r'name="_xsrf" value="([^"]+)"', await page.text())
+    assert token, "no _xsrf in the login form"
+    t0 = time.monotonic()
+    async with s.post(f"{hub.url}/hub/login", allow_redirects=False,
+                      data={"username": username, "password": password, "_xsrf": token.group(1)}) as resp:
+        text = html.unescape(await resp.text())
+        return resp.status, text, dict(resp.headers), time.monotonic() - t0
+
+
+def login_error(page: str) -> str:
+    found = re.search(r'<p class="login_error">(.*?)</p>', page, re.DOTALL)
+    return found.group(1).strip() if found else ""
+
+
+async def test_login_page_shows_each_sentence_with_its_status(lab: dict[str, Any],
+                                                              directory_hub: HubProcess) -> None:
+    hub, pw = directory_hub, passwords(lab)
+    async with session() as s:
+        status, page, headers, _ = await post_login(s, hub, "carol", pw["carol"])
+        assert status == 302, hub.log_tail()
+        assert headers["Location"].startswith("/hub/")
+    async with session() as s:
+        for username, password, want_status, sentence in [
+            ("alice", pw["alice"], 403, NOT_ALLOWED),  # right password, not in hub-admins
+            ("alice", "not-her-password", 403, WRONG_CREDENTIALS),
+            ("nobody", "whatever", 403, WRONG_CREDENTIALS),
+            ("*", pw["bob"], 403, WRONG_CREDENTIALS),
+            (")(uid=*", pw["carol"], 403, WRONG_CREDENTIALS),
+        ]:
+            status, page, _, _ = await post_login(s, hub, username, password)
+            assert (status, login_error(page)) == (want_status, sentence), (username, hub.log_tail())
+            assert 'name="password"' in page  # the login form again, not an error page
+
+
+async def test_carol_is_admin_and_her_identity_is_in_auth_state(lab: dict[str, Any],
+                                                                directory_hub: HubProcess) -> None:
+    async with session() as s:
+        status, _, _, _ = await post_login(s, directory_hub, "carol", passwords(lab)["carol"])
+        assert status == 302
+        async with s.get(f"{directory_hub.url}/hub/api/users/carol",
+                         headers={"Authorization": f"token {PROBE_TOKEN}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            user = await resp.json()
+    assert user["admin"] is True
+    state = user["auth_state"]
+    assert (state["uid"], state["uidNumber"], state["gidNumber"], state["homeDirectory"]) == (
+        "carol", 5003, 5100, "/home/carol")
+    assert state["groups"] == ["hpc-users", "hub-admins"]
+
+
+async def test_repeated_failures_are_throttled_on_the_page(lab: dict[str, Any],
+                                                           directory_hub: HubProcess) -> None:
+    async with session() as s:
+        for _ in range(3):
+            status, page, _, _ = await post_login(s, directory_hub, "bob", "guess")
+            assert login_error(page) == WRONG_CREDENTIALS
+        status, page, _, _ = await post_login(s, directory_hub, "bob", passwords(lab)["bob"])
+    assert status == 429
+    message = login_error(page)
+    assert re.fullmatch(THROTTLED.replace("{seconds}", r"\d+").replace(".", r"\.").replace("(", r"\(")
+                        .replace(")", r"\)"), message), message
+
+
+async def test_hub_keeps_answering_while_logins_stall(stalled_hub: tuple[HubProcess, StalledListener],
+                                                      lab: dict[str, Any]) -> None:
+    hub, stalled = stalled_hub
+    async with session() as s:
+        logins = [asyncio.create_task(post_login(s, hub, user, passwords(lab)[user]))
+                  for user in ("alice", "bob", "carol")]
+        await asyncio.sleep(0.2)  # the logins are now waiting on the directory
+        latencies = []
+        while not all(t.done() for t in logins):
+            t0 = time.monotonic()
+            async with s.get(f"{hub.url}/hub/api") as resp:
+                assert resp.status == 200
+                assert "version" in await resp.json()
+            latencies.append(time.monotonic() - t0)
+            await asyncio.sleep(0.05)
+        results = [t.result() for t in logins]
+    for status, page, _, took in results:
+        assert (status, login_error(page)) == (503, UNAVAILABLE), hub.log_tail()
+        assert took < 2.0 + 1.0, took  # receive_timeout 2 s, plus the hub's own work
+    assert len(latencies) >= 10, latencies
+    assert max(latencies) < 0.5, latencies
+    assert stalled.accepted >= 3
+    assert "no answer within 2 s" in hub.log.read_text()
+
+
+def test_hub_without_crypt_key_stops_at_start_with_the_reason(lab: dict[str, Any], tmp_path: Path) -> None:
+    config = hub_config(lab, [lab["ldap"]["uri"]], allow_all=True)
+    with pytest.raises(LabError, match="exited") as err:
+        start_hub(lab, tmp_path / "hub", config, crypt_key=False)
+    assert "JUPYTERHUB_CRYPT_KEY is not set" in str(err.value)
+    assert "openssl rand -hex 32" in str(err.value)
