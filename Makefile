@@ -53,10 +53,7 @@ test: setup lint
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/hpcgate lab up --nodes 2 --dir $(LAB_DIR)
-	@echo
-	@echo "Try a job as alice:  sudo -u alice env SLURM_CONF=$(LAB_DIR)/etc/slurm.conf sbatch -w c2 --wrap 'hostname'"
-	@echo "Stop the lab:        make demo-down"
+	$(VENV)/bin/hpcgate demo --dir $(LAB_DIR)
 
 demo-down:
 	$(VENV)/bin/hpcgate lab down --dir $(LAB_DIR)
@@ -64,3 +61,4 @@ demo-down:
 # Side-by-side with the anchors on this machine, in one run each; each prints `ratio=...` last.
 bench: setup
 	$(PY) -m benchmarks.poll_load --servers 100
+	$(PY) -m benchmarks.ldap_login
