@@ -68,6 +68,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return orphans.main(args.config, cancel=args.cancel, as_json=args.json)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    return demo.main(args.dir, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.lab import DEFAULT_DIR
 
@@ -82,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--fresh", action="store_true",
                      help="with up, when the lab is stopped: forget Slurm's saved jobs")
     lab.set_defaults(func=cmd_lab)
+
+    demo = sub.add_parser("demo", help="the lab plus the portal on http://127.0.0.1:8000")
+    demo.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"lab directory ({DEFAULT_DIR})")
+    demo.add_argument("--port", type=int, default=8000, help="the portal's port on 127.0.0.1")
+    demo.set_defaults(func=cmd_demo)
 
     sub.add_parser("check-config", add_help=False,
                    help="check a site policy file against the live cluster and directory")

@@ -61,21 +61,41 @@ c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allow
 """
 
 
+def ldap_config(info: dict[str, Any]) -> str:
+    """Log in against the lab's directory: search-then-bind over StartTLS, CA verified."""
+    ldap = info["ldap"]
+    return f"""
+c.JupyterHub.authenticator_class = "hpcgate-ldap"
+c.LDAPAuthenticator.server_urls = [{ldap["uri"]!r}]
+c.LDAPAuthenticator.tls_ca_file = {ldap["ca_cert"]!r}
+c.LDAPAuthenticator.service_dn = {ldap["service_dn"]!r}
+c.LDAPAuthenticator.user_search_base = {ldap["people_dn"]!r}
+c.LDAPAuthenticator.group_search_base = {ldap["groups_dn"]!r}
+c.LDAPAuthenticator.allowed_groups = {{"hpc-users"}}
+c.LDAPAuthenticator.admin_groups = {{"hub-admins"}}
+c.Authenticator.enable_auth_state = True
+"""
+
+
 class LabHub:
     """One jupyterhub process (and its proxy) in `state_dir`; `start()`, `kill()`, `stop()`."""
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
-                 site_policy: bool = False):
+                 site_policy: bool = False, ldap_login: bool = False, proxy_port: int = 0):
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.ldap_login = ldap_login
+        if ldap_login:
+            extra_config = ldap_config(info) + extra_config
         if site_policy:
             from gateway.policy.labsite import write_lab_site
 
             self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                               self.dir / "site.yaml")
             extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
-        self.proxy_port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
+        self.proxy_port = proxy_port or free_port()
+        self.hub_port, self.api_port = free_port(), free_port()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"
@@ -88,6 +108,10 @@ class LabHub:
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": self._crypt_key(),
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        if self.ldap_login:
+            # The service account's password reaches the hub by its environment, not its config.
+            env["HPCGATE_LDAP_SERVICE_PASSWORD"] = Path(
+                self.info["ldap"]["service_password_file"]).read_text().strip()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(self.config)], cwd=self.dir,
