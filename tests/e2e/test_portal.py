@@ -1,0 +1,81 @@
+"""The portal as a researcher meets it: directory login, their own form, their own server only.
+
+The same hub `hpcgate demo` runs (LDAP login against the lab's slapd, the lab's site policy),
+driven through its HTML pages with cookies and _xsrf like a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway.labhub import LabHub
+from tests.e2e.portal import Portal
+from tests.e2e.test_spawn import Hub
+
+
+@pytest.fixture(scope="module")
+def portal_hub(lab: dict):
+    state = Path("/var/tmp") / f"hpcgate-hub-portal-{uuid.uuid4().hex[:8]}"
+    labhub = LabHub(lab, state, site_policy=True, ldap_login=True)
+    h = Hub(lab, labhub)
+    try:
+        labhub.start()
+        yield h
+    finally:
+        labhub.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def passwords(lab: dict) -> dict[str, str]:
+    return json.loads(Path(lab["ldap"]["passwords_file"]).read_text())
+
+
+def logged_in(hub: Hub, user: str, password: str) -> Portal:
+    portal = Portal(hub.hub.url)
+    status, url, body = portal.login(user, password)
+    assert status == 200 and "/hub/login" not in url, portal.login_error(body)
+    return portal
+
+
+def test_wrong_password_and_unknown_user_get_one_plain_sentence(portal_hub: Hub,
+                                                               passwords: dict) -> None:
+    for user, password in (("alice", passwords["bob"]), ("nobody-here", "x"),
+                           ("*", "*"), ("alice)(uid=*", passwords["alice"])):
+        status, _, body = Portal(portal_hub.hub.url).login(user, password)
+        assert status == 403, (user, status)
+        assert Portal.login_error(body) == "Wrong username or password."
+
+
+def test_each_user_sees_the_form_their_groups_allow(portal_hub: Hub, passwords: dict) -> None:
+    alice = logged_in(portal_hub, "alice", passwords["alice"]).form_partitions()
+    carol = logged_in(portal_hub, "carol", passwords["carol"]).form_partitions()
+    # soundscape-lab caps `long` at 12 hours and 8 cores; hub-admins get the partition's own limits.
+    assert set(alice) == set(carol) == {"debug", "long"}
+    assert "up to 12 hours, 8 cores" in alice["long"], alice
+    assert "up to 2 days, 16 cores" in carol["long"], carol
+    assert alice["long"] != carol["long"]
+
+
+def test_alice_spawns_from_the_form_and_carol_cannot_reach_her_server(portal_hub: Hub,
+                                                                     passwords: dict) -> None:
+    alice = logged_in(portal_hub, "alice", passwords["alice"])
+    status, url, body = alice.request("/hub/spawn", {"partition": "debug", "cpus": "1",
+                                                     "memory": "1G", "walltime": "10m"})
+    assert status == 200, body[-500:]
+    try:
+        assert alice.wait_for_lab("alice").endswith("/user/alice/lab")
+        [job] = portal_hub.active_jobs("alice")
+        assert job["user_name"] == "alice" and job["time_limit"] == 10
+        carol = logged_in(portal_hub, "carol", passwords["carol"])
+        status, url, _ = carol.request("/user/alice/api/contents")
+        # The single-user server's OAuth refuses carol: she never gets alice's files.
+        assert status == 403, (status, url)
+    finally:
+        portal_hub.stop("alice")
+    assert not portal_hub.active_jobs("alice")
