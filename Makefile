@@ -62,3 +62,4 @@ demo-down:
 bench: setup
 	$(PY) -m benchmarks.poll_load --servers 100
 	$(PY) -m benchmarks.ldap_login
+	$(PY) -m benchmarks.spawn_latency --n 5
