@@ -7,6 +7,7 @@ fills in what `lab.json` says; `hpcgate demo` and the tests write the result nex
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ import yaml
 
 DEMO = Path(str(resources.files("site_configs") / "demo.yaml"))
 DEFAULT_LAB = "/var/tmp/hpcgate-lab"  # noqa: S108 - the path demo.yaml is written for
+DEFAULT_VENV = "/opt/hpcgate/venv"
 
 
 def lab_site_policy(info: dict[str, Any], password_file: str | Path,
                     demo: Path = DEMO) -> dict[str, Any]:
     """demo.yaml as a dict, pointed at the lab described by `info` (the content of lab.json)."""
     text = demo.read_text().replace(DEFAULT_LAB + "/", info["dir"].rstrip("/") + "/")
+    # Jobs run the interpreter this hub runs (the default venv, or another one a test run made).
+    text = text.replace(DEFAULT_VENV + "/", sys.prefix.rstrip("/") + "/")
     policy = yaml.safe_load(text)
     policy["cluster"]["environment"]["SLURM_CONF"] = info["slurm"]["conf"]
     policy["directory"].update(uri=info["ldap"]["uri"], ca_cert=info["ldap"]["ca_cert"],
