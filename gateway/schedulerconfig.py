@@ -12,6 +12,7 @@ from traitlets import Bool, Dict, Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from schedulers.backends import Scheduler, SlurmScheduler
+from schedulers.pbs_backend import PbsScheduler
 from schedulers.runners import LocalRunner, Runner, SSHRunner, SudoRunner
 from schedulers.watcher import JobWatcher
 
@@ -19,12 +20,16 @@ from schedulers.watcher import JobWatcher
 class SchedulerConfig(LoggingConfigurable):
     """Which batch system, through which transport. Shared by every spawner of the hub."""
 
-    kind = Unicode("slurm", help="The batch system: 'slurm' (PBS arrives with its backend).").tag(
-        config=True)
+    kind = Unicode(
+        "slurm",
+        help="The batch system: 'slurm', or 'pbs' (PBS Professional / OpenPBS, qsub/qstat/qdel with "
+             "`qstat -F json`; transports 'sudo', 'ssh' or 'local'; pass PBS_CONF_FILE in "
+             "`environment` where PBS needs it).",
+    ).tag(config=True)
     transport = Unicode(
         "sudo",
         help="How commands reach the scheduler: 'sudo' (the hub's host runs the client tools, "
-             "as each user through sudo), 'ssh' (on a login node over SSH), 'rest' (slurmrestd, "
+             "as each user through sudo), 'ssh' (on a login node over SSH), 'rest' (Slurm's slurmrestd, "
              "in the hub's process), 'local' (the hub's own user, for single-user test setups)."
     ).tag(config=True)
     environment = Dict(
@@ -71,8 +76,13 @@ class SchedulerConfig(LoggingConfigurable):
         return SudoRunner(env=self.environment)
 
     def make_scheduler(self) -> Scheduler:
+        if self.kind == "pbs":
+            if self.transport not in ("sudo", "ssh", "local"):
+                raise ValueError(f"transport {self.transport!r} does not work with PBS: 'rest' is "
+                                 "Slurm's slurmrestd; use 'sudo', 'ssh' or 'local'")
+            return PbsScheduler(self.make_runner())
         if self.kind != "slurm":
-            raise ValueError(f"scheduler kind {self.kind!r} is not supported yet")
+            raise ValueError(f"scheduler kind {self.kind!r} is not supported: use 'slurm' or 'pbs'")
         if self.transport == "rest":
             from schedulers.slurmrest import SlurmRestScheduler
 

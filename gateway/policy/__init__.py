@@ -5,12 +5,13 @@
 - `validate_options(policy, groups, options)` / `validate_form(...)` turn submitted values into a
   `ValidatedRequest`, or raise `PolicyError` with a sentence for the user.
 - `check_server_count(policy, groups, running)` enforces max_servers.
-- `compare_limits(policy, live, nodes)` and `LiveLimitsCache` hold the policy against Slurm.
+- `compare_limits(policy, live, nodes)`, `compare_queue_limits(policy, queues)` and
+  `LiveLimitsCache` hold the policy against Slurm's partitions or PBS's queues.
 - `hpcgate check-config` lives in `gateway.policy.check`.
 """
 
 from gateway.policy.form import render_form
-from gateway.policy.live import LimitProblem, LiveLimitsCache, compare_limits
+from gateway.policy.live import LimitProblem, LiveLimitsCache, compare_limits, compare_queue_limits
 from gateway.policy.load import FileProblem, PolicyFileError, load_policy, load_policy_text
 from gateway.policy.model import SitePolicy
 from gateway.policy.rules import UserRules, rules_for
@@ -34,6 +35,7 @@ __all__ = [
     "ValidatedRequest",
     "check_server_count",
     "compare_limits",
+    "compare_queue_limits",
     "load_policy",
     "load_policy_text",
     "options_from_form",

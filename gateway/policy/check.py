@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from gateway.policy.live import compare_limits
+from gateway.policy.live import compare_limits, compare_queue_limits
 from gateway.policy.load import PolicyFileError, load_policy
 from gateway.policy.model import Directory, SitePolicy, format_duration_td
 from gateway.policy.probe import (
@@ -37,6 +37,8 @@ from gateway.policy.probe import (
 from gateway.policy.rules import rules_for
 from gateway.policy.schema import describe_schema
 from gateway.policy.testjobs import ProbeJobs
+from schedulers.errors import SchedulerError
+from schedulers.pbs import QueueLimits, build_queues_argv, parse_queues
 from schedulers.slurm_partitions import (
     NodeInfo,
     PartitionLimits,
@@ -277,12 +279,21 @@ class ConfigChecker:
 
     def _check_pbs(self) -> None:
         env = self.scheduler_env
-        rc, out, err = self.as_user(["qstat", "-Qf", "-F", "json"], env)
+        rc, out, err = self.as_user(build_queues_argv(), env)
         if rc != 0:
             self.report.fail(f"`qstat -Qf -F json` as {self.user} failed: {last_line(err)}.")
             return
-        self.report.ok(f"`qstat -Qf -F json` as {self.user} answered.")
-        self.report.skip("Comparing the policy with PBS queue limits is not implemented yet.")
+        try:
+            queues = parse_queues(out)
+        except SchedulerError as error:
+            self.report.fail(f"`qstat -Qf -F json` as {self.user} answered, but: {error.message}")
+            return
+        self.report.ok(f"`qstat -Qf -F json` as {self.user} lists queues {', '.join(queues) or 'none'}.")
+        problems = compare_queue_limits(self.policy, queues)
+        for problem in problems:
+            (self.report.fail if problem.severity == "error" else self.report.warn)(problem.message)
+        if not [p for p in problems if p.severity == "error"]:
+            self.report.ok(f"The policy's limits fit PBS's queues ({_describe_queues(queues, self.policy)}).")
 
     # nodes -----------------------------------------------------------------------------------------
 
@@ -368,6 +379,15 @@ def _describe_live(live: Mapping[str, PartitionLimits], policy: SitePolicy) -> s
         if name in live:
             mt = live[name].max_time
             parts.append(f"{name} MaxTime {format_duration_td(mt) if mt else 'unlimited'}")
+    return ", ".join(parts)
+
+
+def _describe_queues(queues: Mapping[str, QueueLimits], policy: SitePolicy) -> str:
+    parts = []
+    for name in policy.partitions:
+        if name in queues:
+            mt = queues[name].max_walltime
+            parts.append(f"{name} resources_max.walltime {format_duration_td(mt) if mt else 'unlimited'}")
     return ", ".join(parts)
 
 

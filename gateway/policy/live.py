@@ -3,7 +3,7 @@
 A policy that promises more than the scheduler allows is the worst kind of error: the form offers
 a walltime, the user asks for it, and sbatch refuses at submit (EnforcePartLimits) or the job sits
 pending forever. `compare_limits` finds every such promise, for the partitions' own limits and for
-each group's overrides.
+each group's overrides; `compare_queue_limits` does the same against PBS's queues.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gateway.policy.durations import format_memory
 from gateway.policy.model import Limits, SitePolicy, format_duration_td
+from schedulers.pbs import QueueLimits
 from schedulers.slurm_partitions import NodeInfo, PartitionLimits
 
 
@@ -106,7 +107,64 @@ def _compare_one(name: str, where: str, lim: Limits, part: PartitionLimits,
                    "from the nodes' Gres")
 
 
-Fetch = Callable[[], Awaitable[Mapping[str, PartitionLimits]]]
+def compare_queue_limits(policy: SitePolicy, queues: Mapping[str, QueueLimits]) -> list[LimitProblem]:
+    """Where the policy promises more than PBS's queues allow (`qstat -Qf -F json`, resources_max).
+
+    A routing queue is compared by its own limits: they decide whether qsub accepts a job there.
+    """
+    problems: list[LimitProblem] = []
+    for name in policy.partitions:
+        queue = queues.get(name)
+        if queue is None:
+            known = ", ".join(queues) or "none"
+            problems.append(LimitProblem(name, f"partitions.{name}",
+                                         f"PBS has no queue {name!r} (it has: {known})."))
+            continue
+        if not queue.enabled:
+            problems.append(LimitProblem(name, f"partitions.{name}",
+                                         f"PBS's queue {name!r} is disabled: qsub refuses jobs there.",
+                                         "warning"))
+        elif not queue.started:
+            problems.append(LimitProblem(name, f"partitions.{name}",
+                                         f"PBS's queue {name!r} is not started: jobs queue there but do "
+                                         "not run.", "warning"))
+        for where, limits in _promises(policy, name):
+            problems.extend(_compare_queue(name, where, limits, queue))
+    return problems
+
+
+def _compare_queue(name: str, where: str, lim: Limits, queue: QueueLimits) -> Iterator[LimitProblem]:
+    def over(field: str, promised: str, allowed: str, source: str) -> LimitProblem:
+        return LimitProblem(name, f"{where}.{field}",
+                            f"{where}.{field} promises {promised}, but PBS allows at most {allowed} "
+                            f"on queue {name!r} ({source}).")
+
+    if queue.max_walltime is not None and lim.max_walltime > queue.max_walltime:
+        yield over("max_walltime", format_duration_td(lim.max_walltime),
+                   format_duration_td(queue.max_walltime), "resources_max.walltime")
+    if queue.max_ncpus is not None and lim.max_cpus > queue.max_ncpus:
+        yield over("max_cpus", f"{lim.max_cpus} cores", f"{queue.max_ncpus} cores", "resources_max.ncpus")
+    if queue.max_mem_mb is not None and lim.max_memory > queue.max_mem_mb:
+        yield over("max_memory", format_memory(lim.max_memory), format_memory(queue.max_mem_mb),
+                   "resources_max.mem")
+    if queue.max_ngpus is not None and lim.max_gpus > queue.max_ngpus:
+        yield over("max_gpus", f"{lim.max_gpus} GPUs", f"{queue.max_ngpus} GPUs", "resources_max.ngpus")
+    if queue.max_nodect is not None and lim.max_nodes > queue.max_nodect:
+        yield over("max_nodes", str(lim.max_nodes), str(queue.max_nodect), "resources_max.nodect")
+    # Minimums: a notebook job below them is refused at qsub.
+    if queue.min_nodect is not None and queue.min_nodect > lim.max_nodes:
+        yield LimitProblem(name, f"{where}.max_nodes",
+                           f"Queue {name!r} takes only jobs of at least {queue.min_nodect} nodes "
+                           f"(resources_min.nodect), but {where} allows at most {lim.max_nodes}: "
+                           "every job there would be refused.")
+    if queue.min_walltime is not None and lim.default_walltime < queue.min_walltime:
+        yield LimitProblem(name, f"{where}.default_walltime",
+                           f"{where}.default_walltime suggests {format_duration_td(lim.default_walltime)},"
+                           f" but queue {name!r} takes jobs of at least "
+                           f"{format_duration_td(queue.min_walltime)} (resources_min.walltime).")
+
+
+Fetch = Callable[[], Awaitable[Mapping[str, PartitionLimits] | Mapping[str, QueueLimits]]]
 
 
 class LiveLimitsCache:
@@ -115,7 +173,8 @@ class LiveLimitsCache:
     `get()` refreshes when the copy is older than `ttl`; concurrent callers share one fetch. A
     failed fetch keeps the last good copy (and records the error): a scheduler hiccup must not
     turn into "no partitions". `fetch` is any coroutine function, e.g. one that runs
-    `build_partitions_argv()` through a runner and returns `parse_partitions(stdout)`.
+    `build_partitions_argv()` through a runner and returns `parse_partitions(stdout)` (Slurm), or
+    `pbs.build_queues_argv()` and `pbs.parse_queues(stdout)` (PBS).
     """
 
     def __init__(self, fetch: Fetch, ttl: float = 300.0, retry_after: float = 30.0,
@@ -125,7 +184,7 @@ class LiveLimitsCache:
         self.retry_after = retry_after
         """After a failed fetch, wait this long before asking again (no hammering a sick controller)."""
         self._clock = clock
-        self._value: Mapping[str, PartitionLimits] | None = None
+        self._value: Mapping[str, PartitionLimits] | Mapping[str, QueueLimits] | None = None
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
         self._lock = asyncio.Lock()
@@ -142,7 +201,7 @@ class LiveLimitsCache:
         # Just failed: treat the old copy (or None) as good enough until retry_after passes.
         return self._failed_at is not None and self._clock() - self._failed_at < self.retry_after
 
-    async def get(self) -> Mapping[str, PartitionLimits] | None:
+    async def get(self) -> Mapping[str, PartitionLimits] | Mapping[str, QueueLimits] | None:
         """The cached limits, refreshed when stale; None only if no fetch ever succeeded."""
         if not self.fresh():
             await self.refresh()
