@@ -8,6 +8,7 @@ field cannot: a default above its maximum, a group naming a partition that does 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -273,12 +274,17 @@ class Directory:
 class Depot:
     """A shared project directory on the cluster's filesystem (provisioned by `hpcgate depot`)."""
 
-    path: str = setting("Where the depot lives on the shared filesystem.", AbsPath())
-    group: str = setting("The Unix group that owns it.", Name())
-    access: str = setting("What the owning group may do: rw (read and write) or ro.",
-                          Choice("rw", "ro"), "rw")
-    read_only_groups: tuple[str, ...] = setting("Other Unix groups that may read it.",
-                                                ListOf(Name()), ())
+    path: str = setting(
+        "Where the depot lives on the shared filesystem, the same path on every node (written "
+        "plainly: no '..', no trailing '/').", AbsPath())
+    group: str = setting(
+        "The directory group that owns it (its gidNumber becomes the directory's group).", Name())
+    access: str = setting(
+        "What the owning group may do: rw (read and write, mode 2770) or ro (read only, 2750; "
+        "only root writes).", Choice("rw", "ro"), "rw")
+    read_only_groups: tuple[str, ...] = setting(
+        "Other directory groups that may read it (a named-group ACL entry each).",
+        ListOf(Name()), ())
     description: str = setting("What the depot holds, shown to users.", Text(), "")
 
 
@@ -365,11 +371,34 @@ class SitePolicy:
                     f"({', '.join(rule.accounts) or 'none'})")
         found.extend(self._cluster_problems())
         found.extend(self._connection_problems())
+        found.extend(self._depot_problems())
+        return found
+
+    def _depot_problems(self) -> Iterator[tuple[Path, str]]:
         for name, depot in self.depots.items():
             if depot.group in depot.read_only_groups:
-                add(("depots", name, "read_only_groups"),
-                    f"the owning group {depot.group!r} is listed as read-only as well")
-        return found
+                yield (("depots", name, "read_only_groups"),
+                       f"the owning group {depot.group!r} is listed as read-only as well")
+            for i, group in enumerate(depot.read_only_groups):
+                if group in depot.read_only_groups[:i]:
+                    yield (("depots", name, "read_only_groups", i), f"{group!r} is listed twice")
+            # Links and permissions are made for this exact string: it must be the canonical one.
+            plain = "/" + posixpath.normpath(depot.path).lstrip("/")
+            if plain != depot.path:
+                yield ("depots", name, "path"), f"{depot.path!r} must be written plainly, as {plain!r}"
+            elif depot.path == "/":
+                yield ("depots", name, "path"), "a depot cannot be the root directory"
+        # A depot inside another would be reachable only through the outer depot's permissions.
+        for i, (name, depot) in enumerate(self.depots.items()):
+            for j, (other, outer) in enumerate(self.depots.items()):
+                if i == j:
+                    continue
+                if depot.path == outer.path:
+                    if j < i:  # reported once, on the later entry
+                        yield ("depots", name, "path"), f"depot {other!r} has the same path"
+                elif depot.path.startswith(outer.path.rstrip("/") + "/"):
+                    yield (("depots", name, "path"),
+                           f"{depot.path} lies inside depot {other!r} ({outer.path}); depots cannot nest")
 
     def _cluster_problems(self) -> Iterator[tuple[Path, str]]:
         c = self.cluster

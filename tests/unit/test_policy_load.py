@@ -46,7 +46,7 @@ def test_demo_matches_the_lab() -> None:
     assert policy.partitions["debug"].max_memory == 8000  # MaxMemPerNode=8000
     assert set(policy.groups) == {g.name for g in accounts.GROUPS}
     assert "long" in policy.groups["hub-admins"].partitions
-    assert policy.depots["soundscape-lab"].path == "/srv/depots/soundscape-lab"
+    assert policy.depots["soundscape-lab"].path == "/var/tmp/hpcgate-lab/depots/soundscape-lab"
     assert policy.depots["soundscape-lab"].group == "soundscape-lab"
 
 
