@@ -62,4 +62,5 @@ demo-down:
 bench: setup
 	$(PY) -m benchmarks.poll_load --servers 100
 	$(PY) -m benchmarks.ldap_login
+	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
 	$(PY) -m benchmarks.spawn_latency --n 5

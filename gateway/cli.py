@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--cancel", action="store_true", help="cancel the orphan jobs")
     jobs.add_argument("--json", action="store_true", help="machine-readable output")
     jobs.set_defaults(func=cmd_jobs)
+    from gateway.depots.command import add_parser as add_depot_parser
+
+    add_depot_parser(sub)  # hpcgate depot list|create|check (gateway/depots/command.py)
     return parser
 
 

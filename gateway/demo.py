@@ -24,14 +24,19 @@ def main(lab_dir: Path, port: int) -> int:
     info = Lab(lab_dir).up(nodes=2)
     hub = LabHub(info, Path(info["dir"]) / "hub", site_policy=True, ldap_login=True,
                  proxy_port=port)
+    # The policy's depots, provisioned, and soundscape-lab's generated recordings (written once).
+    from gateway.depots.demo_data import DEMO_LARGE_BYTES, prepare_lab_depots
+
+    prepare_lab_depots(hub.policy_file, large_bytes=DEMO_LARGE_BYTES)
     hub.start(timeout=90)
     passwords = json.loads(Path(info["ldap"]["passwords_file"]).read_text())
     print(f"\nhpcgate is running on {hub.url}  (Ctrl-C stops the portal; the lab keeps running)\n")
     print("Log in with the lab directory's accounts:")
     for user, about in (("alice", "soundscape-lab: partitions debug and long (12 h)"),
                         ("bob", "soundscape-lab: partitions debug and long (12 h)"),
-                        ("carol", "hub-admins: both partitions, admin of the portal")):
+                        ("carol", "hub-admins: both partitions, runs the portal (never opens servers)")):
         print(f"  {user:<6} password {passwords[user]:<18} {about}")
+    print(f"\nData depots (alice, bob: soundscape-lab with recordings): {hub.url}/hub/depots")
     print(f"\nHub log: {hub.log}\nStop the lab: hpcgate lab down --dir {info['dir']}")
     try:
         assert hub.proc is not None

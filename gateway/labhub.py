@@ -26,6 +26,15 @@ def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port:
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
     users = sorted(info["users"])
+    tunnel = ""
+    if "tunnel" in info:  # used when the mode is reverse (policy or c.BatchSpawner.connection_mode)
+        t = info["tunnel"]
+        tunnel = f"""c.BatchSpawner.tunnel_ssh_host = {t["host"]!r}
+c.BatchSpawner.tunnel_ssh_port = {t["port"]}
+c.BatchSpawner.tunnel_known_hosts = {t["known_hosts"]!r}
+c.BatchSpawner.tunnel_user = {t["user"]!r}
+c.BatchSpawner.tunnel_authorized_keys = {t["authorized_keys"]!r}
+"""
     service = ""
     if service_token:
         service = f"""
@@ -56,9 +65,15 @@ c.SchedulerConfig.jobcomp_file = {info["slurm"]["jobcomp"]!r}
 c.BatchSpawner.job_python = {sys.executable!r}
 c.BatchSpawner.default_url = "/lab"
 c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allows 30 minutes
-{service}
+{tunnel}{service}
 {extra}
 """
+
+
+# What admins may do but open servers, reroute the proxy or edit groups: manage users (never
+# granting admin: JupyterHub refuses that to non-admins), start and stop servers, read the rest.
+OPERATOR_SCOPES = ["admin-ui", "admin:users", "admin:servers", "list:groups", "read:groups",
+                   "list:services", "read:services", "read:hub", "read:roles"]
 
 
 def ldap_config(info: dict[str, Any]) -> str:
@@ -72,9 +87,31 @@ c.LDAPAuthenticator.service_dn = {ldap["service_dn"]!r}
 c.LDAPAuthenticator.user_search_base = {ldap["people_dn"]!r}
 c.LDAPAuthenticator.group_search_base = {ldap["groups_dn"]!r}
 c.LDAPAuthenticator.allowed_groups = {{"hpc-users"}}
-c.LDAPAuthenticator.admin_groups = {{"hub-admins"}}
 c.Authenticator.enable_auth_state = True
+# JupyterHub's admin role cannot be edited and includes access:servers (opening any user's
+# server, and through it their files and depots). The portal's operators get every admin power
+# but that one, by a role on their directory group (kept in step at each login).
+c.Authenticator.manage_groups = True
+c.JupyterHub.load_roles.append({{
+    "name": "hub-operator",
+    "description": "Run the portal: users, groups and their servers, without opening servers.",
+    "scopes": {OPERATOR_SCOPES!r},
+    "groups": ["hub-admins"],
+}})
 """
+
+
+def _set_hub_api_url(policy_file: Path, info: dict[str, Any], hub_port: int) -> None:
+    """The policy's connection.hub_api_url, pointed at this hub (demo.yaml has a placeholder)."""
+    import yaml
+
+    nodes = info["nodes"]
+    hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
+    lines = policy_file.read_text().splitlines(keepends=True)
+    header = "".join(line for line in lines if line.startswith("#"))
+    policy = yaml.safe_load(policy_file.read_text())
+    policy["connection"]["hub_api_url"] = f"http://{hub_ip}:{hub_port}/hub/api"
+    policy_file.write_text(header + yaml.safe_dump(policy, sort_keys=False))
 
 
 class LabHub:
@@ -88,14 +125,15 @@ class LabHub:
         self.ldap_login = ldap_login
         if ldap_login:
             extra_config = ldap_config(info) + extra_config
+        self.proxy_port = proxy_port or free_port()
+        self.hub_port, self.api_port = free_port(), free_port()
         if site_policy:
             from gateway.policy.labsite import write_lab_site
 
             self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                               self.dir / "site.yaml")
+            _set_hub_api_url(self.policy_file, info, self.hub_port)
             extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
-        self.proxy_port = proxy_port or free_port()
-        self.hub_port, self.api_port = free_port(), free_port()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"

@@ -75,6 +75,21 @@ def report(config: dict[str, Any], host: str, port: int, deadline: float) -> Non
         delay = min(delay * 2, 10)
 
 
+def open_tunnel(config: dict[str, Any], state_dir: Path, server_port: int) -> tuple[str, int]:
+    """Reverse mode: open the supervised SSH tunnel to the hub host and point the server's hub
+    URLs through it. Returns what to report: the hub-side end of the tunnel (127.0.0.1:P)."""
+    from gateway.tunnel.client import TunnelError, open_reverse_tunnel, rewrite_hub_urls
+
+    tunnel = config["tunnel"]
+    try:
+        _, api_port = open_reverse_tunnel(tunnel, state_dir, server_port)
+    except TunnelError as err:
+        raise SystemExit(f"hpcgate: {err}") from err
+    config["env"] = rewrite_hub_urls(config["env"], api_port)
+    os.environ.update(config["env"])
+    return "127.0.0.1", int(tunnel["remote_port"])
+
+
 def use_bound_socket(sock: socket.socket) -> None:
     """Make jupyter_server serve on our socket instead of binding its own port."""
     from jupyter_server.serverapp import ServerApp
@@ -93,7 +108,8 @@ def use_bound_socket(sock: socket.socket) -> None:
 def launch(path: str) -> None:
     config = json.loads(Path(path).read_text())
     env = config["env"]
-    host = bind_address(config)
+    # Reverse mode: the server listens on the node's loopback only; the tunnel carries it out.
+    host = "127.0.0.1" if config.get("tunnel") else bind_address(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
@@ -106,13 +122,23 @@ def launch(path: str) -> None:
     os.environ["JUPYTERHUB_SERVICE_URL"] = f"http://{host}:{port}{prefix}"
     os.environ.setdefault("HOME", config.get("home", os.path.expanduser("~")))
     os.chdir(os.environ["HOME"])
+    if config.get("depots") is not None:  # links to the user's depots, and /files/ through them
+        from gateway.depots.links import prepare_server
+
+        prepare_server(config["depots"], Path(path).parent, log=lambda line: print(line, flush=True))
     print(f"hpcgate: JupyterLab for {env.get('JUPYTERHUB_USER')} on {host}:{port}", flush=True)
 
-    report(config, host, port, time.monotonic() + config.get("report_timeout", 600))
+    report_host, report_port = host, port
+    if config.get("tunnel"):
+        report_host, report_port = open_tunnel(config, Path(path).parent, port)
+    report(config, report_host, report_port, time.monotonic() + config.get("report_timeout", 600))
     use_bound_socket(sock)
     from jupyterhub.singleuser import main as singleuser_main
 
-    sys.argv = ["jupyterhub-singleuser", *config.get("args", [])]
+    from gateway.files import HANDLER
+
+    sys.argv = ["jupyterhub-singleuser", *config.get("args", []),
+                f"--ContentsManager.files_handler_class={HANDLER}"]
     sys.exit(singleuser_main())
 
 

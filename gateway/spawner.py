@@ -22,9 +22,12 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from tornado import web
-from traitlets import Float, Instance, Int, List, Unicode, default
+from traitlets import Enum, Float, Instance, Int, List, Tuple, Unicode, default
 
 from gateway import hubapi
+from gateway.depots import hubpage  # noqa: F401 - registers the hub's /hub/depots page
+from gateway.depots.links import spawner_launch_entry
+from gateway.policy.model import DIRECTIVE_PREFIX
 from gateway.schedulerconfig import SchedulerConfig, shared
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, format_duration
@@ -85,6 +88,44 @@ class BatchSpawner(Spawner):
     ).tag(config=True)
     stop_timeout = Float(60, help="Seconds stop() waits for the job's final state.").tag(config=True)
 
+    # -- connection modes (the site policy's `connection` section, when there is one, wins) -------
+    connection_mode = Enum(
+        ["direct", "reverse", "login-node"], "direct",
+        help="How the proxy reaches the server. direct: the node's address. reverse: the job opens "
+             "an SSH tunnel back to the hub host and the proxy routes to its loopback end. "
+             "login-node: not available yet (refused with a message).",
+    ).tag(config=True)
+    tunnel_ssh_host = Unicode(
+        "", help="reverse: the address of the hub host's tunnel endpoint (sshd) as jobs reach it.",
+    ).tag(config=True)
+    tunnel_ssh_port = Int(22, help="reverse: the tunnel endpoint's port.").tag(config=True)
+    tunnel_known_hosts = Unicode(
+        "", help="reverse: known_hosts file holding the endpoint's host key; jobs are pinned to it.",
+    ).tag(config=True)
+    tunnel_user = Unicode(
+        "hpcgate-tunnel", help="reverse: the account on the hub host that jobs' tunnels log in as.",
+    ).tag(config=True)
+    tunnel_authorized_keys = Unicode(
+        "", help="reverse: that account's authorized_keys file, which the hub edits (one "
+                 "restricted line per running job, removed at stop).",
+    ).tag(config=True)
+    tunnel_hub_api_url = Unicode(
+        "", help="reverse: the hub API as seen from the hub host, forwarded to each job "
+                 "(empty: the hub's own API URL).",
+    ).tag(config=True)
+    tunnel_ports = Tuple(
+        Int(), Int(), default_value=(40000, 49999),
+        help="reverse: the range of loopback ports on the hub host given to tunnels.",
+    ).tag(config=True)
+    tunnel_ciphers = Unicode(
+        "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com",
+        help="reverse: SSH ciphers the job offers, fastest first (aes128-gcm measured fastest).",
+    ).tag(config=True)
+    tunnel_down_timeout = Float(
+        120, help="reverse: seconds a server's tunnel may stay down (the job's launcher keeps "
+                  "reconnecting) before poll() reports the server gone; 0: never.",
+    ).tag(config=True)
+
     @default("start_timeout")
     def _default_start_timeout(self) -> int:
         return 600  # queued jobs wait; the user sees why in the progress messages
@@ -99,6 +140,10 @@ class BatchSpawner(Spawner):
     job_host: str = ""
     job_port: int = 0
     token_digest: str = ""
+    connect_mode: str = "direct"
+    tunnel_port: int = 0
+    tunnel_tag: str = ""
+    tunnel_keys_file: str = ""
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -106,17 +151,29 @@ class BatchSpawner(Spawner):
         self.job_host = state.get("host", "")
         self.job_port = state.get("port", 0)
         self.token_digest = state.get("token_digest", "")
+        self.connect_mode = state.get("connect", "direct")
+        self.tunnel_port = state.get("tunnel_port", 0)
+        self.tunnel_tag = state.get("tunnel_tag", "")
+        self.tunnel_keys_file = state.get("tunnel_keys_file", "")
+        if self.connect_mode == "reverse":
+            from gateway.tunnel import hubside
+
+            hubside.claim(self.tunnel_port)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self.job_id:
             state.update(job_id=self.job_id, host=self.job_host, port=self.job_port,
-                         connect="direct", token_digest=self.token_digest)
+                         connect=self.connect_mode, token_digest=self.token_digest)
+            if self.connect_mode == "reverse":
+                state.update(tunnel_port=self.tunnel_port, tunnel_tag=self.tunnel_tag,
+                             tunnel_keys_file=self.tunnel_keys_file)
         return state
 
     def clear_state(self) -> None:
         super().clear_state()
         self.job_id, self.job_host, self.job_port, self.token_digest = "", "", 0, ""
+        self.connect_mode, self.tunnel_port, self.tunnel_tag = "direct", 0, ""
 
     def _save_state_now(self) -> None:
         # JupyterHub stores state only once start() returns; a hub that dies while the job is
@@ -228,9 +285,10 @@ class BatchSpawner(Spawner):
         if policy is not None:
             job = policy.job
             env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
-            # The policy writes whole header lines; the builder adds its own "#SBATCH ".
-            directives = tuple(d.removeprefix("#SBATCH ").strip() for d in job.extra_directives
-                               if d.startswith("#SBATCH "))
+            # The policy writes whole header lines; the builder adds its own "#SBATCH "/"#PBS ".
+            prefix = DIRECTIVE_PREFIX[policy.cluster.scheduler]
+            directives = tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
+                               if d.startswith(prefix))
             return job.python, job.prologue, {**self.scheduler_config.environment, **env}, directives
         env = {"PATH": f"{_bin_dir(self.job_python)}:/usr/local/bin:/usr/bin:/bin",
                **self.scheduler_config.environment}
@@ -273,9 +331,102 @@ class BatchSpawner(Spawner):
             return status.reason_text or "Waiting for the scheduler"
         return status.reason_text or status.state.value.capitalize()
 
+    # -- connection mode and tunnel --------------------------------------------------------------
+
+    def _connection(self) -> tuple[str, Any]:
+        """(mode, tunnel settings or None): the policy's `connection` section, else the traits."""
+        from gateway.tunnel.hubside import TunnelSettings
+
+        policy = self._site_policy()
+        conn = policy.connection if policy is not None else None
+        mode = conn.mode if conn is not None else self.connection_mode
+        if mode == "direct":
+            return mode, None
+        if mode == "login-node":
+            raise SpawnException(
+                "This hub is configured for connection mode 'login-node', which this version of "
+                "hpcgate cannot do yet; an administrator must choose direct or reverse.",
+                reason="connection-mode")
+        host = (conn.ssh_host if conn is not None else None) or self.tunnel_ssh_host
+        known_hosts = (conn.known_hosts if conn is not None else None) or self.tunnel_known_hosts
+        if not host or not known_hosts or not self.tunnel_authorized_keys:
+            raise SpawnException(
+                "This hub's reverse tunnels are not fully configured (the SSH endpoint, its "
+                "known_hosts and the tunnel account's authorized_keys are needed); please tell "
+                "an administrator.", reason="connection-mode")
+        api_url = ((conn.hub_api_url if conn is not None else None) or self.tunnel_hub_api_url
+                   or self.hub.api_url)
+        return mode, TunnelSettings(
+            ssh_host=host, ssh_port=conn.ssh_port if conn is not None else self.tunnel_ssh_port,
+            ssh_user=self.tunnel_user, known_hosts=known_hosts,
+            authorized_keys=self.tunnel_authorized_keys, hub_api_url=api_url,
+            ports=tuple(self.tunnel_ports), ciphers=self.tunnel_ciphers)
+
+    async def _prepare_tunnel(self, settings: Any) -> dict[str, Any]:
+        """Claim the job's loopback port and install its restricted key (state saved first, so
+        a hub that dies here still removes the key at stop)."""
+        from gateway.tunnel import hubside
+
+        try:
+            port = hubside.allocate_port(settings.ports)
+        except hubside.TunnelConfigError as err:
+            raise SpawnException(f"No tunnel could be set up: {err}.", reason="tunnel") from err
+        self.connect_mode, self.tunnel_port = "reverse", port
+        self.tunnel_tag = hubside.make_tag(self.user.name, self.name)
+        self.tunnel_keys_file = settings.authorized_keys
+        try:
+            return await asyncio.to_thread(hubside.prepare, settings, self.tunnel_tag, port)
+        except (hubside.TunnelConfigError, OSError, ValueError) as err:
+            raise SpawnException("Your server's tunnel could not be prepared; please tell an "
+                                 "administrator.", reason="tunnel",
+                                 log_message=f"tunnel for {self._log_name}: {err}") from err
+
+    async def _release_tunnel(self) -> None:
+        if self.connect_mode != "reverse" or not (self.tunnel_tag or self.tunnel_port):
+            return
+        from gateway.tunnel import hubside
+
+        try:
+            await asyncio.to_thread(hubside.release, self.tunnel_keys_file, self.tunnel_tag,
+                                    self.tunnel_port)
+        except (OSError, ValueError) as err:
+            self.log.error("Could not remove the tunnel key %s of %s from %s: %s",
+                           self.tunnel_tag, self._log_name, self.tunnel_keys_file, err)
+            return
+        self.tunnel_tag = ""
+
+    async def _tunnel_stayed_down(self) -> bool:
+        """True once the job's tunnel has been down longer than tunnel_down_timeout."""
+        from gateway.tunnel import hubside
+
+        now = asyncio.get_running_loop().time()
+        if await hubside.port_answers(self.tunnel_port):
+            if getattr(self, "_tunnel_down_since", None) is not None:
+                self.log.info("The tunnel of %s is back", self._log_name)
+            self._tunnel_down_since = None
+            return False
+        if getattr(self, "_tunnel_down_since", None) is None:
+            self._tunnel_down_since = now
+            self.log.warning("The SSH tunnel of %s (job %s, port %s) is down; the job's launcher "
+                             "is reconnecting", self._log_name, self.job_id, self.tunnel_port)
+        down = now - self._tunnel_down_since
+        if self.tunnel_down_timeout and down >= self.tunnel_down_timeout:
+            self.log.error("The SSH tunnel of %s has been down for %.0f s: the server is "
+                           "unreachable and is treated as stopped (job %s will be cancelled)",
+                           self._log_name, down, self.job_id)
+            return True
+        return False
+
     # -- start ------------------------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:  # type: ignore[override]
+        try:
+            return await self._start_job()
+        except BaseException:
+            await self._release_tunnel()
+            raise
+
+    async def _start_job(self) -> tuple[str, int]:
         scheduler, runner, watcher = self._shared()
         self._events = []
         self._events_changed = asyncio.Event()
@@ -300,6 +451,12 @@ class BatchSpawner(Spawner):
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
                   "report_timeout": self.report_timeout}
+        # The depots the user's groups allow, linked in depots/ by the launcher (none: no policy).
+        launch["depots"] = await spawner_launch_entry(self, user, home)
+        mode, tunnel_settings = self._connection()
+        self.connect_mode = mode
+        if tunnel_settings is not None:
+            launch["tunnel"] = await self._prepare_tunnel(tunnel_settings)
         await self._write_launch_file(runner, python, user, launch_file, launch)
 
         body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.launcher "
@@ -431,10 +588,18 @@ class BatchSpawner(Spawner):
                                                 timeout=30)
         if status is None or not status.node or status.is_final:
             raise web.HTTPError(409, "the job of this server is not running")
-        node_address = status.node_address or await scheduler.node_address(status.node)
-        # The proxy will route this user's URL there: only the job's own node is acceptable.
-        if not node_address or not hubapi.same_host(host, node_address):
-            raise web.HTTPError(403, f"the server must listen on its node's address {node_address}")
+        if self.connect_mode == "reverse":
+            # The report came through the job's own tunnel (its key may open nothing else), and
+            # the address is the tunnel's hub-side end, chosen by the hub: nothing else is accepted.
+            if not self.tunnel_port or (host, port) != ("127.0.0.1", self.tunnel_port):
+                raise web.HTTPError(403, "in reverse mode the server must report its tunnel's end "
+                                         f"127.0.0.1:{self.tunnel_port}")
+        else:
+            node_address = status.node_address or await scheduler.node_address(status.node)
+            # The proxy will route this user's URL there: only the job's own node is acceptable.
+            if not node_address or not hubapi.same_host(host, node_address):
+                raise web.HTTPError(403,
+                                    f"the server must listen on its node's address {node_address}")
         address = getattr(self, "_address", None)
         if address is not None and not address.done():
             address.set_result((host, port))
@@ -466,7 +631,16 @@ class BatchSpawner(Spawner):
             watcher.track(self.job_id, starting=not self.job_port)
         status = watcher.latest(self.job_id)
         if status is None or not status.is_final:
+            if (self.connect_mode == "reverse" and self.job_port and status is not None
+                    and status.state is JobState.RUNNING and await self._tunnel_stayed_down()):
+                # JupyterHub calls stop() only when poll() says "running": end the job here.
+                scheduler, _, _ = self._shared()
+                user, _ = await self._identity()
+                await self._cancel_quietly(scheduler, user)
+                await self._release_tunnel()
+                return 1
             return None  # running, queued, or the scheduler cannot say: never "gone"
+        await self._release_tunnel()
         return status.exit_code if status.exit_code else (0 if status.state is JobState.COMPLETED
                                                           else 1)
 
@@ -492,6 +666,7 @@ class BatchSpawner(Spawner):
         except SchedulerError as err:
             self.log.warning("Cancelling job %s failed: %s", self.job_id, err)
         watcher.poke()
+        await self._release_tunnel()
         if not now:
             with contextlib.suppress(asyncio.TimeoutError):
                 await watcher.wait_for(self.job_id, lambda s: s.is_final, self.stop_timeout)

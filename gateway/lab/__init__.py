@@ -42,7 +42,8 @@ REQUIRED_COMMANDS = {
 }
 DEBIAN_PACKAGES = "slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2"
 
-SERVICE_ORDER = ("munged", "slurmctld", "slurmd-c1", "slurmd-c2", "slurmrestd", "slapd", "sshd")
+SERVICE_ORDER = ("munged", "slurmctld", "slurmd-c1", "slurmd-c2", "slurmrestd", "slapd", "sshd",
+                 "tunnel-endpoint")
 
 
 def missing_packages() -> list[str]:
@@ -128,9 +129,12 @@ class Lab:
             name: free_port() for name in
             ("slurmctld", "slurmd", "slurmrestd", "ldap", "ldaps", "ssh")
         }
+        if "tunnel" not in ports:  # labs made before the tunnel endpoint existed
+            ports = {**ports, "tunnel": free_port()}
         pids: dict[str, int] = {k: v for k, v in old.get("pids", {}).items() if pid_alive(v)}
         passwords = self._secrets()
         accounts.ensure_accounts()
+        accounts.ensure_tunnel_account()
 
         namespaces = {}
         if nodes == 2:
@@ -157,6 +161,11 @@ class Lab:
         listen = ["127.0.0.1"] + [ns.host_addr for ns in namespaces.values()]
         if "sshd" not in pids:
             pids["sshd"] = sshd.start_sshd(self.dir, ports["ssh"], listen)
+        if "tunnel-endpoint" not in pids:
+            pids["tunnel-endpoint"] = sshd.start_tunnel_endpoint(self.dir, ports["tunnel"], listen,
+                                                                 accounts.TUNNEL_USER)
+        sshd.write_known_hosts(self.dir / "ssh",
+                               [(a, ports[p]) for p in ("ssh", "tunnel") for a in listen])
         if "slurmrestd" not in pids:
             pids["slurmrestd"] = cluster.start_slurmrestd(self.dir, ports["slurmrestd"])
         cluster.wait_nodes_idle(self.dir, ["c1", *namespaces])
@@ -213,6 +222,14 @@ class Lab:
                 "known_hosts": str(d / "ssh" / "known_hosts"),
                 "user_keys": {u.name: str(d / "ssh" / "users" / f"{u.name}_ed25519")
                               for u in accounts.USERS},
+            },
+            "tunnel": {
+                "host": ssh_listen[-1],  # c2 reaches the hub host on its veth address only
+                "port": ports["tunnel"],
+                "listen": ssh_listen,
+                "user": accounts.TUNNEL_USER,
+                "authorized_keys": str(d / "ssh" / "authorized_keys" / accounts.TUNNEL_USER),
+                "known_hosts": str(d / "ssh" / "known_hosts"),
             },
             "users": {u.name: {"uid": u.uid, "gid": accounts.group_gid(u.groups[0]),
                                "home": u.home, "groups": list(u.groups)}

@@ -48,6 +48,21 @@ USERS = (
 )
 
 
+# The hub host's account that jobs' reverse tunnels log in as: no shell, no home, no password;
+# what each job's key may do is in its authorized_keys line (see gateway/tunnel/keys.py).
+TUNNEL_USER = "hpcgate-tunnel"
+
+
+def ensure_tunnel_account() -> None:
+    try:
+        pwd.getpwnam(TUNNEL_USER)
+    except KeyError:
+        run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+             "-c", "hpcgate reverse tunnels", "-p", "*", TUNNEL_USER])
+        return
+    run(["usermod", "-p", "*", TUNNEL_USER])  # '*': no password, but not locked for sshd
+
+
 def group_gid(name: str) -> int:
     return next(g.gid for g in GROUPS if g.name == name)
 

@@ -30,8 +30,10 @@ def lab_site_policy(info: dict[str, Any], password_file: str | Path,
     policy["directory"].update(uri=info["ldap"]["uri"], ca_cert=info["ldap"]["ca_cert"],
                                bind_password_file=str(password_file))
     hub_side = info["nodes"]["c2"]["hub_address"] if "c2" in info["nodes"] else "127.0.0.1"
-    policy["connection"].update(ssh_host=hub_side, ssh_port=info["ssh"]["port"],
-                                known_hosts=info["ssh"]["known_hosts"])
+    # Reverse tunnels go to the lab's tunnel endpoint (sshd -i on TCP_NODELAY sockets).
+    endpoint = info.get("tunnel") or info["ssh"]
+    policy["connection"].update(ssh_host=hub_side, ssh_port=endpoint["port"],
+                                known_hosts=endpoint["known_hosts"])
     return policy
 
 

@@ -54,7 +54,8 @@ class Portal:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, url, _ = self.request(f"/user/{user}/lab", timeout=10)
-            if status == 200 and f"/user/{user}/lab" in url:
-                return url
+            path = urllib.parse.urlsplit(url).path
+            if status == 200 and path == f"/user/{user}/lab":
+                return path
             time.sleep(0.5)
         raise AssertionError(f"JupyterLab for {user} did not answer within {timeout} s")

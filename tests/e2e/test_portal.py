@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -69,7 +71,7 @@ def test_alice_spawns_from_the_form_and_carol_cannot_reach_her_server(portal_hub
                                                      "memory": "1G", "walltime": "10m"})
     assert status == 200, body[-500:]
     try:
-        assert alice.wait_for_lab("alice").endswith("/user/alice/lab")
+        assert alice.wait_for_lab("alice") == "/user/alice/lab"
         [job] = portal_hub.active_jobs("alice")
         assert job["user_name"] == "alice" and job["time_limit"] == 10
         carol = logged_in(portal_hub, "carol", passwords["carol"])
@@ -79,3 +81,27 @@ def test_alice_spawns_from_the_form_and_carol_cannot_reach_her_server(portal_hub
     finally:
         portal_hub.stop("alice")
     assert not portal_hub.active_jobs("alice")
+
+
+def test_operators_run_the_portal_but_never_open_a_users_server(portal_hub: Hub,
+                                                                passwords: dict) -> None:
+    logged_in(portal_hub, "carol", passwords["carol"])  # her groups reach the hub at login
+    status, body = portal_hub.api("POST", "/users/carol/tokens", {"note": "test"})
+    assert status == 201, body
+    carol_token = body["token"]
+    status, body = portal_hub.spawn("alice", {"partition": "debug", "walltime": "10m"})
+    assert status in (201, 202), body
+    try:
+        portal_hub.wait_ready("alice")
+        as_carol = urllib.request.Request(f"{portal_hub.hub.url}/hub/api/users/alice",
+                                          headers={"Authorization": f"token {carol_token}"})
+        with urllib.request.urlopen(as_carol, timeout=10) as resp:
+            assert json.loads(resp.read())["servers"][""]["ready"]  # she sees and manages it
+        for path in ("/user/alice/api/contents", "/user/alice/files/"):
+            request = urllib.request.Request(f"{portal_hub.hub.url}{path}",
+                                             headers={"Authorization": f"token {carol_token}"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 403, path
+    finally:
+        portal_hub.stop("alice")

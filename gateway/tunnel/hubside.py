@@ -1,0 +1,130 @@
+"""The hub's part of reverse mode: a loopback port and a key per job, and checking the tunnel.
+
+The spawner calls `prepare()` before submitting: it claims a free loopback port P on the hub host,
+makes the job's key pair, and adds the key to the tunnel account's authorized_keys, allowed to
+listen on 127.0.0.1:P and to open the hub API and nothing else. It returns the launch file's
+`tunnel` section (the private key included: that file is the user's, mode 0600). `release()`
+removes the key and frees the port; it is called at stop and on every failure path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.tunnel.keys import AuthorizedKeys, entry_line, generate_key
+from gateway.tunnel.sshargs import DEFAULT_CIPHERS, host_keys_for
+
+_claimed: set[int] = set()  # ports handed to this hub's servers (a hub is one process)
+
+
+class TunnelConfigError(ValueError):
+    """The tunnel settings cannot work; the message is for the administrator."""
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    known_hosts: str
+    authorized_keys: str
+    hub_api_url: str
+    ports: tuple[int, int]
+    ciphers: str = DEFAULT_CIPHERS
+    alive_interval: int = 5
+
+    def hub_api(self) -> tuple[str, int]:
+        url = urlsplit(self.hub_api_url)
+        if not url.hostname or url.scheme not in ("http", "https"):
+            raise TunnelConfigError(f"the hub API URL {self.hub_api_url!r} has no host")
+        return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def claim(port: int) -> None:
+    """Mark a port as used (a server re-adopted after a hub restart keeps its port)."""
+    if port:
+        _claimed.add(port)
+
+
+def unclaim(port: int) -> None:
+    _claimed.discard(port)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_port(ports: tuple[int, int]) -> int:
+    """A loopback port in the range that no server of this hub has and nothing listens on."""
+    low, high = ports
+    if not 1024 <= low <= high <= 65535:
+        raise TunnelConfigError(f"tunnel port range {low}-{high} is not within 1024-65535")
+    candidates = list(range(low, high + 1))
+    secrets.SystemRandom().shuffle(candidates)
+    for port in candidates:
+        if port not in _claimed and _free(port):
+            _claimed.add(port)
+            return port
+    raise TunnelConfigError(f"no free loopback port left in {low}-{high} for another tunnel")
+
+
+def make_tag(user: str, server: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.@-]", "_", f"{user}-{server or 'default'}")[:100]
+    return f"{base}-{secrets.token_hex(4)}"
+
+
+def pinned_host_keys(settings: TunnelSettings) -> list[str]:
+    try:
+        text = Path(settings.known_hosts).read_text()
+    except OSError as err:
+        raise TunnelConfigError(f"cannot read the tunnel endpoint's known_hosts "
+                                f"{settings.known_hosts}: {err.strerror}") from err
+    keys = host_keys_for(text, settings.ssh_host, settings.ssh_port)
+    if not keys:
+        raise TunnelConfigError(
+            f"{settings.known_hosts} has no host key for [{settings.ssh_host}]:{settings.ssh_port}, "
+            "the tunnel endpoint; add its key there")
+    return keys
+
+
+def prepare(settings: TunnelSettings, tag: str, port: int) -> dict[str, Any]:
+    """Install the job's key (allowed: listen 127.0.0.1:port, open the hub API) and return the
+    launch file's `tunnel` section."""
+    api_host, api_port = settings.hub_api()
+    host_keys = pinned_host_keys(settings)
+    key = generate_key()
+    AuthorizedKeys(settings.authorized_keys).add(
+        entry_line(key.public, tag, port, api_host, api_port))
+    return {"mode": "reverse", "ssh_host": settings.ssh_host, "ssh_port": settings.ssh_port,
+            "ssh_user": settings.ssh_user, "host_keys": host_keys, "private_key": key.private_openssh,
+            "remote_port": port, "hub_api_host": api_host, "hub_api_port": api_port,
+            "ciphers": settings.ciphers, "alive_interval": settings.alive_interval}
+
+
+def release(authorized_keys: str, tag: str, port: int) -> None:
+    """Remove the job's key and free its port. Safe to call twice."""
+    if tag:
+        AuthorizedKeys(authorized_keys).remove(tag)
+    unclaim(port)
+
+
+async def port_answers(port: int, timeout: float = 2.0) -> bool:
+    """Whether something listens on 127.0.0.1:port (sshd does, while the job's ssh is connected)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True

@@ -1,0 +1,130 @@
+"""Pure builders of OpenSSH command lines, and readers of the lines ssh prints with -v.
+
+Nothing here runs a process: the functions take typed values and return argv lists, so they are
+tested without SSH. No secret ever goes into an argv: keys are files (mode 0600) named by path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Fastest first (measured); the server picks the first one it also offers.
+DEFAULT_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
+HOST_KEY_ALIAS = "hpcgate-tunnel-endpoint"
+
+
+@dataclass(frozen=True)
+class ReverseTunnel:
+    """What the job's ssh needs: where the hub's sshd is, who to log in as, which ports."""
+
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    remote_port: int  # P: the loopback port on the hub host the proxy routes to
+    server_port: int  # the notebook server's port on the node's loopback
+    api_local_port: int  # where the hub API appears on the node's loopback
+    hub_api_host: str  # the hub API as seen from the hub host
+    hub_api_port: int
+    ciphers: str = DEFAULT_CIPHERS
+    alive_interval: int = 5
+    alive_count: int = 3
+    connect_timeout: int = 10
+
+
+def common_options(key_file: str, known_hosts: str, ciphers: str, alive_interval: int,
+                   alive_count: int, connect_timeout: int) -> list[str]:
+    """Options for a forwarding-only, non-interactive ssh that trusts one pinned host key."""
+    opts = {
+        "BatchMode": "yes",
+        "IdentitiesOnly": "yes",
+        "IdentityFile": key_file,
+        "UserKnownHostsFile": known_hosts,
+        "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "yes",
+        "HostKeyAlias": HOST_KEY_ALIAS,
+        "UpdateHostKeys": "no",
+        "CheckHostIP": "no",
+        "ExitOnForwardFailure": "yes",
+        "ServerAliveInterval": str(alive_interval),
+        "ServerAliveCountMax": str(alive_count),
+        "ConnectTimeout": str(connect_timeout),
+        "ControlMaster": "no",
+        "ControlPath": "none",
+        "ForwardAgent": "no",
+        "ForwardX11": "no",
+        "PermitLocalCommand": "no",
+        "Ciphers": ciphers,
+        "LogLevel": "DEBUG1",  # the forward confirmations are debug1 lines
+    }
+    argv = ["-N", "-T", "-F", "/dev/null"]
+    for name, value in opts.items():
+        argv += ["-o", f"{name}={value}"]
+    return argv
+
+
+def reverse_argv(t: ReverseTunnel, key_file: str, known_hosts: str, ssh: str = "ssh") -> list[str]:
+    """`ssh -N -R 127.0.0.1:P:127.0.0.1:server -L 127.0.0.1:api:hub_api ...` run in the job."""
+    return [
+        ssh, *common_options(key_file, known_hosts, t.ciphers, t.alive_interval, t.alive_count,
+                             t.connect_timeout),
+        "-p", str(t.ssh_port), "-l", t.ssh_user,
+        "-R", f"127.0.0.1:{t.remote_port}:127.0.0.1:{t.server_port}",
+        "-L", f"127.0.0.1:{t.api_local_port}:{_bracket(t.hub_api_host)}:{t.hub_api_port}",
+        "--", t.ssh_host,
+    ]
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def known_hosts_text(host_keys: list[str]) -> str:
+    """A known_hosts file pinning the endpoint's keys ("ssh-ed25519 AAAA...") under the alias."""
+    return "".join(f"{HOST_KEY_ALIAS} {key}\n" for key in host_keys)
+
+
+def host_keys_for(known_hosts: str, host: str, port: int) -> list[str]:
+    """The "type base64" keys a known_hosts text lists for host:port (plain, not hashed, names)."""
+    wanted = {f"[{host}]:{port}"} | ({host} if port == 22 else set())
+    keys = []
+    for line in known_hosts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith(("#", "@")) and \
+                wanted & set(fields[0].split(",")):
+            keys.append(f"{fields[1]} {fields[2]}")
+    return keys
+
+
+# -- what ssh -v prints ------------------------------------------------------------------------
+
+_REMOTE_OK = re.compile(r"remote forward success for: listen (?:[^ ]*:)?(\d+), connect")
+_REMOTE_FAIL = re.compile(r"(?:remote forward failure for: listen (?:[^ ]*:)?(\d+)|"
+                          r"remote port forwarding failed for listen port (\d+))")
+_LOCAL_OK = re.compile(r"Local forwarding listening on \S+ port (\d+)\.")
+_LOCAL_FAIL = re.compile(r"(?:bind \[?[^ ]*\]?:(\d+): |"
+                         r"Could not request local forwarding|cannot listen to port: (\d+))")
+
+
+@dataclass(frozen=True)
+class SshEvent:
+    kind: str  # "remote-ok", "remote-failed", "local-ok", "local-failed"
+    port: int
+
+
+def parse_line(line: str) -> SshEvent | None:
+    """One stderr line of `ssh -v` as a forwarding event, or None."""
+    if m := _REMOTE_OK.search(line):
+        return SshEvent("remote-ok", int(m.group(1)))
+    if m := _REMOTE_FAIL.search(line):
+        return SshEvent("remote-failed", int(m.group(1) or m.group(2)))
+    if m := _LOCAL_OK.search(line):
+        return SshEvent("local-ok", int(m.group(1)))
+    if m := _LOCAL_FAIL.search(line):
+        return SshEvent("local-failed", int(m.group(1) or m.group(2) or 0))
+    return None
+
+
+def is_noise(line: str) -> bool:
+    """debug1 chatter that is not worth keeping in the job log."""
+    return line.startswith("debug1:") and parse_line(line) is None

@@ -1,0 +1,325 @@
+"""Reverse mode through the real hub, proxy and Slurm: a server on c2 that listens only on c2's
+loopback, reachable through the job's SSH tunnel and the proxy, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.labhub import LabHub
+from tests.e2e.test_spawn import Hub
+
+WAV_SIZE = 2 * 1024**3
+
+
+@pytest.fixture(scope="module")
+def tunnel_hub(lab: dict):
+    state = Path("/var/tmp") / f"hpcgate-hub-tunnel-{uuid.uuid4().hex[:8]}"
+    labhub = LabHub(lab, state, extra_config=(
+        'c.BatchSpawner.connection_mode = "reverse"\n'
+        'c.BatchSpawner.allowed_nodes = ["c1", "c2"]\n'
+        'c.BatchSpawner.node = "c2"\n'
+        'c.BatchSpawner.poll_interval = 2\n'
+        'c.BatchSpawner.tunnel_down_timeout = 8\n'
+        'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n'))
+    h = Hub(lab, labhub)
+    try:
+        labhub.start()
+        for user in ("alice", "bob"):
+            h.api("POST", f"/users/{user}")
+        yield h
+    finally:
+        labhub.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def user_token(hub: Hub, user: str) -> str:
+    status, body = hub.api("POST", f"/users/{user}/tokens", {"expires_in": 900, "note": "tests"})
+    assert status in (200, 201), body
+    return body["token"]
+
+
+def fetch(hub: Hub, path: str, token: str, method: str = "GET", headers: dict | None = None,
+          body: bytes | None = None, timeout: float = 10) -> tuple[int, Any, bytes]:
+    req = urllib.request.Request(f"{hub.hub.url}{path}", method=method, data=body,
+                                 headers={"Authorization": f"token {token}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()  # headers: case-insensitive
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def tunnel_port(hub: Hub, user: str) -> int:
+    _, routes = hub.api("GET", "/proxy")
+    [target] = [r["target"] for spec, r in routes.items() if spec.endswith(f"/user/{user}/")]
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)", target.rstrip("/"))
+    assert m, target
+    return int(m.group(1))
+
+
+def job_log(user: str) -> str:
+    return Path(f"/home/{user}/.hpcgate/servers/default/job.log").read_text()
+
+
+def ssh_client_pids(user: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-u", user, "-f", "^ssh -N -T -F /dev/null"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def authorized_lines(lab: dict) -> list[str]:
+    return Path(lab["tunnel"]["authorized_keys"]).read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def alice_up(tunnel_hub: Hub):
+    status, body = tunnel_hub.spawn("alice", {"node": "c2"})
+    assert status in (201, 202), body
+    tunnel_hub.wait_ready("alice", timeout=120)
+    yield tunnel_hub
+    if tunnel_hub.server("alice") is not None:
+        tunnel_hub.stop("alice")
+
+
+def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up: Hub) -> None:
+    hub = alice_up
+    port = tunnel_port(hub, "alice")
+    lo, hi = 40000, 49999
+    assert lo <= port <= hi
+    [job] = hub.active_jobs("alice")
+    assert job["batch_host"] == "c2"
+    alice = user_token(hub, "alice")
+    status, _, body = fetch(hub, "/user/alice/api/status", alice)
+    assert status == 200 and "started" in json.loads(body)
+
+    # The server listens on 127.0.0.1 inside c2's namespace, nowhere else.
+    m = re.search(r"JupyterLab for alice on 127\.0\.0\.1:(\d+)", job_log("alice"))
+    assert m, job_log("alice")
+    server_port = int(m.group(1))
+    ns = hub.lab["nodes"]["c2"]["namespace_path"]
+    probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])),"
+             " timeout=2).close(); print('open')\nexcept OSError: print('closed')")
+    inside = subprocess.run(["nsenter", f"--net={ns}", "python3", "-c", probe, "127.0.0.1",
+                             str(server_port)], capture_output=True, text=True, timeout=10)
+    assert inside.stdout.strip() == "open", inside.stderr
+    c2_addr = hub.lab["nodes"]["c2"]["address"]
+    outside = subprocess.run(["python3", "-c", probe, c2_addr, str(server_port)],
+                             capture_output=True, text=True, timeout=10)
+    assert outside.stdout.strip() == "closed"
+
+    # bob, with his own valid token, cannot use alice's server.
+    bob = user_token(hub, "bob")
+    status, _, _ = fetch(hub, "/user/alice/api/status", bob)
+    assert status == 403
+    status, _, _ = fetch(hub, "/user/alice/api/contents", bob)
+    assert status == 403
+
+    # The tunnel's key line is there, confined to this port and the hub API.
+    [line] = [x for x in authorized_lines(hub.lab) if f'permitlisten="127.0.0.1:{port}"' in x]
+    assert line.startswith("restrict,port-forwarding,") and "hpcgate-job:alice-default-" in line
+    # The private key is in no argv.
+    for pid in ssh_client_pids("alice"):
+        assert "PRIVATE KEY" not in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def test_job_key_cannot_forward_another_port(alice_up: Hub, tmp_path: Path) -> None:
+    hub = alice_up
+    port = tunnel_port(hub, "alice")
+    launch = json.loads(Path("/home/alice/.hpcgate/servers/default/launch.json").read_text())
+    key = tmp_path / "key"
+    key.write_text(launch["tunnel"]["private_key"])
+    key.chmod(0o600)
+    t = hub.lab["tunnel"]
+    base = ["ssh", "-N", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-i", str(key), "-o", f"UserKnownHostsFile={t['known_hosts']}",
+            "-o", "ExitOnForwardFailure=yes", "-p", str(t["port"]), "-l", t["user"]]
+    other = port + 1 if port < 49999 else port - 1
+    # Another listening port on the hub host: refused.
+    res = subprocess.run([*base, "-R", f"127.0.0.1:{other}:127.0.0.1:22", "127.0.0.1"],
+                         capture_output=True, text=True, timeout=20)
+    assert res.returncode != 0
+    assert f"remote port forwarding failed for listen port {other}" in res.stderr
+    # Opening anything but the hub API: refused by sshd.
+    local = free_port()
+    ssh = subprocess.Popen([*base, "-L", f"127.0.0.1:{local}:127.0.0.1:{t['port']}",
+                            "-o", "ExitOnForwardFailure=yes", "127.0.0.1"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(local):
+            assert time.monotonic() < deadline and ssh.poll() is None
+            time.sleep(0.05)
+        import socket
+
+        with socket.create_connection(("127.0.0.1", local), timeout=5) as s:
+            s.settimeout(5)
+            assert s.recv(100) == b""  # closed at once: sshd refused the channel
+    finally:
+        ssh.terminate()
+        _, err = ssh.communicate(timeout=10)
+    assert "administratively prohibited" in err or "open failed" in err, err
+    # No shell or command either.
+    res = subprocess.run([*base[:1], *base[2:], "127.0.0.1", "id"], capture_output=True, text=True,
+                         timeout=20)
+    assert "uid=" not in res.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hub) -> None:
+    hub = alice_up
+    alice = user_token(hub, "alice")
+    status, _, body = fetch(hub, "/user/alice/api/kernels", alice, method="POST", body=b"{}",
+                            headers={"Content-Type": "application/json"}, timeout=60)
+    assert status == 201, body
+    kernel_id = json.loads(body)["id"]
+    [old] = ssh_client_pids("alice")
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - killed
+        assert elapsed < 5, f"no service {elapsed:.1f} s after the ssh client was killed"
+        try:
+            status, _, body = fetch(hub, "/user/alice/api/kernels", alice, timeout=2)
+        except OSError:
+            status = 0
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert kernel_id in [k["id"] for k in json.loads(body)]
+    [new] = ssh_client_pids("alice")
+    assert new != old
+    assert "reconnecting in" in job_log("alice")
+    fetch(hub, f"/user/alice/api/kernels/{kernel_id}", alice, method="DELETE")
+
+
+def make_wav(path: Path, size: int, marker_at: int, marker: bytes) -> None:
+    """A real WAV header (16-bit stereo 48 kHz) for `size` bytes, sparse apart from the marker."""
+    data = size - 44
+    header = (b"RIFF" + struct.pack("<I", min(size - 8, 0xFFFFFFFF)) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 2, 48000, 48000 * 4, 4, 16)
+              + b"data" + struct.pack("<I", min(data, 0xFFFFFFFF)))
+    with open(path, "wb") as f:
+        f.write(header)
+        f.seek(marker_at)
+        f.write(marker)
+        f.truncate(size)
+
+
+def test_range_into_the_middle_of_a_2gb_wav(alice_up: Hub) -> None:
+    hub = alice_up
+    alice = user_token(hub, "alice")
+    home = Path("/home/alice")
+    wav, flac, mp3 = home / "field-2g.wav", home / "dawn.flac", home / "dusk.mp3"
+    marker_at = WAV_SIZE // 2 + 12345
+    marker = os.urandom(65536)
+    try:
+        make_wav(wav, WAV_SIZE, marker_at, marker)
+        flac.write_bytes(b"fLaC" + os.urandom(1000))
+        mp3.write_bytes(b"ID3" + os.urandom(1000))
+        for p in (wav, flac, mp3):
+            os.chown(p, 5001, 5001)
+        _, before = hub.api("GET", "/users/alice")
+        time.sleep(1.1)
+        asked = time.time()
+        end = marker_at + len(marker) - 1
+        status, headers, body = fetch(hub, "/user/alice/files/field-2g.wav", alice,
+                                      headers={"Range": f"bytes={marker_at}-{end}"})
+        assert status == 206, (status, headers, body[:300])
+        assert headers["Content-Range"] == f"bytes {marker_at}-{end}/{WAV_SIZE}"
+        assert headers["Accept-Ranges"] == "bytes"
+        assert headers["Content-Type"] in ("audio/wav", "audio/x-wav")
+        assert body == marker
+        status, headers, body = fetch(hub, "/user/alice/files/field-2g.wav", alice,
+                                      headers={"Range": "bytes=0-43"})
+        assert status == 206 and body[:4] == b"RIFF" and body[8:12] == b"WAVE"
+        for name, kind in (("dawn.flac", "audio/flac"), ("dusk.mp3", "audio/mpeg")):
+            status, headers, body = fetch(hub, f"/user/alice/files/{name}", alice,
+                                          headers={"Range": "bytes=0-3"})
+            assert status == 206 and headers["Content-Type"] == kind, (name, headers)
+        # The download counts as activity (the server reports it to the hub every 2 s here).
+        deadline = time.monotonic() + 15
+        while True:
+            _, model = hub.api("GET", "/users/alice")
+            last = model["servers"][""]["last_activity"]
+            if last and last != before["servers"][""]["last_activity"] and \
+                    _epoch(last) >= asked - 1:
+                break
+            assert time.monotonic() < deadline, (before["servers"][""], model["servers"][""])
+            time.sleep(0.5)
+    finally:
+        for p in (wav, flac, mp3):
+            p.unlink(missing_ok=True)
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_stop_removes_the_key_and_a_tunnel_that_stays_down_is_reported(tunnel_hub: Hub) -> None:
+    hub = tunnel_hub
+    assert hub.spawn("bob", {"node": "c1"})[0] in (201, 202)
+    hub.wait_ready("bob", timeout=120)
+    assert hub.get("/user/bob/api")[0] == 200
+    tags = [x for x in authorized_lines(hub.lab) if "hpcgate-job:bob-" in x]
+    assert len(tags) == 1
+    # Take the key away (as if the hub host's sshd no longer accepted it) and drop the tunnel:
+    # the launcher cannot reconnect, and the hub must say so and stop the server, not hang.
+    [job] = hub.active_jobs("bob")
+    with tempfile.NamedTemporaryFile("w", dir=Path(hub.lab["tunnel"]["authorized_keys"]).parent,
+                                     delete=False) as tmp:
+        tmp.write("".join(f"{x}\n" for x in authorized_lines(hub.lab) if "hpcgate-job:bob-" not in x))
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, hub.lab["tunnel"]["authorized_keys"])
+    for pid in ssh_client_pids("bob"):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 40
+    while hub.server("bob") is not None:
+        assert time.monotonic() < deadline, "the hub never noticed bob's tunnel stayed down"
+        time.sleep(0.5)
+    log = hub.hub.log.read_text()
+    assert "The SSH tunnel of bob" in log and "treated as stopped" in log
+    deadline = time.monotonic() + 20
+    while [j for j in hub.active_jobs("bob") if j["job_id"] == job["job_id"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_stop_removes_alice_key(alice_up: Hub) -> None:
+    hub = alice_up
+    assert [x for x in authorized_lines(hub.lab) if "hpcgate-job:alice-" in x]
+    hub.stop("alice")
+    assert not [x for x in authorized_lines(hub.lab) if "hpcgate-job:alice-" in x]
