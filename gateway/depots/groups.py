@@ -8,12 +8,11 @@ know a group and disagree, members would not get in on this host: that is report
 from __future__ import annotations
 
 import grp
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway.policy.directory import service_connection, uses_ldaps
 from gateway.policy.model import Directory, SitePolicy
 
 DIRECTORY = "directory"
@@ -99,7 +98,6 @@ class GroupResolver:
         return ResolvedGroup(name, self._directory_gid(name), DIRECTORY, local)
 
     def _connect(self) -> Any:
-        import ldap3
         from ldap3.core.exceptions import LDAPException
 
         d = self.directory
@@ -109,15 +107,8 @@ class GroupResolver:
         except OSError as err:
             raise GroupError(f"directory.bind_password_file {d.bind_password_file} cannot be read "
                              f"({err.strerror}); run as root") from None
-        parts = urlsplit(d.uri)
-        use_ssl = parts.scheme == "ldaps"
-        timeout = max(1, round(d.timeout.total_seconds()))  # ldap3 wants whole seconds
-        tls = ldap3.Tls(ca_certs_file=d.ca_cert,
-                        validate=ssl.CERT_REQUIRED if d.verify_tls else ssl.CERT_NONE)
-        server = ldap3.Server(parts.hostname or "", port=parts.port or (636 if use_ssl else 389),
-                              use_ssl=use_ssl, tls=tls, get_info=ldap3.NONE, connect_timeout=timeout)
-        conn = ldap3.Connection(server, user=d.bind_dn, password=password, auto_bind=False,
-                                receive_timeout=timeout, raise_exceptions=False, read_only=True)
+        use_ssl = uses_ldaps(d)
+        conn = service_connection(d, password)
         try:
             conn.open()
             if d.start_tls and not use_ssl and not conn.start_tls():

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from gateway.policy.directory import service_connection, uses_ldaps
 from gateway.policy.live import compare_limits, compare_queue_limits
 from gateway.policy.load import PolicyFileError, load_policy
 from gateway.policy.model import Directory, SitePolicy, format_duration_td
@@ -145,7 +145,6 @@ class ConfigChecker:
     # directory -----------------------------------------------------------------------------------
 
     def check_directory(self, d: Directory) -> None:
-        import ldap3
         from ldap3.core.exceptions import LDAPException
         from ldap3.utils.conv import escape_filter_chars
 
@@ -156,16 +155,8 @@ class ConfigChecker:
             self.report.fail(f"directory.bind_password_file {d.bind_password_file} cannot be read "
                              f"({err.strerror}): check-config cannot log in to the directory.")
             return
-        parts = urlsplit(d.uri)
-        use_ssl = parts.scheme == "ldaps"
-        port = parts.port or (636 if use_ssl else 389)
-        timeout = max(1, round(d.timeout.total_seconds()))  # ldap3 packs socket timeouts as ints
-        tls = ldap3.Tls(ca_certs_file=d.ca_cert,
-                        validate=ssl.CERT_REQUIRED if d.verify_tls else ssl.CERT_NONE)
-        server = ldap3.Server(parts.hostname or "", port=port, use_ssl=use_ssl, tls=tls,
-                              get_info=ldap3.NONE, connect_timeout=timeout)
-        conn = ldap3.Connection(server, user=d.bind_dn, password=password, auto_bind=False,
-                                receive_timeout=timeout, raise_exceptions=False, read_only=True)
+        use_ssl = uses_ldaps(d)
+        conn = service_connection(d, password)
         how = "LDAPS" if use_ssl else ("StartTLS" if d.start_tls else "no TLS")
         verified = ", certificate verified" if d.verify_tls and (use_ssl or d.start_tls) else ""
         try:
