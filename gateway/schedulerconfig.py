@@ -60,6 +60,18 @@ class SchedulerConfig(LoggingConfigurable):
     slow_interval = Float(15.0, help="Seconds between queries when every job runs steadily.").tag(
         config=True)
 
+    def apply_cluster(self, cluster: Any) -> None:
+        """Take the scheduler and transport from a site policy's `cluster` section, which wins
+        over these traits (jobcomp_file, use_sacct, SSH keys and intervals stay traits)."""
+        self.kind, self.transport = cluster.scheduler, cluster.transport
+        self.environment = {**self.environment, **cluster.environment}
+        if cluster.ssh is not None:
+            self.ssh_host, self.ssh_port = cluster.ssh.host, cluster.ssh.port
+            self.ssh_known_hosts = cluster.ssh.known_hosts or self.ssh_known_hosts
+        if cluster.rest is not None:
+            self.rest_url = cluster.rest.url
+            self.jwt_key_file = cluster.rest.jwt_key_file or self.jwt_key_file
+
     def key(self) -> tuple[Any, ...]:
         return (self.kind, self.transport, tuple(sorted(self.environment.items())), self.ssh_host,
                 self.ssh_port, self.rest_url, self.jobcomp_file)

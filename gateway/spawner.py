@@ -52,7 +52,11 @@ class BatchSpawner(Spawner):
 
     @default("scheduler_config")
     def _default_scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(parent=self)
+        config = SchedulerConfig(parent=self)
+        policy = self._site_policy()
+        if policy is not None:
+            config.apply_cluster(policy.cluster)
+        return config
 
     job_python = Unicode(
         sys.executable,
