@@ -354,12 +354,17 @@ class LDAPAuthenticator(Authenticator):
             self._throttle.failed(None, address)  # junk names must not fill the per-user table
             raise web.HTTPError(403, WRONG_CREDENTIALS)
         try:
-            identity: Identity = await self._in_thread(self.directory.login, name, password)
+            with self._throttle.attempt(name, address):
+                identity: Identity = await self._in_thread(self.directory.login, name, password)
         except LoginRefused as err:
             self.log.warning("Failed login for %s from %s: %s.", _for_log(name), address or "-", err.reason)
             self._throttle.failed(name, address)
             raise web.HTTPError(403, WRONG_CREDENTIALS) from None
         except (DirectoryUnavailable, asyncio.TimeoutError) as err:
+            if isinstance(err, asyncio.TimeoutError):
+                # The bind may still be running in its thread: count it, so that passwords slow
+                # enough to outlast login_timeout are not free guesses.
+                self._throttle.failed(name, address)
             why = str(err) or f"no result within login_timeout ({self.login_timeout:g} s)"
             self.log.error("Login for %s failed, the directory is unavailable: %s", _for_log(name), why)
             raise web.HTTPError(503, UNAVAILABLE) from None

@@ -733,7 +733,13 @@ class DirectoryClient:
                 flt = parts[0] if len(parts) == 1 else "(|" + "".join(parts) + ")"
                 frontier += add(self._search(srv, conn, s.group_search_base, flt, [name_attr]))
         if s.member_of_attribute:
-            frontier += add(_UserEntry(dn, {}) for dn in entry.all(s.member_of_attribute))
+            member_of = entry.all(s.member_of_attribute)
+            if s.group_search_base:
+                # Named by their RDN, groups elsewhere in the tree (an OU where users may make
+                # groups) could pose as a policy group of the same name: only the group base counts.
+                base = normalize_dn(s.group_search_base)
+                member_of = [dn for dn in member_of if normalize_dn(dn).endswith("," + base)]
+            frontier += add(_UserEntry(dn, {}) for dn in member_of)
 
         # Nested groups: groups whose member is one of the groups found so far. Breadth-first, one
         # search per level (batched), bounded depth; `found` makes cycles harmless.

@@ -7,10 +7,11 @@ recently touched keys are forgotten first.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class _Window:
@@ -20,6 +21,8 @@ class _Window:
         self.clock = clock
         self.max_keys = max_keys
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        """Attempts still waiting on the directory: each may yet be a failure."""
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)
@@ -37,10 +40,23 @@ class _Window:
         if self.limit <= 0:
             return 0.0
         now = self.clock()
-        times = self._recent(key, now)
-        if times is None or len(times) < self.limit:
+        times = self._recent(key, now) or ()
+        if len(times) + self._pending.get(key, 0) < self.limit:
             return 0.0
+        if len(times) < self.limit:
+            return 1.0  # blocked by attempts still in flight: concurrent guesses wait their turn
         return times[-self.limit] + self.window - now
+
+    def begin(self, key: str) -> None:
+        if self.limit > 0:
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def end(self, key: str) -> None:
+        left = self._pending.get(key, 0) - 1
+        if left > 0:
+            self._pending[key] = left
+        else:
+            self._pending.pop(key, None)
 
     def fail(self, key: str) -> None:
         if self.limit <= 0:
@@ -81,6 +97,19 @@ class LoginThrottle:
         if address:
             wait = max(wait, self.addresses.retry_after(address))
         return math.ceil(wait) if wait > 0 else 0
+
+    @contextlib.contextmanager
+    def attempt(self, user: str | None, address: str | None) -> Iterator[None]:
+        """While a login waits on the directory it counts against both limits, so many concurrent
+        guesses cannot all pass `retry_after` before the first failure is recorded."""
+        windows = [(w, k) for w, k in ((self.users, user), (self.addresses, address)) if k]
+        for window, key in windows:
+            window.begin(key)
+        try:
+            yield
+        finally:
+            for window, key in windows:
+                window.end(key)
 
     def failed(self, user: str | None, address: str | None) -> None:
         if user:

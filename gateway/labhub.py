@@ -70,10 +70,10 @@ c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allow
 """
 
 
-# What admins may do but open servers, reroute the proxy or edit groups: manage users (never
-# granting admin: JupyterHub refuses that to non-admins), start and stop servers, read the rest.
-OPERATOR_SCOPES = ["admin-ui", "admin:users", "admin:servers", "list:groups", "read:groups",
-                   "list:services", "read:services", "read:hub", "read:roles"]
+# What admins may do but open servers, reroute the proxy, edit groups or auth_state (which names
+# the Unix account jobs run as): see and add users, start and stop servers, read the rest.
+OPERATOR_SCOPES = ["admin-ui", "users", "read:roles:users", "admin:servers", "list:groups",
+                   "read:groups", "list:services", "read:services", "read:hub", "read:roles"]
 
 
 def ldap_config(info: dict[str, Any]) -> str:

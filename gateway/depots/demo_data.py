@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import secrets
 import wave
 from array import array
 from collections.abc import Callable
@@ -103,8 +104,11 @@ LARGE_RATE = 44100
 def write_wav(path: Path, rate: int, blocks: list[bytes], data_bytes: int) -> None:
     """A mono 16-bit WAV of exactly `data_bytes` of samples, cycling through `blocks`, written to a
     temporary name first so that a reader never sees half a file under the real name."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with wave.open(str(tmp), "wb") as w:
+    # The folder is group-writable and this runs as root: a fresh random name, created only if
+    # it does not exist and never through a symlink a member may have planted.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
+    with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
@@ -124,6 +128,8 @@ def write_recordings(folder: Path, large_bytes: int = TEST_LARGE_BYTES, seed: in
         raise ValueError(f"the long recording must be between {_HEADER_BYTES + 2} bytes and 4 GiB; "
                          f"{large_bytes} was asked for")
     folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink():
+        raise ValueError(f"{folder} is a symlink; not writing recordings through it")
     rng = random.Random(seed)
     written = []
     for name, (make, seconds) in CLIPS.items():

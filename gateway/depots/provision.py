@@ -182,11 +182,34 @@ def read_state(path: str) -> ActualState:
                        default)
 
 
+def check_parents(path: str) -> None:
+    """Refuse a depot whose existing parents someone other than root could swap for a symlink:
+    root follows them when it creates, chowns and opens the depot up to group access."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            st = os.lstat(parent)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                raise ProvisionError(f"{parent}, a parent of {path}, is a symlink; give the depot "
+                                     "its real path")
+            swappable = st.st_uid != 0 or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX)
+            if swappable:
+                raise ProvisionError(f"{parent}, a parent of {path}, can be changed by others than "
+                                     "root (owner or mode); depots need root-owned parents")
+        if parent == os.path.dirname(parent):
+            return
+        parent = os.path.dirname(parent)
+
+
 def apply(desired: DesiredState, actual: ActualState) -> None:
     """Make the directory match `desired`: create it if missing, then owner, ACLs, mode."""
     path = desired.path
     if actual.kind in ("symlink", "other"):
         raise ProvisionError(f"{path} exists and is not a directory; move it away first")
+    check_parents(path)
     try:
         if actual.kind == "missing":
             missing, parent = [], os.path.dirname(path)

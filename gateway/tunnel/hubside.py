@@ -13,6 +13,7 @@ import asyncio
 import re
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from gateway.tunnel.keys import AuthorizedKeys, entry_line, generate_key
 from gateway.tunnel.sshargs import DEFAULT_CIPHERS, host_keys_for
 
 _claimed: set[int] = set()  # ports handed to this hub's servers (a hub is one process)
+_claim_lock = threading.Lock()
 
 
 class TunnelConfigError(ValueError):
@@ -66,17 +68,19 @@ def _free(port: int) -> bool:
     return True
 
 
-def allocate_port(ports: tuple[int, int]) -> int:
-    """A loopback port in the range that no server of this hub has and nothing listens on."""
+def allocate_port(ports: tuple[int, int], taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A loopback port in the range that no server of this hub has, that is not in `taken`, and
+    that nothing listens on. Binds test sockets: call it from a thread, not the event loop."""
     low, high = ports
     if not 1024 <= low <= high <= 65535:
         raise TunnelConfigError(f"tunnel port range {low}-{high} is not within 1024-65535")
     candidates = list(range(low, high + 1))
     secrets.SystemRandom().shuffle(candidates)
-    for port in candidates:
-        if port not in _claimed and _free(port):
-            _claimed.add(port)
-            return port
+    with _claim_lock:  # spawns prepare their tunnels in threads at the same time
+        for port in candidates:
+            if port not in _claimed and port not in taken and _free(port):
+                _claimed.add(port)
+                return port
     raise TunnelConfigError(f"no free loopback port left in {low}-{high} for another tunnel")
 
 
@@ -99,14 +103,16 @@ def pinned_host_keys(settings: TunnelSettings) -> list[str]:
     return keys
 
 
-def prepare(settings: TunnelSettings, tag: str, port: int) -> dict[str, Any]:
-    """Install the job's key (allowed: listen 127.0.0.1:port, open the hub API) and return the
-    launch file's `tunnel` section."""
+def prepare(settings: TunnelSettings, tag: str) -> dict[str, Any]:
+    """Pick the job's loopback port, install its key (allowed: listen on 127.0.0.1 at that port,
+    open the hub API) and return the launch file's `tunnel` section (the port as remote_port).
+    Blocking: run it in a thread."""
     api_host, api_port = settings.hub_api()
     host_keys = pinned_host_keys(settings)
     key = generate_key()
-    AuthorizedKeys(settings.authorized_keys).add(
-        entry_line(key.public, tag, port, api_host, api_port))
+    port = AuthorizedKeys(settings.authorized_keys).add_on_free_port(
+        lambda p: entry_line(key.public, tag, p, api_host, api_port),
+        lambda taken: allocate_port(settings.ports, taken))
     return {"mode": "reverse", "ssh_host": settings.ssh_host, "ssh_port": settings.ssh_port,
             "ssh_user": settings.ssh_user, "host_keys": host_keys, "private_key": key.private_openssh,
             "remote_port": port, "hub_api_host": api_host, "hub_api_port": api_port,

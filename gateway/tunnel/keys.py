@@ -4,7 +4,7 @@ Each job gets its own ed25519 key pair, made in the hub's memory (never by a com
 or environment another user could read). Its public half goes into the tunnel account's
 authorized_keys with options that allow nothing but forwarding the job's own loopback port to the
 hub host, and the hub API port back. The line carries a tag (`hpcgate-job:<tag>`) so it can be
-removed at stop, by the hub or by `hpcgate`, without touching lines it did not write.
+removed at stop without touching lines it did not write.
 
 Concurrent spawns and stops edit one file: every change takes an exclusive lock on a side file,
 rewrites the whole file into a temporary one in the same directory and renames it over the old one,
@@ -18,7 +18,7 @@ import fcntl
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 TAG_PREFIX = "hpcgate-job:"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,253}$")
+_PERMITLISTEN = re.compile(r'permitlisten="[^":]*:(\d+)"')
 
 
-class KeyFileError(RuntimeError):
+class KeyFileError(OSError):
     """The authorized_keys file cannot be managed safely; the message says why."""
 
 
@@ -155,3 +156,17 @@ class AuthorizedKeys:
     def tags(self) -> list[str]:
         with self._locked():
             return [t for t in (tag_of(x) for x in self._read()) if t is not None]
+
+    def add_on_free_port(self, make_line: Callable[[int], str], pick: Callable[[set[int]], int]) -> int:
+        """Add the line `make_line(port)` for a port `pick` chooses among those no job line of the
+        file may listen on: a line left behind (a hub that died, a failed removal) keeps its port
+        from ever going to another user's server, whose traffic its key could otherwise take."""
+        with self._locked():
+            lines = self._read()
+            taken = {int(m) for x in lines if tag_of(x) is not None
+                     for m in _PERMITLISTEN.findall(x)}
+            port = pick(taken)
+            line = make_line(port)
+            tag = tag_of(line)
+            self._write([*(x for x in lines if tag_of(x) != tag), line])
+            return port

@@ -143,6 +143,7 @@ def scratch(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
     copy = start_directory_copy(lab, tmp_path_factory.mktemp("scratch-directory"), memberof=True)
     ldap = lab["ldap"]
     names, people = ldap["named_groups_dn"], ldap["people_dn"]
+    suffix = people.split(",", 1)[1]
     admin = ldap3.Connection(ldap3.Server("127.0.0.1", port=copy.port, get_info=ldap3.NONE),
                              ldap["admin_dn"], passwords(lab)["admin"], auto_bind=True, receive_timeout=5)
     entries = [
@@ -156,6 +157,10 @@ def scratch(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
         # created after the start: the overlay writes memberOf on alice; mo-parent holds mo-group
         (f"cn=mo-group,{names}", ["groupOfNames"], {"member": [f"uid=alice,{people}"]}),
         (f"cn=mo-parent,{names}", ["groupOfNames"], {"member": [f"cn=mo-group,{names}"]}),
+        # outside the group base, e.g. where users may make groups: a same-named "hub-admins"
+        (f"ou=self-service,{suffix}", ["organizationalUnit"], {"ou": "self-service"}),
+        (f"cn=hub-admins,ou=self-service,{suffix}", ["groupOfNames"],
+         {"member": [f"uid=alice,{people}"]}),
     ]
     try:
         for dn, classes, attrs in entries:
@@ -193,7 +198,8 @@ async def test_member_of_on_the_user_entry(lab: dict[str, Any], scratch: Directo
                       "admin_groups": set()}
     auth = make(lab, allowed_groups={"mo-parent"}, **only_member_of)
     groups = (await login(auth, "alice", pw["alice"]))["auth_state"]["groups"]
-    assert groups == ["mo-group", "mo-parent"]  # memberOf, then followed up one level
+    # memberOf, then followed up one level; the self-service "hub-admins" is outside the base
+    assert groups == ["mo-group", "mo-parent"]
     ignored = make(lab, allowed_groups={"mo-group"}, member_of_attribute="", **only_member_of)
     assert (await refused(ignored, "alice", pw["alice"])).log_message == NOT_ALLOWED
 

@@ -66,3 +66,13 @@ def test_memory_is_bounded() -> None:
     for i in range(1000):
         t.failed(f"junk{i}", f"10.0.{i // 250}.{i % 250}")
     assert len(t.users) == 100 and len(t.addresses) == 100
+
+
+def test_attempts_in_flight_count_so_concurrent_guesses_cannot_all_pass() -> None:
+    clock = Clock()
+    t = LoginThrottle(user_limit=3, address_limit=0, window=60, clock=clock)
+    with t.attempt("alice", "10.0.0.1"), t.attempt("alice", "10.0.0.2"):
+        t.failed("alice", "10.0.0.3")
+        assert t.retry_after("alice", None) == 1  # two still waiting on the directory
+        assert t.retry_after("bob", None) == 0
+    assert t.retry_after("alice", None) == 0  # both ended without failing (they succeeded)

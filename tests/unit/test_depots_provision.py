@@ -4,11 +4,19 @@ parsed from the bytes the kernel really stores (captured from ext4 with setfacl/
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from gateway.depots.acl import AclEntry, AclError, from_mode, parse_xattr, setfacl_argv
-from gateway.depots.provision import ActualState, DesiredState, desired_state, drift
+from gateway.depots.provision import (
+    ActualState,
+    DesiredState,
+    ProvisionError,
+    check_parents,
+    desired_state,
+    drift,
+)
 from gateway.policy.model import Depot
 
 GID, ADMINS, OTHER = 5101, 5102, 100
@@ -134,3 +142,19 @@ def test_acl_of_plain_mode_bits_and_setfacl_argv() -> None:
         "user::rwx,group::rwx,group:5102:r-x,mask::rwx,other::---,default:user::rwx,"
         "default:group::rwx,default:group:5102:r-x,default:mask::rwx,default:other::---",
         "--", PATH]
+
+
+def test_parents_that_others_could_swap_for_a_symlink_are_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    (tmp_path / "via-link").symlink_to(real)
+    with pytest.raises(ProvisionError, match="symlink"):
+        check_parents(str(tmp_path / "via-link" / "depot"))
+    open_dir = tmp_path / "scratch"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # writable by all, no sticky bit: a user could plant a link in it
+    with pytest.raises(ProvisionError, match="others than root"):
+        check_parents(str(open_dir / "lab" / "depot"))
+    open_dir.chmod(0o1777)  # like /tmp: the sticky bit keeps others' entries safe
+    check_parents(str(open_dir / "depot"))
+    check_parents(str(real / "depot"))

@@ -140,10 +140,9 @@ def test_prepare_and_release(tmp_path: Path) -> None:
         ssh_host="10.0.0.1", ssh_port=2222, ssh_user="hpcgate-tunnel", known_hosts=str(known),
         authorized_keys=str(tmp_path / "ak"), hub_api_url="http://10.0.0.1:8081/hub/api/",
         ports=(45000, 45010))
-    port = hubside.allocate_port(settings.ports)
-    assert 45000 <= port <= 45010
-    section = hubside.prepare(settings, "alice-default-1", port)
-    assert section["remote_port"] == port and section["host_keys"] == ["ssh-ed25519 AAAAhostkey"]
+    section = hubside.prepare(settings, "alice-default-1")
+    port = section["remote_port"]
+    assert 45000 <= port <= 45010 and section["host_keys"] == ["ssh-ed25519 AAAAhostkey"]
     assert (section["hub_api_host"], section["hub_api_port"]) == ("10.0.0.1", 8081)
     assert section["private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert AuthorizedKeys(settings.authorized_keys).tags() == ["alice-default-1"]
@@ -164,5 +163,24 @@ def test_prepare_refuses_an_endpoint_without_a_pinned_key(tmp_path: Path) -> Non
         authorized_keys=str(tmp_path / "ak"), hub_api_url="http://10.0.0.1:8081/hub/api/",
         ports=(45000, 45010))
     with pytest.raises(hubside.TunnelConfigError, match="no host key"):
-        hubside.prepare(settings, "t1", 45001)
+        hubside.prepare(settings, "t1")
     assert not (tmp_path / "ak").exists()
+
+
+def test_a_port_named_by_a_line_left_behind_never_goes_to_another_server(tmp_path: Path) -> None:
+    # A hub restarted after a crash forgets its claims; the file still says who may listen where.
+    known = tmp_path / "known_hosts"
+    known.write_text("[10.0.0.1]:2222 ssh-ed25519 AAAAhostkey\n")
+    settings = hubside.TunnelSettings(
+        ssh_host="10.0.0.1", ssh_port=2222, ssh_user="t", known_hosts=str(known),
+        authorized_keys=str(tmp_path / "ak"), hub_api_url="http://10.0.0.1:8081/hub/api/",
+        ports=(45020, 45021))
+    first = hubside.prepare(settings, "alice-default-1")["remote_port"]
+    hubside.unclaim(first)  # as after a restart: only the authorized_keys line remains
+    second = hubside.prepare(settings, "bob-default-2")["remote_port"]
+    assert {first, second} == {45020, 45021}
+    hubside.unclaim(second)
+    with pytest.raises(hubside.TunnelConfigError, match="no free loopback port"):
+        hubside.prepare(settings, "carol-default-3")
+    assert sorted(AuthorizedKeys(settings.authorized_keys).tags()) == ["alice-default-1",
+                                                                        "bob-default-2"]
