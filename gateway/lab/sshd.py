@@ -86,6 +86,9 @@ PermitTunnel no
 X11Forwarding no
 AllowAgentForwarding no
 ForceCommand /bin/false
+# One sshd per connection, so MaxStartups cannot apply: connections that never log in go fast.
+LoginGraceTime 10
+MaxAuthTries 2
 ClientAliveInterval 5
 ClientAliveCountMax 3
 LogLevel VERBOSE
