@@ -70,6 +70,15 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
     if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
         db_url = "sqlite:///" + str(Path(config_file).resolve().parent / db_url[len("sqlite:///"):])
     scheduler_config = SchedulerConfig(config=config)
+    policy_file = config.BatchSpawner.get("policy_file")
+    if policy_file:  # the site policy picks the scheduler, as in the hub
+        from gateway.policy import load_policy
+
+        scheduler_config.apply_cluster(load_policy(policy_file).cluster)
+    if scheduler_config.kind != "slurm":
+        print(f"hpcgate jobs orphans: only Slurm is supported so far, not {scheduler_config.kind}; "
+              "list the hub's jobs with the scheduler's own tools.")
+        return 2
     orphans = asyncio.run(find_orphans(scheduler_config, db_url))
     if as_json:
         print(json.dumps(orphans, indent=2))
