@@ -53,7 +53,12 @@ class BatchSpawner(Spawner):
     @default("scheduler_config")
     def _default_scheduler_config(self) -> SchedulerConfig:
         config = SchedulerConfig(parent=self)
-        policy = self._site_policy()
+        try:
+            policy = self._site_policy()
+        except ValueError as err:  # PolicyFileError: spawns say so; poll() and stop() still work
+            self.log.error("Site policy %s cannot be loaded; scheduler settings from the hub's "
+                           "configuration: %s", self.policy_file, err)
+            policy = None
         if policy is not None:
             config.apply_cluster(policy.cluster)
         return config
@@ -97,14 +102,25 @@ class BatchSpawner(Spawner):
         ["direct", "reverse", "login-node"], "direct",
         help="How the proxy reaches the server. direct: the node's address. reverse: the job opens "
              "an SSH tunnel back to the hub host and the proxy routes to its loopback end. "
-             "login-node: not available yet (refused with a message).",
+             "login-node: the hub runs `ssh -L` through a login node (tunnel_ssh_host, "
+             "login_node_user, login_node_key) and the proxy routes to its loopback end.",
     ).tag(config=True)
     tunnel_ssh_host = Unicode(
-        "", help="reverse: the address of the hub host's tunnel endpoint (sshd) as jobs reach it.",
+        "", help="reverse: the address of the hub host's tunnel endpoint (sshd) as jobs reach it. "
+                 "login-node: the login node the hub's forwards go through.",
     ).tag(config=True)
-    tunnel_ssh_port = Int(22, help="reverse: the tunnel endpoint's port.").tag(config=True)
+    tunnel_ssh_port = Int(22, help="reverse: the tunnel endpoint's port; login-node: the login "
+                                   "node's SSH port.").tag(config=True)
     tunnel_known_hosts = Unicode(
-        "", help="reverse: known_hosts file holding the endpoint's host key; jobs are pinned to it.",
+        "", help="reverse: known_hosts file holding the endpoint's host key; jobs are pinned to it. "
+                 "login-node: known_hosts file holding the login node's host key.",
+    ).tag(config=True)
+    login_node_user = Unicode(
+        "", help="login-node: the account on the login node the hub's forwards log in as.",
+    ).tag(config=True)
+    login_node_key = Unicode(
+        "", help="login-node: the private key file (mode 0600, readable by the hub) for that "
+                 "account; passed to ssh by path, never in its arguments.",
     ).tag(config=True)
     tunnel_user = Unicode(
         "hpcgate-tunnel", help="reverse: the account on the hub host that jobs' tunnels log in as.",
@@ -119,15 +135,17 @@ class BatchSpawner(Spawner):
     ).tag(config=True)
     tunnel_ports = Tuple(
         Int(), Int(), default_value=(40000, 49999),
-        help="reverse: the range of loopback ports on the hub host given to tunnels.",
+        help="reverse and login-node: the range of loopback ports on the hub host given to "
+             "tunnels.",
     ).tag(config=True)
     tunnel_ciphers = Unicode(
         "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com",
-        help="reverse: SSH ciphers the job offers, fastest first (aes128-gcm measured fastest).",
+        help="reverse and login-node: SSH ciphers offered, fastest first (aes128-gcm measured "
+             "fastest).",
     ).tag(config=True)
     tunnel_down_timeout = Float(
-        120, help="reverse: seconds a server's tunnel may stay down (the job's launcher keeps "
-                  "reconnecting) before poll() reports the server gone; 0: never.",
+        120, help="reverse and login-node: seconds a server's tunnel may stay down (its ssh "
+                  "keeps reconnecting) before poll() reports the server gone; 0: never.",
     ).tag(config=True)
 
     @default("start_timeout")
@@ -159,7 +177,8 @@ class BatchSpawner(Spawner):
         self.tunnel_port = state.get("tunnel_port", 0)
         self.tunnel_tag = state.get("tunnel_tag", "")
         self.tunnel_keys_file = state.get("tunnel_keys_file", "")
-        if self.connect_mode == "reverse":
+        # login-node: the hub's forward is made again by poll()/get_url(); its port stays P.
+        if self.connect_mode in ("reverse", "login-node"):
             from gateway.tunnel import hubside
 
             hubside.claim(self.tunnel_port)
@@ -169,15 +188,18 @@ class BatchSpawner(Spawner):
         if self.job_id:
             state.update(job_id=self.job_id, host=self.job_host, port=self.job_port,
                          connect=self.connect_mode, token_digest=self.token_digest)
-            if self.connect_mode == "reverse":
-                state.update(tunnel_port=self.tunnel_port, tunnel_tag=self.tunnel_tag,
-                             tunnel_keys_file=self.tunnel_keys_file)
+            if self.connect_mode == "login-node":
+                state.update(tunnel_port=self.tunnel_port)
+        if self.tunnel_tag:  # from before the job exists: whose line in authorized_keys it is
+            state.update(connect=self.connect_mode, tunnel_port=self.tunnel_port,
+                         tunnel_tag=self.tunnel_tag, tunnel_keys_file=self.tunnel_keys_file)
         return state
 
     def clear_state(self) -> None:
         super().clear_state()
         self.job_id, self.job_host, self.job_port, self.token_digest = "", "", 0, ""
         self.connect_mode, self.tunnel_port, self.tunnel_tag = "direct", 0, ""
+        self.tunnel_keys_file = ""
 
     def _save_state_now(self) -> None:
         # JupyterHub stores state only once start() returns; a hub that dies while the job is
@@ -195,6 +217,13 @@ class BatchSpawner(Spawner):
         """(Unix user, home) from the directory's auth_state, else the local account."""
         auth_state = await self.user.get_auth_state() or {}
         name = auth_state.get("uid") or self.user.name
+        if name != self.user.name:
+            # Jobs run as the hub user's own name: an auth_state naming someone else (edited
+            # through the API by whoever holds admin:auth_state) never picks the identity.
+            self.log.error("auth_state of %s names the account %r: refusing to spawn",
+                           self.user.name, name)
+            raise SpawnException("Your account record does not match your login; please tell an "
+                                 "administrator.", reason="identity")
         home = auth_state.get("homeDirectory") or ""
         if not home:
             try:
@@ -347,10 +376,7 @@ class BatchSpawner(Spawner):
         if mode == "direct":
             return mode, None
         if mode == "login-node":
-            raise SpawnException(
-                "This hub is configured for connection mode 'login-node', which this version of "
-                "hpcgate cannot do yet; an administrator must choose direct or reverse.",
-                reason="connection-mode")
+            return mode, self._login_node_settings(conn)
         host = (conn.ssh_host if conn is not None else None) or self.tunnel_ssh_host
         known_hosts = (conn.known_hosts if conn is not None else None) or self.tunnel_known_hosts
         if not host or not known_hosts or not self.tunnel_authorized_keys:
@@ -360,32 +386,104 @@ class BatchSpawner(Spawner):
                 "an administrator.", reason="connection-mode")
         api_url = ((conn.hub_api_url if conn is not None else None) or self.tunnel_hub_api_url
                    or self.hub.api_url)
+        if api_url.startswith("https:"):
+            # The launcher reaches the API through its own forward on the node's loopback, in
+            # plain HTTP inside the SSH connection.
+            raise SpawnException(
+                "This hub's reverse tunnels need an http:// hub API URL (the tunnel encrypts it); "
+                "please tell an administrator.", reason="connection-mode")
         return mode, TunnelSettings(
             ssh_host=host, ssh_port=conn.ssh_port if conn is not None else self.tunnel_ssh_port,
             ssh_user=self.tunnel_user, known_hosts=known_hosts,
             authorized_keys=self.tunnel_authorized_keys, hub_api_url=api_url,
             ports=tuple(self.tunnel_ports), ciphers=self.tunnel_ciphers)
 
-    async def _prepare_tunnel(self, settings: Any) -> dict[str, Any]:
-        """Claim the job's loopback port and install its restricted key (state saved first, so
-        a hub that dies here still removes the key at stop)."""
-        from gateway.tunnel import hubside
+    def _login_node_settings(self, conn: Any) -> Any:
+        from gateway.tunnel.hubside import TunnelConfigError
+        from gateway.tunnel.loginnode import settings_from
 
         try:
-            port = hubside.allocate_port(settings.ports)
+            return settings_from(conn, self)
+        except TunnelConfigError as err:
+            raise SpawnException(
+                "This hub's login-node connections are not fully configured; please tell an "
+                "administrator.", reason="connection-mode", log_message=str(err)) from err
+
+    async def _prepare_login_node(self, settings: Any) -> None:
+        """Check the site's key and known_hosts and claim the server's loopback port P (saved in
+        the state before submit, so a restarted hub makes the forward on the same P)."""
+        from gateway.tunnel import hubside, loginnode
+
+        try:
+            self.tunnel_port = await asyncio.to_thread(loginnode.prepare, settings)
         except hubside.TunnelConfigError as err:
-            raise SpawnException(f"No tunnel could be set up: {err}.", reason="tunnel") from err
-        self.connect_mode, self.tunnel_port = "reverse", port
+            raise SpawnException("Your server's connection through the login node could not be "
+                                 "prepared; please tell an administrator.", reason="tunnel",
+                                 log_message=f"login node for {self._log_name}: {err}") from err
+        self._login_node = settings
+
+    def _forward(self) -> Any:
+        """login-node: this server's forward supervisor, made (not started) on first use."""
+        from gateway.tunnel.loginnode import ForwardSupervisor
+
+        if getattr(self, "_forward_supervisor", None) is None:
+            settings = getattr(self, "_login_node", None) or self._connection()[1]
+            argv = settings.argv(self.tunnel_port, self.job_host, self.job_port)
+            name = self._log_name
+            self._forward_supervisor = ForwardSupervisor(
+                argv, self.tunnel_port, log=lambda line: self.log.info("login node %s: %s", name, line))
+        return self._forward_supervisor
+
+    async def _open_route(self, host: str, port: int, timeout: float = 60) -> tuple[str, int]:
+        """Where the proxy reaches the server at host:port: itself, or in login-node mode the
+        hub's forward 127.0.0.1:P, started here and waited for (SpawnException if it fails)."""
+        self.job_host, self.job_port = host, port
+        if self.connect_mode != "login-node":
+            return host, port
+        from gateway.tunnel.loginnode import ForwardError
+
+        try:
+            await self._forward().start().wait_ready(timeout)
+        except ForwardError as err:
+            raise SpawnException(
+                "Your server started, but the hub cannot reach it through the login node; "
+                "please tell an administrator.", reason="tunnel",
+                log_message=f"login node forward for {self._log_name}: {err}") from err
+        return "127.0.0.1", self.tunnel_port
+
+    async def _prepare_tunnel(self, settings: Any) -> dict[str, Any]:
+        """Claim the job's loopback port and install its restricted key. The tag is saved in the
+        hub's state first, so a hub that dies in between still knows whose line it is."""
+        from gateway.tunnel import hubside
+
+        if self.tunnel_tag:  # a start the hub died in left a line behind: remove it first
+            self.connect_mode = "reverse"
+            await self._release_tunnel()
+        self.connect_mode = "reverse"
         self.tunnel_tag = hubside.make_tag(self.user.name, self.name)
         self.tunnel_keys_file = settings.authorized_keys
+        self._save_state_now()
         try:
-            return await asyncio.to_thread(hubside.prepare, settings, self.tunnel_tag, port)
-        except (hubside.TunnelConfigError, OSError, ValueError) as err:
+            section = await asyncio.to_thread(hubside.prepare, settings, self.tunnel_tag)
+        except hubside.TunnelConfigError as err:
+            raise SpawnException(f"No tunnel could be set up: {err}.", reason="tunnel") from err
+        except (OSError, ValueError) as err:
             raise SpawnException("Your server's tunnel could not be prepared; please tell an "
                                  "administrator.", reason="tunnel",
                                  log_message=f"tunnel for {self._log_name}: {err}") from err
+        self.tunnel_port = section["remote_port"]
+        return section
 
     async def _release_tunnel(self) -> None:
+        if self.connect_mode == "login-node":
+            from gateway.tunnel import hubside
+
+            supervisor = getattr(self, "_forward_supervisor", None)
+            self._forward_supervisor = None
+            if supervisor is not None:
+                await supervisor.stop()
+            hubside.unclaim(self.tunnel_port)
+            return
         if self.connect_mode != "reverse" or not (self.tunnel_tag or self.tunnel_port):
             return
         from gateway.tunnel import hubside
@@ -411,8 +509,8 @@ class BatchSpawner(Spawner):
             return False
         if getattr(self, "_tunnel_down_since", None) is None:
             self._tunnel_down_since = now
-            self.log.warning("The SSH tunnel of %s (job %s, port %s) is down; the job's launcher "
-                             "is reconnecting", self._log_name, self.job_id, self.tunnel_port)
+            self.log.warning("The SSH tunnel of %s (job %s, port %s) is down; its ssh is "
+                             "reconnecting", self._log_name, self.job_id, self.tunnel_port)
         down = now - self._tunnel_down_since
         if self.tunnel_down_timeout and down >= self.tunnel_down_timeout:
             self.log.error("The SSH tunnel of %s has been down for %.0f s: the server is "
@@ -459,7 +557,9 @@ class BatchSpawner(Spawner):
         launch["depots"] = await spawner_launch_entry(self, user, home)
         mode, tunnel_settings = self._connection()
         self.connect_mode = mode
-        if tunnel_settings is not None:
+        if mode == "login-node":  # the launcher binds and reports as in direct mode
+            await self._prepare_login_node(tunnel_settings)
+        elif tunnel_settings is not None:
             launch["tunnel"] = await self._prepare_tunnel(tunnel_settings)
         await self._write_launch_file(runner, python, user, launch_file, launch)
 
@@ -492,7 +592,6 @@ class BatchSpawner(Spawner):
         except BaseException:
             await self._cancel_quietly(scheduler, user)
             raise
-        self.job_host, self.job_port = host, port
         watcher.settled(self.job_id)
         self._emit(95, f"JupyterLab is listening on {watcher.latest(self.job_id).node}")
         return host, port
@@ -515,7 +614,8 @@ class BatchSpawner(Spawner):
                 reason="launch-file", log_message=f"writing {path} as {user}: {res.stderr.strip()}")
 
     async def _follow(self, watcher: Any, runner: Any, user: str, log_file: str) -> tuple[str, int]:
-        """Wait for the launcher's report, then for the server to answer, watching the job all
+        """Wait for the launcher's report, then for the route to it (login-node: the hub's
+        forward), then for the server to answer through it, watching the job all
         along: the moment it ends, start() fails with the reason."""
         updates = watcher.subscribe(self.job_id)
         next_status = asyncio.ensure_future(updates.get())
@@ -547,6 +647,7 @@ class BatchSpawner(Spawner):
 
         try:
             host, port = await race(self._address)
+            host, port = await race(asyncio.ensure_future(self._open_route(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
             return host, port
@@ -635,7 +736,11 @@ class BatchSpawner(Spawner):
             watcher.track(self.job_id, starting=not self.job_port)
         status = watcher.latest(self.job_id)
         if status is None or not status.is_final:
-            if (self.connect_mode == "reverse" and self.job_port and status is not None
+            if self.connect_mode == "login-node" and self.job_port:
+                with contextlib.suppress(SpawnException):  # made again after a hub restart
+                    self._forward().start()
+            if (self.connect_mode in ("reverse", "login-node") and self.job_port
+                    and status is not None
                     and status.state is JobState.RUNNING and await self._tunnel_stayed_down()):
                 # JupyterHub calls stop() only when poll() says "running": end the job here.
                 scheduler, _, _ = self._shared()
@@ -657,7 +762,21 @@ class BatchSpawner(Spawner):
             if self.job_port and self.server is not None:
                 self.server.ip, self.server.port = self.job_host, self.job_port
                 watcher.settled(self.job_id)
+        if self.connect_mode == "login-node" and self.job_port:
+            await self._readopt_forward()
         return await super().get_url()
+
+    async def _readopt_forward(self) -> None:
+        """login-node, after a hub restart: the forward again on the same P; the route stays."""
+        from gateway.tunnel.loginnode import ForwardError
+
+        try:
+            await self._forward().start().wait_ready(30)
+        except (ForwardError, SpawnException) as err:  # the hub's start-up must go on
+            self.log.error("The forward of %s through the login node is not up yet (still "
+                           "retrying): %s", self._log_name, err)
+        if self.server is not None:
+            self.server.ip, self.server.port = "127.0.0.1", self.tunnel_port
 
     async def stop(self, now: bool = False) -> None:
         if not self.job_id:

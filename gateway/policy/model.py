@@ -246,6 +246,12 @@ class Connection:
     ssh_port: int = setting("Port of that SSH server.", Integer(1, 65535), 22)
     known_hosts: str | None = setting(
         "known_hosts file with that SSH server's host key.", AbsPath(), None)
+    login_node_user: str | None = setting(
+        "login-node: the account on the login node that the hub's forwards log in as.", Name(),
+        None)
+    login_node_key: str | None = setting(
+        "login-node: the hub's private key for that account (a file only the hub's user can "
+        "read; ssh gets its path, never its contents).", AbsPath(), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,12 +424,18 @@ class SitePolicy:
 
     def _connection_problems(self) -> Iterator[tuple[Path, str]]:
         conn = self.connection
-        if conn.mode == "direct" and conn.hub_api_url is None:
+        if conn.mode in ("direct", "login-node") and conn.hub_api_url is None:
             yield (("connection", "hub_api_url"),
-                   "direct mode needs hub_api_url: the address jobs use to reach the hub")
+                   f"{conn.mode} mode needs hub_api_url: the address jobs use to reach the hub")
         if conn.mode in ("reverse", "login-node") and conn.ssh_host is None:
             yield (("connection", "ssh_host"),
                    f"{conn.mode} mode needs ssh_host: the SSH server the tunnel goes through")
+        if conn.mode == "login-node":
+            for name, what in (("login_node_user", "the account the hub logs in as there"),
+                               ("login_node_key", "the hub's key for that account"),
+                               ("known_hosts", "the login node's host key")):
+                if getattr(conn, name) is None:
+                    yield ("connection", name), f"login-node mode needs {name}: {what}"
 
 
 def _unknown(what: str, name: str, known: Mapping[str, object]) -> str:

@@ -51,7 +51,7 @@ class ProbeJobs:
 
     def _reach_target(self) -> tuple[str, int, str] | None:
         conn = self.policy.connection
-        if conn.mode == "direct" and conn.hub_api_url:
+        if conn.mode in ("direct", "login-node") and conn.hub_api_url:
             parts = urlsplit(conn.hub_api_url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             return parts.hostname or "", port, "the hub API (connection.hub_api_url)"

@@ -21,7 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.tunnel.sshargs import ReverseTunnel, known_hosts_text, parse_line, reverse_argv
+from gateway.tunnel.sshargs import (
+    Backoff,
+    ForwardWatch,
+    ReverseTunnel,
+    known_hosts_text,
+    reverse_argv,
+)
 
 Log = Callable[[str], None]
 
@@ -79,7 +85,7 @@ class TunnelSupervisor:
                 proc.kill()
 
     def _run(self) -> None:
-        delay = self.first_delay
+        backoff = Backoff(self.first_delay, self.max_delay, self.stable_after)
         while not self._stopping.is_set():
             self.attempts += 1
             started = time.monotonic()
@@ -87,17 +93,14 @@ class TunnelSupervisor:
             self.up.clear()
             if self._stopping.is_set():
                 return
-            if was_up and time.monotonic() - started >= self.stable_after:
-                delay = self.first_delay
+            delay = backoff.after_exit(was_up, time.monotonic() - started)
             self.log(f"ssh exited ({self.proc.returncode if self.proc else '?'}); "
                      f"reconnecting in {delay:.1f} s")
             self._stopping.wait(delay)
-            delay = min(delay * 2, self.max_delay)
 
     def _run_once(self) -> bool:
         """Run one ssh until it exits; True if it was ever fully up."""
-        confirmed: set[tuple[str, int]] = set()
-        was_up = False
+        watch = ForwardWatch(self.expect)
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
@@ -109,24 +112,16 @@ class TunnelSupervisor:
         assert proc.stderr is not None
         for raw in proc.stderr:
             line = raw.rstrip()
-            event = parse_line(line)
-            if event is None:
-                if not line.startswith("debug1:"):
-                    self.tail.append(line)
-                    self.log(line)
-                continue
-            if event.kind.endswith("-ok"):
-                confirmed.add((event.kind, event.port))
-                if not was_up and self.expect <= confirmed:
-                    was_up = True
-                    self.connects += 1
-                    self.up.set()
-                    self.log(f"up (connection {self.connects}, ssh pid {proc.pid})")
-            else:
+            seen = watch.feed(line)
+            if seen == "up":
+                self.connects += 1
+                self.up.set()
+                self.log(f"up (connection {self.connects}, ssh pid {proc.pid})")
+            elif seen == "said":
                 self.tail.append(line)
                 self.log(line)
         proc.wait()
-        return was_up
+        return watch.up
 
 
 def rewrite_hub_urls(env: dict[str, str], api_port: int) -> dict[str, str]:

@@ -7,7 +7,7 @@ tested without SSH. No secret ever goes into an argv: keys are files (mode 0600)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Fastest first (measured); the server picks the first one it also offers.
 DEFAULT_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
@@ -32,9 +32,28 @@ class ReverseTunnel:
     connect_timeout: int = 10
 
 
+@dataclass(frozen=True)
+class LoginNodeForward:
+    """What the hub's ssh needs in login-node mode: the login node, the account and key the site
+    gave the hub there, and which node port appears on which loopback port of the hub host."""
+
+    login_host: str
+    login_port: int
+    login_user: str
+    local_port: int  # P: the loopback port on the hub host the proxy routes to
+    target_host: str  # the node's address, as the login node reaches it
+    target_port: int  # the notebook server's port there
+    ciphers: str = DEFAULT_CIPHERS
+    alive_interval: int = 5
+    alive_count: int = 3
+    connect_timeout: int = 10
+
+
 def common_options(key_file: str, known_hosts: str, ciphers: str, alive_interval: int,
-                   alive_count: int, connect_timeout: int) -> list[str]:
-    """Options for a forwarding-only, non-interactive ssh that trusts one pinned host key."""
+                   alive_count: int, connect_timeout: int,
+                   host_key_alias: str | None = HOST_KEY_ALIAS) -> list[str]:
+    """Options for a forwarding-only, non-interactive ssh that trusts only the host keys in
+    `known_hosts` (under `host_key_alias`, or under the host's own name when it is None)."""
     opts = {
         "BatchMode": "yes",
         "IdentitiesOnly": "yes",
@@ -42,7 +61,7 @@ def common_options(key_file: str, known_hosts: str, ciphers: str, alive_interval
         "UserKnownHostsFile": known_hosts,
         "GlobalKnownHostsFile": "/dev/null",
         "StrictHostKeyChecking": "yes",
-        "HostKeyAlias": HOST_KEY_ALIAS,
+        **({"HostKeyAlias": host_key_alias} if host_key_alias else {}),
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",
         "ExitOnForwardFailure": "yes",
@@ -72,6 +91,19 @@ def reverse_argv(t: ReverseTunnel, key_file: str, known_hosts: str, ssh: str = "
         "-R", f"127.0.0.1:{t.remote_port}:127.0.0.1:{t.server_port}",
         "-L", f"127.0.0.1:{t.api_local_port}:{_bracket(t.hub_api_host)}:{t.hub_api_port}",
         "--", t.ssh_host,
+    ]
+
+
+def login_node_argv(f: LoginNodeForward, key_file: str, known_hosts: str,
+                    ssh: str = "ssh") -> list[str]:
+    """`ssh -N -L 127.0.0.1:P:node:port -l user -- login` run by the hub. The login node's key
+    is looked up under its own name in the site's known_hosts file (no alias)."""
+    return [
+        ssh, *common_options(key_file, known_hosts, f.ciphers, f.alive_interval, f.alive_count,
+                             f.connect_timeout, host_key_alias=None),
+        "-p", str(f.login_port), "-l", f.login_user,
+        "-L", f"127.0.0.1:{f.local_port}:{_bracket(f.target_host)}:{f.target_port}",
+        "--", f.login_host,
     ]
 
 
@@ -128,3 +160,51 @@ def parse_line(line: str) -> SshEvent | None:
 def is_noise(line: str) -> bool:
     """debug1 chatter that is not worth keeping in the job log."""
     return line.startswith("debug1:") and parse_line(line) is None
+
+
+# -- supervising ssh: the parts both supervisors share (job side: client.py, hub: loginnode.py) --
+
+
+class ForwardWatch:
+    """Follows what one ssh process prints: up once every expected forward is confirmed."""
+
+    def __init__(self, expect: set[tuple[str, int]]):
+        self.expect = frozenset(expect)  # {("remote-ok", P), ("local-ok", L)}
+        self.confirmed: set[tuple[str, int]] = set()
+        self.up = False
+
+    def feed(self, line: str) -> str:
+        """"up" when this line completes the forwards, "said" when it is worth showing (an error,
+        a refused forward, anything ssh prints without -v), "" for debug chatter."""
+        event = parse_line(line)
+        if event is None:
+            return "" if line.startswith("debug1:") else "said"
+        if not event.kind.endswith("-ok"):
+            return "said"
+        self.confirmed.add((event.kind, event.port))
+        if not self.up and self.expect <= self.confirmed:
+            self.up = True
+            return "up"
+        return ""
+
+
+@dataclass
+class Backoff:
+    """Delays between ssh restarts: `first`, doubling up to `maximum`; back to `first` once a
+    connection has stayed up for `stable_after` seconds."""
+
+    first: float = 0.2
+    maximum: float = 30.0
+    stable_after: float = 30.0
+    delay: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delay = self.first
+
+    def after_exit(self, was_up: bool, ran_for: float) -> float:
+        """The wait before the next attempt, given how the last one went."""
+        if was_up and ran_for >= self.stable_after:
+            self.delay = self.first
+        wait = self.delay
+        self.delay = min(self.delay * 2, self.maximum)
+        return wait

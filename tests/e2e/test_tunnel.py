@@ -76,8 +76,11 @@ def job_log(user: str) -> str:
     return Path(f"/home/{user}/.hpcgate/servers/default/job.log").read_text()
 
 
-def ssh_client_pids(user: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-u", user, "-f", "^ssh -N -T -F /dev/null"],
+def ssh_client_pids(user: str, lab: dict) -> list[int]:
+    """The user's job-side tunnel clients to this lab's endpoint (another lab on the machine,
+    e.g. a benchmark's, has its own port)."""
+    pattern = f"^ssh -N -T -F /dev/null .* -p {lab['tunnel']['port']} "
+    out = subprocess.run(["pgrep", "-u", user, "-f", pattern],
                          capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
@@ -133,7 +136,7 @@ def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up:
     [line] = [x for x in authorized_lines(hub.lab) if f'permitlisten="127.0.0.1:{port}"' in x]
     assert line.startswith("restrict,port-forwarding,") and "hpcgate-job:alice-default-" in line
     # The private key is in no argv.
-    for pid in ssh_client_pids("alice"):
+    for pid in ssh_client_pids("alice", hub.lab):
         assert "PRIVATE KEY" not in Path(f"/proc/{pid}/cmdline").read_text()
 
 
@@ -204,7 +207,7 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
                             headers={"Content-Type": "application/json"}, timeout=60)
     assert status == 201, body
     kernel_id = json.loads(body)["id"]
-    [old] = ssh_client_pids("alice")
+    [old] = ssh_client_pids("alice", hub.lab)
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
     while True:
@@ -218,7 +221,7 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
             break
         time.sleep(0.1)
     assert kernel_id in [k["id"] for k in json.loads(body)]
-    [new] = ssh_client_pids("alice")
+    [new] = ssh_client_pids("alice", hub.lab)
     assert new != old
     assert "reconnecting in" in job_log("alice")
     fetch(hub, f"/user/alice/api/kernels/{kernel_id}", alice, method="DELETE")
@@ -304,7 +307,7 @@ def test_stop_removes_the_key_and_a_tunnel_that_stays_down_is_reported(tunnel_hu
         tmp.write("".join(f"{x}\n" for x in authorized_lines(hub.lab) if "hpcgate-job:bob-" not in x))
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, hub.lab["tunnel"]["authorized_keys"])
-    for pid in ssh_client_pids("bob"):
+    for pid in ssh_client_pids("bob", hub.lab):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 40
     while hub.server("bob") is not None:
