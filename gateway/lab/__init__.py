@@ -123,6 +123,8 @@ class Lab:
             for sub in ("var/ctld", "var/d"):
                 shutil.rmtree(self.dir / sub, ignore_errors=True)
             (self.dir / "log" / "jobcomp.txt").unlink(missing_ok=True)
+            # With the jobs go their tunnel keys (a crashed hub's lines would hold ports forever).
+            (self.dir / "ssh" / "authorized_keys" / accounts.TUNNEL_USER).unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
         ports = old.get("ports") or {
