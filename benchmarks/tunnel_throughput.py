@@ -8,7 +8,9 @@
 
 For each: MB/s (10^6 bytes per second, median of --runs whole-file GETs), 64 KiB Range seeks
 (p50/p95 over --seeks random offsets on one keep-alive connection), and the peak RSS (VmHWM) of
-each process on the path. The last line is `ratio=<(iii) MB/s / (ii) MB/s>`.
+each process on the path, and the CPU seconds each process on (ii) and (iii) spent per GiB streamed
+(all of that path's GETs and seeks, divided by the GiB moved). The last line is
+`ratio=<(iii) MB/s / (ii) MB/s>`.
 
     python -m benchmarks.tunnel_throughput --size 2G
 """
@@ -29,10 +31,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 USER = "alice"
+T = TypeVar("T")
 
 
 # -- the HTTP client (also run inside c2's namespace) -----------------------------------------
@@ -125,6 +129,30 @@ def peak_rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    ticks = 0
+    for pid in pids:
+        try:  # fields after the ")" that ends the command name: utime and stime are the 12th, 13th
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(groups: dict[str, list[int]], gib: float,
+                run: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """`run()`'s result and each process group's CPU seconds per GiB during it (this process: the
+    benchmark's own HTTP client)."""
+    before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    t0 = time.process_time()
+    result = run()
+    per_gib = {name: (cpu_seconds(pids) - before[name]) / gib for name, pids in groups.items()}
+    per_gib["HTTP client (this benchmark)"] = (time.process_time() - t0) / gib
+    return result, per_gib
 
 
 def children(pid: int) -> list[int]:
@@ -235,15 +263,23 @@ def run_bench(args: argparse.Namespace) -> int:
              f"{USER}@{c2['address']}"], stderr=subprocess.DEVNULL)
         procs.append(raw_ssh)
         wait_port("127.0.0.1", local)
-        results["raw ssh -L (aes128-gcm)"] = measure("127.0.0.1", local, path, token, args.size,
-                                                     args.runs, args.seeks)
         raw_sshd_session = [c for p in children(procs[0].pid) for c in [p, *children(p)]]
+        moved_gib = (args.size * args.runs + 65536 * args.seeks) / 2**30
+        cpu: dict[str, dict[str, float]] = {}
+        results["raw ssh -L (aes128-gcm)"], cpu["raw ssh -L"] = measure_cpu(
+            {"raw ssh -L client": [raw_ssh.pid], "raw sshd on c2": raw_sshd_session,
+             "single-user server": [launcher]}, moved_gib,
+            lambda: measure("127.0.0.1", local, path, token, args.size, args.runs, args.seeks))
 
         # (iii) the hpcgate path
-        results["hpcgate reverse (proxy+tunnel+server)"] = measure(
-            "127.0.0.1", hub.proxy_port, path, token, args.size, args.runs, args.seeks)
-
         sshd_sessions = children(endpoint)
+        results["hpcgate reverse (proxy+tunnel+server)"], cpu["hpcgate reverse"] = measure_cpu(
+            {"proxy (configurable-http-proxy)": [proxy] if proxy else [],
+             "sshd -i at the tunnel endpoint": [c for s in sshd_sessions for c in [s, *children(s)]],
+             "ssh -R in the job": [job_ssh], "single-user server": [launcher]}, moved_gib,
+            lambda: measure("127.0.0.1", hub.proxy_port, path, token, args.size, args.runs,
+                            args.seeks))
+
         rss = {
             "proxy (configurable-http-proxy)": peak_rss_mb(proxy),
             "ssh -R in the job": peak_rss_mb(job_ssh),
@@ -263,6 +299,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print("  peak RSS (VmHWM):")
         for name, mb in rss.items():
             print(f"    {name:38s} {mb:8.1f} MB" if mb else f"    {name:38s}      n/a")
+        for label, groups in cpu.items():
+            print(f"  CPU s per GiB, {label}: total {sum(groups.values()):.2f}")
+            for name, seconds in groups.items():
+                print(f"    {name:38s} {seconds:8.2f}")
         ratio = (results["hpcgate reverse (proxy+tunnel+server)"]["mbps"]
                  / results["raw ssh -L (aes128-gcm)"]["mbps"])
         print(f"ratio={ratio:.2f}")
