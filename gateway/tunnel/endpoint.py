@@ -46,11 +46,17 @@ def sshd_argv(sshd: str, config: str) -> list[str]:
 
 
 class Endpoint:
-    def __init__(self, listen: list[tuple[str, int]], argv: list[str], max_sessions: int = 1000):
+    """Accept, set TCP_NODELAY, start `sshd -i` on the socket. One sshd per connection means
+    sshd's own MaxStartups cannot apply: a cap per source address keeps one host that opens
+    connections and never logs in (each lasts up to LoginGraceTime) from taking every slot."""
+
+    def __init__(self, listen: list[tuple[str, int]], argv: list[str], max_sessions: int = 1000,
+                 max_per_source: int = 128):
         self.socks = [listener(h, p) for h, p in listen]
         self.argv = argv
         self.max_sessions = max_sessions
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.max_per_source = max_per_source
+        self.children: list[tuple[subprocess.Popen[bytes], str]] = []
         self.running = True
 
     def serve(self) -> None:
@@ -60,25 +66,31 @@ class Endpoint:
         while self.running:
             for key, _ in sel.select(timeout=1.0):
                 self._accept(key.fileobj)  # type: ignore[arg-type]
-            self.children = [c for c in self.children if c.poll() is None]
+            self._reap()
+
+    def _reap(self) -> None:
+        self.children = [(c, src) for c, src in self.children if c.poll() is None]
 
     def _accept(self, sock: socket.socket) -> None:
         try:
-            conn, _ = sock.accept()
+            conn, peer = sock.accept()
         except OSError:
             return
         with conn:
-            self.children = [c for c in self.children if c.poll() is None]
-            if len(self.children) >= self.max_sessions:
-                return
+            self._reap()
+            source = peer[0]
+            if (len(self.children) >= self.max_sessions
+                    or sum(src == source for _, src in self.children) >= self.max_per_source):
+                return  # closed at once: the job's ssh retries with backoff
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            self.children.append(subprocess.Popen(self.argv, stdin=conn.fileno(),
-                                                  stdout=conn.fileno(), close_fds=True))
+            child = subprocess.Popen(self.argv, stdin=conn.fileno(), stdout=conn.fileno(),
+                                     close_fds=True)
+            self.children.append((child, source))
 
     def stop(self, *_: Any) -> None:
         self.running = False
-        for child in self.children:
+        for child, _ in self.children:
             if child.poll() is None:
                 child.terminate()
 
@@ -90,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="ADDRESS:PORT to accept tunnels on (repeatable)")
     parser.add_argument("--config", required=True, help="sshd_config for the tunnel account")
     parser.add_argument("--sshd", default="/usr/sbin/sshd", help="the sshd binary")
-    parser.add_argument("--max-sessions", type=int, default=1000)
+    parser.add_argument("--max-sessions", type=int, default=1000,
+                        help="connections (tunnels and logins in progress) at once")
+    parser.add_argument("--max-per-source", type=int, default=128,
+                        help="connections at once from one address (a node runs one per job)")
     args = parser.parse_args(argv)
-    endpoint = Endpoint(args.listen, sshd_argv(args.sshd, args.config), args.max_sessions)
+    endpoint = Endpoint(args.listen, sshd_argv(args.sshd, args.config), args.max_sessions,
+                        args.max_per_source)
     signal.signal(signal.SIGTERM, endpoint.stop)
     signal.signal(signal.SIGINT, endpoint.stop)
     print(f"hpcgate tunnel endpoint on {', '.join(f'{h}:{p}' for h, p in args.listen)}", flush=True)
