@@ -12,12 +12,10 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.lab.procs import free_port, pid_alive, stop_pids
+from gateway.lab.procs import free_port, hub_failure, pid_alive, stop_pids
 
 
 def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port: int,
@@ -154,18 +152,9 @@ class LabHub:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(self.config)], cwd=self.dir,
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyterhub exited ({self.proc.returncode}); see {self.log}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/hub/api", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"jupyterhub did not answer within {timeout:.0f} s; see {self.log}")
+        failure = hub_failure(self.proc, self.url, timeout)
+        if failure:
+            raise RuntimeError(f"{failure}; see {self.log}")
 
     def _crypt_key(self) -> str:
         key = self.dir / "crypt_key"

@@ -59,6 +59,24 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | N
     raise LabError(f"{what} did not come up within {timeout:.0f} s.{tail}")
 
 
+def hub_failure(proc: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
+    """Wait until the JupyterHub `proc` answers `url`/hub/api; None then, else why it did not."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"JupyterHub exited with {proc.returncode} at start"
+        try:
+            with urllib.request.urlopen(f"{url}/hub/api", timeout=1) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return None
+        except OSError:  # URLError included: not listening yet
+            pass
+        time.sleep(0.1)
+    return f"JupyterHub did not answer within {timeout:.0f} s"
+
+
 def start_daemon(
     argv: Sequence[str],
     lab_dir: Path,

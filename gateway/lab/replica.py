@@ -17,16 +17,23 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.lab.directory import slapd_conf
-from gateway.lab.procs import LAB_MARK, LabError, free_port, pid_alive, run, stop_pids, tcp_open, wait_for
+from gateway.lab.procs import (
+    LAB_MARK,
+    LabError,
+    free_port,
+    hub_failure,
+    pid_alive,
+    run,
+    stop_pids,
+    tcp_open,
+    wait_for,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -234,18 +241,9 @@ c.JupyterHub.log_level = "INFO"
                 cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LabError(f"JupyterHub exited with {self.proc.returncode} at start.\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/hub/api", timeout=1) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise LabError(f"JupyterHub did not answer within {timeout:.0f} s.\n{self.log_tail()}")
+        failure = hub_failure(self.proc, self.url, timeout)
+        if failure:
+            raise LabError(f"{failure}.\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log.exists():
