@@ -177,7 +177,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         home = auth_state.get("homeDirectory") or ""
         if not home:
             try:
-                home = pwd.getpwnam(name).pw_dir
+                home = (await asyncio.to_thread(pwd.getpwnam, name)).pw_dir
             except KeyError as err:
                 raise SpawnException(f"There is no account {name!r} on the cluster.",
                                      reason="no-account") from err
@@ -203,11 +203,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         hub_groups = [g.name for g in getattr(self.user, "groups", [])]
         if hub_groups:
             return hub_groups
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            return []
-        return [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, entry.pw_gid)]
+        return await asyncio.to_thread(_unix_groups, user)  # NSS may ask a directory: not on the loop
 
     async def get_options_form(self) -> str:  # type: ignore[override]
         policy = self._site_policy()
@@ -596,6 +592,14 @@ async def _answers(host: str, port: int, prefix: str) -> None:
                     return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 await asyncio.sleep(0.1)
+
+
+def _unix_groups(user: str) -> list[str]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return []
+    return [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, entry.pw_gid)]
 
 
 def _host_of(url: str) -> str:
