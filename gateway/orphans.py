@@ -15,7 +15,8 @@ from typing import Any
 from traitlets.config import Config, PyFileConfigLoader
 
 from gateway.schedulerconfig import SchedulerConfig
-from schedulers import slurm
+from schedulers import pbs, slurm
+from schedulers.model import JobStatus
 
 JOB_PREFIX = "hpcgate-"
 
@@ -44,19 +45,34 @@ def owned_job_ids(db_url: str) -> set[str]:
     return owned
 
 
+def _name_and_user(status: JobStatus) -> tuple[str, str]:
+    raw = status.raw or {}
+    if "Job_Name" in raw:  # PBS: the owner is user@submit-host
+        return str(raw.get("Job_Name", "")), str(raw.get("Job_Owner", "")).split("@", 1)[0]
+    return str(raw.get("name", "")), str(raw.get("user_name", ""))
+
+
+def orphan_rows(jobs: dict[str, JobStatus], owned: set[str],
+                prefix: str = JOB_PREFIX) -> list[dict[str, Any]]:
+    """The gateway's unfinished jobs (by name prefix) whose id no spawner state names."""
+    rows = []
+    for s in jobs.values():
+        name, user = _name_and_user(s)
+        if name.startswith(prefix) and not s.is_final and s.job_id not in owned:
+            rows.append({"job_id": s.job_id, "user": user, "name": name, "state": s.state.value,
+                         "node": s.node})
+    return rows
+
+
 async def find_orphans(scheduler_config: SchedulerConfig, db_url: str) -> list[dict[str, Any]]:
+    listing, parse = ((pbs.build_list_current(), pbs.parse_status) if scheduler_config.kind == "pbs"
+                      else (slurm.build_status(), slurm.parse_status))
     runner = scheduler_config.make_runner()
     try:
-        res = await runner.run(slurm.build_status(), timeout=60)
+        res = await runner.run(listing, timeout=60)
     finally:
         await runner.close()
-    jobs = slurm.parse_status(res.stdout, res.stderr, res.returncode)
-    owned = owned_job_ids(db_url)
-    return [{"job_id": s.job_id, "user": s.raw.get("user_name"), "name": s.raw.get("name"),
-             "state": s.state.value, "node": s.node}
-            for s in jobs.values()
-            if str(s.raw.get("name", "")).startswith(JOB_PREFIX) and not s.is_final
-            and s.job_id not in owned]
+    return orphan_rows(parse(res.stdout, res.stderr, res.returncode), owned_job_ids(db_url))
 
 
 async def cancel_jobs(scheduler_config: SchedulerConfig, job_ids: list[str]) -> None:
@@ -75,10 +91,6 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
         from gateway.policy import load_policy
 
         scheduler_config.apply_cluster(load_policy(policy_file).cluster)
-    if scheduler_config.kind != "slurm":
-        print(f"hpcgate jobs orphans: only Slurm is supported so far, not {scheduler_config.kind}; "
-              "list the hub's jobs with the scheduler's own tools.")
-        return 2
     orphans = asyncio.run(find_orphans(scheduler_config, db_url))
     if as_json:
         print(json.dumps(orphans, indent=2))

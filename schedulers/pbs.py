@@ -561,6 +561,11 @@ def build_status(job_ids: Iterable[str]) -> list[str]:
     return ["qstat", "-x", "-f", "-F", "json", *ids]
 
 
+def build_list_current() -> list[str]:
+    """Every job the server holds now (no `-x`: no history), for finding jobs nobody owns."""
+    return ["qstat", "-f", "-F", "json"]
+
+
 # Per-job answers on stderr: the job is not there (or has left), which is an answer, not a failure.
 _JOB_GONE = re.compile(
     r"^(?:qstat|qdel): (?:Unknown Job Id(?: Error)?(?: (?P<a>\S+))?|(?P<b>\S+ )?Job has finished\b.*)$")
