@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -175,3 +176,4 @@ def test_down_leaves_no_process_namespace_or_mount(tmp_path_factory: pytest.Temp
     mounts = Path("/proc/mounts").read_text()
     assert namespace not in mounts and str(lab_dir) not in mounts
     assert Lab(lab_dir).status()["ok"] is False
+    shutil.rmtree(lab_dir)  # after the checks: a failing run keeps the directory to look at
