@@ -24,16 +24,21 @@ from pathlib import Path
 from typing import Any
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only the calling user can read, whole or not at all (a fresh temporary name,
+    never through a symlink, then renamed over `path`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
 def write_launch_file(path: str) -> None:
     """Create `path` (and its directory) as the calling user, mode 0600, from stdin."""
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = sys.stdin.buffer.read()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, target)
+    write_private(target, sys.stdin.buffer.read())
 
 
 def bind_address(config: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import os
 import socket
 import subprocess
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.launcher import write_private
 from gateway.tunnel.sshargs import (
     Backoff,
     ForwardWatch,
@@ -145,23 +145,14 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only the user can read (ssh refuses keys others can read)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def open_reverse_tunnel(config: dict[str, Any], state_dir: Path, server_port: int,
                         log: Log = _print, timeout: float = 60) -> tuple[TunnelSupervisor, int]:
     """Start the supervised tunnel described by the launch file's `tunnel` section; return it and
     the node-local port where the hub API now answers. Raises TunnelError when it cannot open."""
     key_file, known_hosts = state_dir / "tunnel_key", state_dir / "tunnel_known_hosts"
-    write_private(key_file, config["private_key"])
+    write_private(key_file, config["private_key"].encode())  # ssh refuses keys others read
     atexit.register(lambda: key_file.unlink(missing_ok=True))
-    write_private(known_hosts, known_hosts_text(config["host_keys"]))
+    write_private(known_hosts, known_hosts_text(config["host_keys"]).encode())
     api_port = free_loopback_port()
     spec = ReverseTunnel(
         ssh_host=config["ssh_host"], ssh_port=int(config["ssh_port"]), ssh_user=config["ssh_user"],

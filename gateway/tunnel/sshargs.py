@@ -157,11 +157,6 @@ def parse_line(line: str) -> SshEvent | None:
     return None
 
 
-def is_noise(line: str) -> bool:
-    """debug1 chatter that is not worth keeping in the job log."""
-    return line.startswith("debug1:") and parse_line(line) is None
-
-
 # -- supervising ssh: the parts both supervisors share (job side: client.py, hub: loginnode.py) --
 
 

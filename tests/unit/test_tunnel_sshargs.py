@@ -5,9 +5,9 @@ from __future__ import annotations
 from gateway.tunnel.client import rewrite_hub_urls
 from gateway.tunnel.sshargs import (
     HOST_KEY_ALIAS,
+    ForwardWatch,
     ReverseTunnel,
     host_keys_for,
-    is_noise,
     known_hosts_text,
     parse_line,
     reverse_argv,
@@ -91,8 +91,10 @@ def test_parse_ssh_v_lines() -> None:
     bad = parse_line("bind [127.0.0.1]:36002: Address already in use")
     assert (bad.kind, bad.port) == ("local-failed", 36002)
     assert parse_line("debug1: channel 2: new [127.0.0.1]") is None
-    assert is_noise("debug1: channel 2: new [127.0.0.1]")
-    assert not is_noise("Permission denied (publickey).")
+    # debug1 chatter is dropped from the job log; what ssh says without -v is kept
+    watch = ForwardWatch({("local-ok", 36002)})
+    assert watch.feed("debug1: channel 2: new [127.0.0.1]") == ""
+    assert watch.feed("Permission denied (publickey).") == "said"
 
 
 def test_rewrite_hub_urls_moves_api_and_activity_to_the_tunnel() -> None:
