@@ -162,10 +162,9 @@ class ConnectionModes(LoggingConfigurable):
         hub's state first, so a hub that dies in between still knows whose line it is."""
         from gateway.tunnel import hubside
 
-        if self.tunnel_tag:  # a start the hub died in left a line behind: remove it first
-            self.connect_mode = "reverse"
-            await self._release_tunnel()
         self.connect_mode = "reverse"
+        if self.tunnel_tag:  # a start the hub died in left a line behind: remove it first
+            await self._release_tunnel()
         self.tunnel_tag = hubside.make_tag(self.user.name, self.name)
         self.tunnel_keys_file = settings.authorized_keys
         self._save_state_now()
