@@ -8,19 +8,28 @@ for any size), and paths are confined to the server's root directory. Two things
   Python versions' built-in table), so an HTML audio element gets the right Content-Type;
 - a download counts as activity: JupyterHub's idle culler sees the server's last activity, which
   jupyter_server computes from settings whose names end in `_last_activity`. A long stream refreshes
-  it every few seconds while it runs.
+  it every few seconds while it runs;
+- a large body (from `sendfile_min`, 1 MiB) leaves by sendfile(2): the kernel moves page-cache
+  pages to the socket, where tornado would read each 64 KiB chunk into Python and write it out
+  again. The server's CPU per GiB drops about fourfold, and on a reverse tunnel that CPU is shared
+  with ssh, sshd and the proxy. Such a response takes the connection with it (`Connection: close`):
+  a browser seeking in a recording asks for `bytes=N-` and drops the connection at the next seek
+  anyway. Small ranges, HEAD, TLS and compressed responses keep tornado's own path.
 
 The launcher selects it with `--ContentsManager.files_handler_class=gateway.files.TrackedFileHandler`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import time
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from jupyter_server._tz import utcnow
 from jupyter_server.base.handlers import AuthenticatedFileHandler
+from tornado import iostream
 
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
                ".ogg": "audio/ogg", ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -37,10 +46,14 @@ register_audio_types()
 
 
 class TrackedFileHandler(AuthenticatedFileHandler):
-    """AuthenticatedFileHandler whose transfers count as server activity."""
+    """AuthenticatedFileHandler whose transfers count as server activity and whose large bodies
+    go out by sendfile(2)."""
 
     activity_every = 5.0  # seconds between refreshes of the activity time during one transfer
+    sendfile_min = 1 << 20  # bodies at least this long go out by sendfile
+    sendfile_slice = 64 << 20  # bytes per sendfile call: activity is refreshed between slices
     _touched = float("-inf")
+    _sendfile: tuple[str, int, int] | None = None  # (path, offset, length) of the pending body
 
     def _touch(self) -> None:
         now = time.monotonic()
@@ -52,6 +65,66 @@ class TrackedFileHandler(AuthenticatedFileHandler):
         super().set_headers()
         self._touch()
 
+    def get(self, path: str, **kwargs: Any) -> Awaitable[None]:  # type: ignore[override]
+        # StaticFileHandler.get checks the path and the Range, sets the headers, then asks
+        # self.get_content for the body: this instance answers with its own.
+        self.get_content = self._body  # type: ignore[method-assign]
+        return super().get(path, **kwargs)
+
+    def _body(self, abspath: str, start: int | None = None,
+              end: int | None = None) -> Iterable[bytes]:
+        offset = start or 0
+        length = (self.get_content_size() if end is None else end) - offset
+        if length >= self.sendfile_min and self._plain_connection():
+            self._sendfile = (abspath, offset, length)
+            return [b""]  # one empty chunk: the flush() after it sends the file
+        return type(self).get_content(abspath, start, end)
+
+    def _plain_connection(self) -> bool:
+        """True when the body can bypass tornado: HTTP/1.1 on a plain socket, no transforms
+        (gzip) that would rewrite it."""
+        stream = getattr(self.request.connection, "stream", None)
+        return (type(stream) is iostream.IOStream and not self.application.transforms
+                and self.request.version == "HTTP/1.1")
+
     def flush(self, include_footers: bool = False) -> Any:
         self._touch()
+        if self._sendfile is not None:
+            return asyncio.ensure_future(self._send_file())
         return super().flush(include_footers)
+
+    async def _send_file(self) -> None:
+        """Send the headers through tornado, then the body by sendfile on the bare socket; the
+        connection closes after it (tornado's HTTP handling ends at detach)."""
+        assert self._sendfile is not None
+        path, offset, length = self._sendfile
+        self._sendfile = None
+        self.set_header("Connection", "close")
+        await super().flush()  # StreamClosedError here ends StaticFileHandler.get quietly
+        stream = self.detach()
+        if stream.socket is None:  # the client hung up while the headers went out
+            self.application.log_request(self)
+            return
+        # A socket of our own: tornado still watches its copy and would close it under sendfile
+        # when the client hangs up, so its copy is closed now and ours ends the connection.
+        sock = stream.socket.dup()
+        stream.close()
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        sent = 0
+        try:
+            # open() in a thread: a depot may sit on a network filesystem
+            with await asyncio.to_thread(open, path, "rb") as f:
+                while sent < length:
+                    n = await loop.sock_sendfile(sock, f, offset + sent,
+                                                 min(self.sendfile_slice, length - sent))
+                    if n == 0:  # the file shrank under us: the client sees a short body
+                        break
+                    sent += n
+                    self._touch()
+        except OSError as err:  # the client went away (seeked elsewhere, closed the tab)
+            self.log.debug("sendfile of %s stopped after %d of %d bytes: %s", path, sent,
+                           length, err)
+        finally:
+            sock.close()
+            self.application.log_request(self)
