@@ -1,16 +1,19 @@
-"""One large file streamed three ways, side by side in one run, on the lab:
+"""One large file streamed four ways, side by side in one run, on the lab:
 
-  (i)   directly from the single-user server, on its own loopback (inside node c2);
-  (ii)  through a raw OpenSSH `ssh -L` tunnel (aes128-gcm@openssh.com) from the hub host to an
-        sshd on c2, to the same server;
-  (iii) through the whole hpcgate path in reverse mode: configurable-http-proxy -> 127.0.0.1:P
-        (the tunnel endpoint's sshd) -> the job's ssh -R -> the server.
+  (i)   directly from hpcgate's single-user server, on its own loopback (inside node c2);
+  (ii)  the anchor: a raw OpenSSH `ssh -L` tunnel (aes128-gcm@openssh.com) from the hub host to an
+        sshd on c2, to a stock Jupyter server there (jupyter_server's own /files/ handler) serving
+        the same file: what a researcher does without a gateway;
+  (iii) the same raw `ssh -L`, to hpcgate's server: the transport alone, hpcgate's server on both
+        sides;
+  (iv)  the whole hpcgate path in reverse mode: configurable-http-proxy -> 127.0.0.1:P (the tunnel
+        endpoint's sshd) -> the job's ssh -R -> hpcgate's server.
 
-For each: MB/s (10^6 bytes per second, median of --runs whole-file GETs), 64 KiB Range seeks
-(p50/p95 over --seeks random offsets on one keep-alive connection), and the peak RSS (VmHWM) of
-each process on the path, and the CPU seconds each process on (ii) and (iii) spent per GiB streamed
-(all of that path's GETs and seeks, divided by the GiB moved). The last line is
-`ratio=<(iii) MB/s / (ii) MB/s>`.
+(ii)-(iv) take turns, one whole-file GET each per round, so a busy moment of the machine does not
+fall on one path only. For each: MB/s (10^6 bytes per second, median of --runs GETs), 64 KiB
+Range seeks (p50/p95 over --seeks random offsets on one keep-alive connection), the peak RSS
+(VmHWM) of each process on the path, and the CPU seconds each process spent per GiB streamed.
+The last line is `ratio=<(iv) MB/s / (ii) MB/s>`; the line before it compares (iv) with (iii).
 
     python -m benchmarks.tunnel_throughput --size 2G
 """
@@ -18,31 +21,34 @@ each process on the path, and the CPU seconds each process on (ii) and (iii) spe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import re
+import secrets
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 USER = "alice"
-T = TypeVar("T")
 
 
 # -- the HTTP client (also run inside c2's namespace) -----------------------------------------
 
 def _request(sock: socket.socket, path: str, token: str, extra: str = "") -> None:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: token {token}\r\n"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: token {token}\r\n"
                  f"{extra}\r\n".encode())
 
 
@@ -68,19 +74,23 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, int]:
     return status, got
 
 
-def measure(host: str, port: int, path: str, token: str, size: int, runs: int,
-            seeks: int) -> dict[str, Any]:
+def stream_once(host: str, port: int, path: str, token: str, size: int) -> float:
+    """One whole-file GET on a new connection; MB/s."""
     buf = bytearray(1 << 20)
-    rates = []
-    for _ in range(runs):
-        with socket.create_connection((host, port)) as sock:
-            t0 = time.perf_counter()
-            _request(sock, path, token)
-            status, got = _read_response(sock, buf)
-            elapsed = time.perf_counter() - t0
-        if status != 200 or got != size:
-            raise RuntimeError(f"GET {path}: status {status}, {got} of {size} bytes")
-        rates.append(size / elapsed / 1e6)
+    with socket.create_connection((host, port)) as sock:
+        t0 = time.perf_counter()
+        _request(sock, path, token)
+        status, got = _read_response(sock, buf)
+        elapsed = time.perf_counter() - t0
+    if status != 200 or got != size:
+        raise RuntimeError(f"GET {path}: status {status}, {got} of {size} bytes")
+    return size / elapsed / 1e6
+
+
+def seek_latencies(host: str, port: int, path: str, token: str, size: int,
+                   seeks: int) -> dict[str, float]:
+    """64 KiB Range GETs at random offsets on one keep-alive connection: p50 and p95 in ms."""
+    buf = bytearray(1 << 20)
     latencies = []
     rng = random.Random(7)
     with socket.create_connection((host, port)) as sock:
@@ -94,9 +104,15 @@ def measure(host: str, port: int, path: str, token: str, size: int, runs: int,
             if status != 206 or got != 65536:
                 raise RuntimeError(f"Range GET: status {status}, {got} bytes")
     latencies.sort()
-    return {"mbps": statistics.median(rates), "runs": rates,
-            "seek_p50_ms": statistics.median(latencies),
+    return {"seek_p50_ms": statistics.median(latencies),
             "seek_p95_ms": latencies[max(0, int(len(latencies) * 0.95) - 1)]}
+
+
+def measure(host: str, port: int, path: str, token: str, size: int, runs: int,
+            seeks: int) -> dict[str, Any]:
+    rates = [stream_once(host, port, path, token, size) for _ in range(runs)]
+    return {"mbps": statistics.median(rates), "runs": rates,
+            **seek_latencies(host, port, path, token, size, seeks)}
 
 
 # -- the lab side --------------------------------------------------------------------------------
@@ -143,16 +159,34 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure_cpu(groups: dict[str, list[int]], gib: float,
-                run: Callable[[], T]) -> tuple[T, dict[str, float]]:
-    """`run()`'s result and each process group's CPU seconds per GiB during it (this process: the
-    benchmark's own HTTP client)."""
-    before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-    t0 = time.process_time()
-    result = run()
-    per_gib = {name: (cpu_seconds(pids) - before[name]) / gib for name, pids in groups.items()}
-    per_gib["HTTP client (this benchmark)"] = (time.process_time() - t0) / gib
-    return result, per_gib
+@dataclass
+class Route:
+    """One way to the file from the hub host's loopback, and what it cost."""
+
+    name: str
+    port: int
+    path: str
+    token: str
+    processes: dict[str, list[int]]  # CPU groups on this route
+    rates: list[float] = field(default_factory=list)
+    seeks: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds, all of this route's GETs
+    moved: int = 0
+
+    @contextlib.contextmanager
+    def charged(self, nbytes: int) -> Iterator[None]:
+        """Add the CPU its processes (and this benchmark's client) spend inside to this route."""
+        before = {name: cpu_seconds(pids) for name, pids in self.processes.items()}
+        t0 = time.process_time()
+        yield
+        for name, pids in self.processes.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pids) - before[name]
+        client = "HTTP client (this benchmark)"
+        self.cpu[client] = self.cpu.get(client, 0.0) + time.process_time() - t0
+        self.moved += nbytes
+
+    def mbps(self) -> float:
+        return statistics.median(self.rates)
 
 
 def children(pid: int) -> list[int]:
@@ -176,6 +210,21 @@ def wait_port(host: str, port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+def wait_http(host: str, port: int, path: str, token: str, size: int,
+              proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    """Wait until `path` answers 200 with the whole file (the server behind a forward is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stream_once(host, port, path, token, size)
+            return
+        except (OSError, RuntimeError, StopIteration) as err:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the stock Jupyter server did not answer ({err}); see {log}"
+                                   ) from err
+            time.sleep(0.5)
 
 
 def api(hub: Any, method: str, path: str, body: Any = None) -> Any:
@@ -205,6 +254,7 @@ def run_bench(args: argparse.Namespace) -> int:
     wav = home / f"hpcgate-bench-{args.size}.wav"
     server = f"bench{uuid.uuid4().hex[:6]}"  # its own state dir: other labs share the homes
     procs: list[subprocess.Popen[bytes]] = []
+    cleanup: list[Path] = []
     try:
         hub.start()
         try:
@@ -232,7 +282,6 @@ def run_bench(args: argparse.Namespace) -> int:
         [job_ssh] = pgrep(USER, f"^ssh -N -T -F /dev/null .*IdentityFile={server_dir}/")
         proxy = hub.proxy_pid()
         endpoint = info["pids"]["tunnel-endpoint"]
-        results: dict[str, dict[str, Any]] = {}
 
         # (i) from inside c2, straight to the server's loopback port
         client = [sys.executable, "-m", "benchmarks.tunnel_throughput", "--client",
@@ -241,44 +290,72 @@ def run_bench(args: argparse.Namespace) -> int:
         out = subprocess.run(["nsenter", f"--net={c2['namespace_path']}", *client], input=token,
                              capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parents[1])
-        results["direct (server on c2 loopback)"] = json.loads(out.stdout)
+        direct = json.loads(out.stdout)
 
-        # (ii) raw ssh -L from the hub host to an sshd on c2, to the same server
+        # (ii) a stock Jupyter server on c2's loopback, as alice, serving her home
+        uid, gid = info["users"][USER]["uid"], info["users"][USER]["gid"]
+        runtime = Path(tempfile.mkdtemp(prefix="hpcgate-bench-stock-", dir="/var/tmp"))
+        cleanup.append(runtime)
+        os.chown(runtime, uid, gid)
+        stock_port, stock_token = free_port(), secrets.token_hex(16)
+        with open(state / "stock_server.log", "ab") as stock_log:
+            stock = subprocess.Popen(  # token in the environment, never in argv
+                ["nsenter", f"--net={c2['namespace_path']}", "setpriv", f"--reuid={uid}",
+                 f"--regid={gid}", "--init-groups", sys.executable, "-m", "jupyter_server",
+                 "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={stock_port}",
+                 "--ServerApp.port_retries=0", f"--ServerApp.root_dir={home}"],
+                env={"PATH": os.environ["PATH"], "HOME": str(home), "USER": USER,
+                     "JUPYTER_TOKEN": stock_token, "JUPYTER_RUNTIME_DIR": str(runtime)},
+                cwd=home, stdout=stock_log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(stock)
+
+        # a raw ssh -L from the hub host to an sshd on c2, to both servers
         ssh_dir = Path(info["dir"]) / "ssh"
         raw_port = free_port()
         conf = state / "bench_sshd_config"
         conf.write_text(sshd_config(ssh_dir, raw_port, [c2["address"]]).replace(
             f"PidFile {ssh_dir}/sshd.pid", f"PidFile {state}/bench_sshd.pid"))
         with open(state / "bench_sshd.log", "ab") as err:
-            procs.append(subprocess.Popen(["nsenter", f"--net={c2['namespace_path']}",
-                                           "/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
-                                          stderr=err, start_new_session=True))
+            raw_sshd = subprocess.Popen(["nsenter", f"--net={c2['namespace_path']}",
+                                         "/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
+                                        stderr=err, start_new_session=True)
+        procs.append(raw_sshd)
         wait_port(c2["address"], raw_port)
-        local = free_port()
+        to_stock, to_hpcgate = free_port(), free_port()
         raw_ssh = subprocess.Popen(
             ["ssh", "-N", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "ExitOnForwardFailure=yes",
              "-i", info["ssh"]["user_keys"][USER], "-c", "aes128-gcm@openssh.com",
-             "-p", str(raw_port), "-L", f"127.0.0.1:{local}:127.0.0.1:{server_port}",
+             "-p", str(raw_port), "-L", f"127.0.0.1:{to_stock}:127.0.0.1:{stock_port}",
+             "-L", f"127.0.0.1:{to_hpcgate}:127.0.0.1:{server_port}",
              f"{USER}@{c2['address']}"], stderr=subprocess.DEVNULL)
         procs.append(raw_ssh)
-        wait_port("127.0.0.1", local)
-        raw_sshd_session = [c for p in children(procs[0].pid) for c in [p, *children(p)]]
-        moved_gib = (args.size * args.runs + 65536 * args.seeks) / 2**30
-        cpu: dict[str, dict[str, float]] = {}
-        results["raw ssh -L (aes128-gcm)"], cpu["raw ssh -L"] = measure_cpu(
-            {"raw ssh -L client": [raw_ssh.pid], "raw sshd on c2": raw_sshd_session,
-             "single-user server": [launcher]}, moved_gib,
-            lambda: measure("127.0.0.1", local, path, token, args.size, args.runs, args.seeks))
-
-        # (iii) the hpcgate path
+        wait_port("127.0.0.1", to_hpcgate)
+        wait_http("127.0.0.1", to_stock, f"/files/{wav.name}", stock_token, args.size, stock,
+                  state / "stock_server.log")
+        raw_sshd_session = [c for p in children(raw_sshd.pid) for c in [p, *children(p)]]
         sshd_sessions = children(endpoint)
-        results["hpcgate reverse (proxy+tunnel+server)"], cpu["hpcgate reverse"] = measure_cpu(
-            {"proxy (configurable-http-proxy)": [proxy] if proxy else [],
-             "sshd -i at the tunnel endpoint": [c for s in sshd_sessions for c in [s, *children(s)]],
-             "ssh -R in the job": [job_ssh], "single-user server": [launcher]}, moved_gib,
-            lambda: measure("127.0.0.1", hub.proxy_port, path, token, args.size, args.runs,
-                            args.seeks))
+        raw = {"raw ssh -L client": [raw_ssh.pid], "raw sshd on c2": raw_sshd_session}
+        routes = [
+            Route("raw ssh -L -> stock Jupyter server", to_stock, f"/files/{wav.name}",
+                  stock_token, {**raw, "stock Jupyter server": [stock.pid]}),
+            Route("raw ssh -L -> hpcgate server", to_hpcgate, path, token,
+                  {**raw, "hpcgate single-user server": [launcher]}),
+            Route("hpcgate reverse (proxy+tunnel+server)", hub.proxy_port, path, token,
+                  {"proxy (configurable-http-proxy)": [proxy] if proxy else [],
+                   "sshd -i at the tunnel endpoint": [c for s in sshd_sessions
+                                                      for c in [s, *children(s)]],
+                   "ssh -R in the job": [job_ssh], "hpcgate single-user server": [launcher]}),
+        ]
+        for _ in range(args.runs):  # in turns: one GET per route per round
+            for route in routes:
+                with route.charged(args.size):
+                    route.rates.append(stream_once("127.0.0.1", route.port, route.path,
+                                                   route.token, args.size))
+        for route in routes:
+            with route.charged(65536 * args.seeks):
+                route.seeks = seek_latencies("127.0.0.1", route.port, route.path, route.token,
+                                             args.size, args.seeks)
 
         rss = {
             "proxy (configurable-http-proxy)": peak_rss_mb(proxy),
@@ -286,26 +363,33 @@ def run_bench(args: argparse.Namespace) -> int:
             "sshd -i at the tunnel endpoint": max((peak_rss_mb(p) or 0) for p in
                                                   sshd_sessions + [c for s in sshd_sessions
                                                                    for c in children(s)]) or None,
-            "single-user server": peak_rss_mb(launcher),
+            "hpcgate single-user server": peak_rss_mb(launcher),
+            "stock Jupyter server": peak_rss_mb(stock.pid),
             "raw ssh -L client": peak_rss_mb(raw_ssh.pid),
             "raw sshd on c2": max((peak_rss_mb(p) or 0) for p in raw_sshd_session) or None,
         }
         print(f"hpcgate tunnel throughput: {args.size / 2**30:.2f} GiB file, medians of "
-              f"{args.runs}, {args.seeks} seeks of 64 KiB")
-        for name, r in results.items():
-            runs = ", ".join(f"{x:.0f}" for x in r["runs"])
-            print(f"  {name:40s} {r['mbps']:7.0f} MB/s  (runs {runs})  seek p50 "
-                  f"{r['seek_p50_ms']:.2f} ms  p95 {r['seek_p95_ms']:.2f} ms")
+              f"{args.runs} (in turns), {args.seeks} seeks of 64 KiB")
+        d = direct
+        print(f"  {'direct (hpcgate server, c2 loopback)':40s} {d['mbps']:7.0f} MB/s  (runs "
+              f"{', '.join(f'{x:.0f}' for x in d['runs'])})  seek p50 {d['seek_p50_ms']:.2f} ms"
+              f"  p95 {d['seek_p95_ms']:.2f} ms")
+        for r in routes:
+            print(f"  {r.name:40s} {r.mbps():7.0f} MB/s  (runs "
+                  f"{', '.join(f'{x:.0f}' for x in r.rates)})  seek p50 "
+                  f"{r.seeks['seek_p50_ms']:.2f} ms  p95 {r.seeks['seek_p95_ms']:.2f} ms")
         print("  peak RSS (VmHWM):")
         for name, mb in rss.items():
             print(f"    {name:38s} {mb:8.1f} MB" if mb else f"    {name:38s}      n/a")
-        for label, groups in cpu.items():
-            print(f"  CPU s per GiB, {label}: total {sum(groups.values()):.2f}")
-            for name, seconds in groups.items():
-                print(f"    {name:38s} {seconds:8.2f}")
-        ratio = (results["hpcgate reverse (proxy+tunnel+server)"]["mbps"]
-                 / results["raw ssh -L (aes128-gcm)"]["mbps"])
-        print(f"ratio={ratio:.2f}")
+        for r in routes:
+            gib = r.moved / 2**30
+            print(f"  CPU s per GiB, {r.name}: total {sum(r.cpu.values()) / gib:.2f}")
+            for name, seconds in r.cpu.items():
+                print(f"    {name:38s} {seconds / gib:8.2f}")
+        anchor, same_server, hpcgate = routes
+        print(f"  transport alone (hpcgate path / raw ssh -L, hpcgate's server behind both): "
+              f"{hpcgate.mbps() / same_server.mbps():.2f}")
+        print(f"ratio={hpcgate.mbps() / anchor.mbps():.2f}")
         return 0
     finally:
         for p in procs:
@@ -323,7 +407,8 @@ def run_bench(args: argparse.Namespace) -> int:
         except OSError:
             pass
         hub.stop()
-        shutil.rmtree(state, ignore_errors=True)
+        for directory in [state, *cleanup]:
+            shutil.rmtree(directory, ignore_errors=True)
         if not was_up:
             lab.down()
 
