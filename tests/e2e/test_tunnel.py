@@ -227,8 +227,9 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
     fetch(hub, f"/user/alice/api/kernels/{kernel_id}", alice, method="DELETE")
 
 
-def make_wav(path: Path, size: int, marker_at: int, marker: bytes) -> None:
-    """A real WAV header (16-bit stereo 48 kHz) for `size` bytes, sparse apart from the marker."""
+def make_wav(path: Path, size: int, marker_at: int, marker: bytes, tail: bytes = b"") -> None:
+    """A real WAV header (16-bit stereo 48 kHz) for `size` bytes, sparse apart from the marker
+    and the tail (the file's last bytes)."""
     data = size - 44
     header = (b"RIFF" + struct.pack("<I", min(size - 8, 0xFFFFFFFF)) + b"WAVEfmt "
               + struct.pack("<IHHIIHH", 16, 1, 2, 48000, 48000 * 4, 4, 16)
@@ -237,6 +238,8 @@ def make_wav(path: Path, size: int, marker_at: int, marker: bytes) -> None:
         f.write(header)
         f.seek(marker_at)
         f.write(marker)
+        f.seek(size - len(tail))
+        f.write(tail)
         f.truncate(size)
 
 
@@ -247,8 +250,9 @@ def test_range_into_the_middle_of_a_2gb_wav(alice_up: Hub) -> None:
     wav, flac, mp3 = home / "field-2g.wav", home / "dawn.flac", home / "dusk.mp3"
     marker_at = WAV_SIZE // 2 + 12345
     marker = os.urandom(65536)
+    tail = os.urandom(5 << 20)  # large enough to leave the server by sendfile
     try:
-        make_wav(wav, WAV_SIZE, marker_at, marker)
+        make_wav(wav, WAV_SIZE, marker_at, marker, tail)
         flac.write_bytes(b"fLaC" + os.urandom(1000))
         mp3.write_bytes(b"ID3" + os.urandom(1000))
         for p in (wav, flac, mp3):
@@ -267,6 +271,10 @@ def test_range_into_the_middle_of_a_2gb_wav(alice_up: Hub) -> None:
         status, headers, body = fetch(hub, "/user/alice/files/field-2g.wav", alice,
                                       headers={"Range": "bytes=0-43"})
         assert status == 206 and body[:4] == b"RIFF" and body[8:12] == b"WAVE"
+        # An audio element seeking near the end asks for everything from there on.
+        status, headers, body = fetch(hub, "/user/alice/files/field-2g.wav", alice,
+                                      headers={"Range": f"bytes={WAV_SIZE - len(tail)}-"})
+        assert status == 206 and body == tail, (status, headers, len(body))
         for name, kind in (("dawn.flac", "audio/flac"), ("dusk.mp3", "audio/mpeg")):
             status, headers, body = fetch(hub, f"/user/alice/files/{name}", alice,
                                           headers={"Range": "bytes=0-3"})
