@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-config", add_help=False,
                    help="check a site policy file against the live cluster and directory")
+    sub.add_parser("tunnel-files", add_help=False,
+                   help="write the hub host's reverse-tunnel sshd_config and systemd units")
     jobs = sub.add_parser("jobs", help="the gateway's jobs on the scheduler")
     jobs.add_argument("action", choices=["orphans"],
                       help="orphans: jobs hpcgate submitted that no server of the hub owns")
@@ -118,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.policy.check import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["tunnel-files"]:  # has its own parser (gateway.tunnel.sitefiles)
+        from gateway.tunnel.sitefiles import main as tunnel_files_main
+
+        return tunnel_files_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -9,7 +9,8 @@ ssh client sets it on its own side). This endpoint accepts, sets TCP_NODELAY, an
 to `sshd -i` (inetd mode) with the tunnel account's configuration. It relays nothing itself.
 
 A site with systemd gets the same from a socket unit (`Accept=yes`, `NoDelay=yes`) that starts
-`sshd -i -f /etc/hpcgate/tunnel_sshd_config` per connection.
+`sshd -i -f /etc/hpcgate/tunnel_sshd_config` per connection: `hpcgate tunnel-files` writes both
+(gateway/tunnel/sitefiles.py; examples in site_configs/tunnel/).
 
     python -m gateway.tunnel.endpoint --listen 10.0.0.5:2222 --config tunnel_sshd_config
 """
