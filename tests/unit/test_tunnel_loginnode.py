@@ -298,3 +298,16 @@ def test_ssh_dies_with_a_killed_hub(tmp_path: Path) -> None:
         for pid in pids(pid_file):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_every_example_policy_loads_and_the_login_node_one_gives_its_forward() -> None:
+    from gateway.policy.load import load_policy
+
+    examples = sorted(SITES.glob("*.yaml"))
+    modes = {load_policy(path).connection.mode for path in examples}
+    assert modes == {"direct", "reverse", "login-node"}  # one example at least for each mode
+    policy = load_policy(SITES / "login-node-slurm.yaml")
+    s = settings_from(policy.connection, TRAITS)
+    assert (s.host, s.port, s.user, s.key_file, s.known_hosts) == (
+        "login2.cluster.example.org", 22, "hpcgate-fwd", "/etc/hpcgate/login_node_ed25519_key",
+        "/etc/hpcgate/ssh_known_hosts")
