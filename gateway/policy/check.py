@@ -12,6 +12,7 @@ Commands go through the tiny `Run` callable of `probe.py`; the test jobs live in
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pwd
 import sys
@@ -91,6 +92,8 @@ class ConfigChecker:
     def run_all(self) -> Report:
         self.check_policy()
         self.check_hosts()
+        if self.policy.connection.mode == "login-node":
+            self.check_login_node()
         if self.policy.directory is not None:
             self.check_directory(self.policy.directory)
         if not self.check_test_user():
@@ -131,6 +134,32 @@ class ConfigChecker:
         if p.cluster.rest is not None:
             hosts.append(("cluster.rest.url", urlsplit(p.cluster.rest.url).hostname or ""))
         return hosts
+
+    def check_login_node(self) -> None:
+        """Log in to the login node as the hub's forwards will, with the policy's key and
+        known_hosts, and open one forward through it."""
+        from gateway.tunnel.hubside import TunnelConfigError
+        from gateway.tunnel.loginnode import ForwardError, LoginNodeSettings, probe
+
+        c = self.policy.connection
+        self.report.section("Login node")
+        missing = [name for name in ("ssh_host", "known_hosts", "login_node_user",
+                                     "login_node_key") if not getattr(c, name)]
+        if missing:  # the spawner traits may still give them; the hub says so at spawn
+            self.report.skip(f"connection.{', connection.'.join(missing)} not set here: "
+                             "the login node is not checked.")
+            return
+        settings = LoginNodeSettings(host=c.ssh_host, port=c.ssh_port, user=c.login_node_user,
+                                     key_file=c.login_node_key, known_hosts=c.known_hosts,
+                                     ports=(1024, 65535))
+        where = f"{c.login_node_user}@{c.ssh_host}:{c.ssh_port}"
+        try:
+            asyncio.run(probe(settings))
+        except (TunnelConfigError, ForwardError) as err:
+            self.report.fail(f"The hub cannot open forwards through {where}: {err}")
+            return
+        self.report.ok(f"The hub logs in to {where} with {c.login_node_key} (host key pinned by "
+                       f"{c.known_hosts}) and opens a forward through it.")
 
     def check_hosts(self) -> None:
         self.report.section("Host names")

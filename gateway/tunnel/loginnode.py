@@ -242,3 +242,18 @@ def prepare(settings: LoginNodeSettings) -> int:
     out one port twice). Blocking (reads files, binds test sockets): run it in a thread."""
     check_files(settings)
     return hubside.allocate_port(settings.ports)
+
+
+async def probe(settings: LoginNodeSettings, timeout: float = 30) -> None:
+    """Do what the hub does for a server, once, for `hpcgate check-config`: log in to the login
+    node with the site's key and pinned host key and open a forward through it (to the login
+    node's own SSH port), then close it. TunnelConfigError or ForwardError say what is wrong."""
+    import socket
+
+    await asyncio.to_thread(check_files, settings)
+    with socket.socket() as s:  # any free loopback port: this forward carries nothing
+        s.bind(("127.0.0.1", 0))
+        local_port = s.getsockname()[1]
+    supervisor = await open_forward(settings, local_port, "127.0.0.1", settings.port,
+                                    log=lambda line: None, timeout=timeout)
+    await supervisor.stop()

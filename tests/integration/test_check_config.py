@@ -267,3 +267,42 @@ def test_test_user_without_an_account(site: Site) -> None:
     rc, text = check(site(), "--user", "nobody-here")
     assert rc == 1
     assert failures(text) == ["The test user 'nobody-here' has no account on this machine."]
+
+
+def login_node_site(site: Site, lab: dict, **changes: Any) -> Path:
+    ssh = lab["ssh"]
+    policy = site.demo()
+    policy["connection"] = {"mode": "login-node", "hub_api_url": policy["connection"]["hub_api_url"],
+                            "ssh_host": ssh["host"], "ssh_port": ssh["port"],
+                            "known_hosts": ssh["known_hosts"], "login_node_user": "carol",
+                            "login_node_key": ssh["user_keys"]["carol"], **changes}
+    return site(policy)
+
+
+def test_login_node_mode_logs_in_and_opens_a_forward(site: Site, lab: dict) -> None:
+    rc, text = check(login_node_site(site, lab))
+    assert rc == 0, text
+    assert f"The hub logs in to carol@{lab['ssh']['host']}:{lab['ssh']['port']} with " in text
+    assert "opens a forward through it." in text
+
+
+def test_login_node_with_the_wrong_host_key_or_an_open_key(site: Site, lab: dict,
+                                                           tmp_path: Path) -> None:
+    import subprocess
+
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    fields = (tmp_path / "other_host_key.pub").read_text().split()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[{lab['ssh']['host']}]:{lab['ssh']['port']} {fields[0]} {fields[1]}\n")
+    rc, text = check(login_node_site(site, lab, known_hosts=str(wrong)))
+    assert rc != 0
+    [failure] = [f for f in failures(text) if "cannot open forwards through" in f]
+    assert "Host key verification failed" in failure or "HOST IDENTIFICATION" in failure, failure
+
+    key = tmp_path / "open_key"
+    key.write_bytes(Path(lab["ssh"]["user_keys"]["carol"]).read_bytes())
+    key.chmod(0o644)
+    rc, text = check(login_node_site(site, lab, login_node_key=str(key)))
+    assert rc != 0
+    assert any("readable by others" in f for f in failures(text)), text
