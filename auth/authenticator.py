@@ -120,6 +120,13 @@ class LDAPAuthenticator(Authenticator):
         30.0, help="Seconds a server that failed is tried after the others."
     ).tag(config=True)
 
+    all_down_retry_interval = Float(
+        5.0,
+        help="""When every server failed, seconds during which logins are told at once that the
+        directory is unavailable; then one login at a time tries the servers again. An outage
+        costs one wait for the timeouts instead of one per login.""",
+    ).tag(config=True)
+
     pool_size = Integer(
         8,
         help="""Idle connections kept per server and kind (service searches, user binds). Reusing them
@@ -303,6 +310,7 @@ class LDAPAuthenticator(Authenticator):
             connect_timeout=self.connect_timeout,
             receive_timeout=self.receive_timeout,
             server_retry_interval=self.server_retry_interval,
+            all_down_retry_interval=self.all_down_retry_interval,
             pool_size=self.pool_size,
             tcp_nodelay=self.tcp_nodelay,
             group_search_base=self.group_search_base,

@@ -217,6 +217,7 @@ class DirectorySettings:
     connect_timeout: float = 3.0
     receive_timeout: float = 5.0
     server_retry_interval: float = 30.0
+    all_down_retry_interval: float = 5.0
     pool_size: int = 8
     tcp_nodelay: bool = True
     group_search_base: str = ""
@@ -417,6 +418,8 @@ class DirectoryClient:
             validate=ssl.CERT_REQUIRED if settings.tls_verify else ssl.CERT_NONE,
             ca_certs_file=settings.tls_ca_file or None,  # None: the system's CA store
         )
+        self._all_down_at: float | None = None  # when a pass over every server last failed
+        self._probing = threading.Lock()  # held by the one request retrying an all-down directory
         self._receive_timeout = _Seconds(settings.receive_timeout)
         self._time_limit = max(1, math.ceil(settings.receive_timeout))  # the server's limit: whole seconds
 
@@ -468,6 +471,25 @@ class DirectoryClient:
         return healthy + failed
 
     def _failover(self, op: Callable[[_Server], T]) -> T:
+        """Run `op` on the first server that answers. Once every server has failed in one pass,
+        requests are answered at once for all_down_retry_interval seconds, then one request at a
+        time tries the servers again (and the others are answered at once meanwhile): an outage
+        costs one wait for the timeouts, not one per login, and ties up no login threads."""
+        down_at = self._all_down_at
+        if down_at is not None:
+            ago = time.monotonic() - down_at
+            if ago < self.settings.all_down_retry_interval:
+                raise DirectoryUnavailable(f"every directory server failed {ago:.1f} s ago")
+            if not self._probing.acquire(blocking=False):
+                raise DirectoryUnavailable("every directory server failed; another request is "
+                                           "trying them again")
+            try:
+                return self._try_in_turn(op)
+            finally:
+                self._probing.release()
+        return self._try_in_turn(op)
+
+    def _try_in_turn(self, op: Callable[[_Server], T]) -> T:
         problems = []
         for srv in self._ordered():
             try:
@@ -481,7 +503,9 @@ class DirectoryClient:
             if srv.failed_at is not None:
                 self.log.info("Directory server %s answers again.", srv.spec.url)
                 srv.failed_at = None
+            self._all_down_at = None
             return result
+        self._all_down_at = time.monotonic()
         raise DirectoryUnavailable("no directory server answered: " + "; ".join(problems))
 
     def _with_conn(self, srv: _Server, kind: str, op: Callable[[ldap3.Connection], T]) -> T:

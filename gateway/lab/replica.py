@@ -54,8 +54,9 @@ class DirectoryCopy:
     dir: Path
     port: int
     ldaps_port: int | None
-    pid: int
-    proc: subprocess.Popen[bytes] = field(repr=False)
+    argv: list[str] = field(repr=False)  # slapd's command line, for start()
+    pid: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
@@ -68,12 +69,32 @@ class DirectoryCopy:
         return f"ldaps://127.0.0.1:{self.ldaps_port}"
 
     def running(self) -> bool:
-        return self.proc.poll() is None and pid_alive(self.pid)
+        return self.proc is not None and self.proc.poll() is None and pid_alive(self.pid)
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         stop_pids([self.pid], grace=3)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=2)
+
+    def start(self) -> None:
+        """Start slapd again on the same ports (after stop(): a directory that comes back)."""
+        log = self.dir / "slapd.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", LAB_MARK: str(self.dir)},
+                preexec_fn=_die_with_parent, close_fds=True,  # noqa: PLW1509 - prctl only
+            )
+        self.pid = self.proc.pid
+        try:
+            wait_for(lambda: tcp_open("127.0.0.1", self.port) and (
+                self.ldaps_port is None or tcp_open("127.0.0.1", self.ldaps_port)),
+                10, "the directory copy's slapd", log)
+        except LabError:
+            self.stop()
+            raise
 
 
 def start_directory_copy(lab_info: Mapping[str, Any], dest: Path | str, *, tls: bool = True,
@@ -104,22 +125,8 @@ def start_directory_copy(lab_info: Mapping[str, Any], dest: Path | str, *, tls: 
     port = free_port()
     ldaps_port = free_port() if tls else None
     urls = f"ldap://127.0.0.1:{port}/" + (f" ldaps://127.0.0.1:{ldaps_port}/" if ldaps_port else "")
-    log = dest / "slapd.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            ["slapd", "-f", str(conf), "-h", urls, "-d", "none"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", LAB_MARK: str(dest)},
-            preexec_fn=_die_with_parent, close_fds=True,  # noqa: PLW1509 - prctl only, no locks taken
-        )
-    copy = DirectoryCopy(dest, port, ldaps_port, proc.pid, proc)
-    try:
-        wait_for(lambda: tcp_open("127.0.0.1", port) and (ldaps_port is None
-                                                          or tcp_open("127.0.0.1", ldaps_port)),
-                 10, "the directory copy's slapd", log)
-    except LabError:
-        copy.stop()
-        raise
+    copy = DirectoryCopy(dest, port, ldaps_port, ["slapd", "-f", str(conf), "-h", urls, "-d", "none"])
+    copy.start()
     return copy
 
 

@@ -120,6 +120,41 @@ async def test_logins_queued_behind_a_stall_end_at_login_timeout(lab: dict[str, 
     assert took < 1.5, took
 
 
+async def test_an_outage_costs_one_wait_not_one_per_login(lab: dict[str, Any]) -> None:
+    with StalledListener() as stalled:
+        auth = make(lab, server_urls=[stalled.uri], receive_timeout=1.0, login_timeout=10,
+                    all_down_retry_interval=30)
+        data = {"username": "alice", "password": passwords(lab)["alice"]}
+        result, took, _ = await _loop_lag_during(auth.get_authenticated_user(None, data))
+        assert isinstance(result, web.HTTPError) and result.log_message == UNAVAILABLE
+        assert took >= 1.0, took
+        # Every server failed moments ago: the next logins hear it at once, in the same words.
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(auth.get_authenticated_user(None, data) for _ in range(5)),
+                                       return_exceptions=True)
+        assert time.monotonic() - t0 < 0.3
+        assert all(isinstance(r, web.HTTPError) and (r.status_code, r.log_message) ==
+                   (503, UNAVAILABLE) for r in results), results
+        assert stalled.accepted == 1
+
+
+async def test_a_directory_that_comes_back_is_noticed(lab: dict[str, Any], tmp_path: Path) -> None:
+    copy = start_directory_copy(lab, tmp_path / "flaky")
+    try:
+        auth = make(lab, server_urls=[copy.uri], all_down_retry_interval=1.0)
+        pw = passwords(lab)
+        assert (await login(auth, "alice", pw["alice"]))["name"] == "alice"
+        copy.stop()
+        assert (await refused(auth, "alice", pw["alice"])).log_message == UNAVAILABLE
+        copy.start()
+        # within all_down_retry_interval of the failure: still answered at once
+        assert (await refused(auth, "bob", pw["bob"])).log_message == UNAVAILABLE
+        await asyncio.sleep(1.1)
+        assert (await login(auth, "bob", pw["bob"]))["name"] == "bob"
+    finally:
+        copy.stop()
+
+
 async def test_starttls_refused_by_the_server_is_explained_and_plaintext_needs_asking(
         lab: dict[str, Any], tmp_path: Path) -> None:
     no_tls = start_directory_copy(lab, tmp_path / "no-tls", tls=False)
