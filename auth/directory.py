@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -692,6 +693,11 @@ class DirectoryClient:
     def _search_then_bind(self, srv: _Server, username: str, password: str) -> Identity:
         entry = self._with_conn(srv, "service", lambda c: self._find_user(srv, c, username))
         if entry is None:
+            # A bind all the same, to a DN that cannot exist: a refusal then takes as long for
+            # an unknown name as for a wrong password, and does not tell which names exist.
+            base = self.settings.user_search_base
+            nobody = f"cn=hpcgate-nobody-{secrets.token_hex(8)}" + (f",{base}" if base else "")
+            self._with_conn(srv, "bind", lambda c: self._bind_user(c, nobody, password))
             raise LoginRefused("unknown user")
         self._check_name(entry, username)
         if not self._with_conn(srv, "bind", lambda c: self._bind_user(c, entry.dn, password)):

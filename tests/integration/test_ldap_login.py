@@ -85,6 +85,19 @@ async def test_wrong_password_and_unknown_user_get_the_same_sentence(lab: dict[s
         assert (err.status_code, err.log_message) == (403, WRONG_CREDENTIALS)
 
 
+def test_unknown_user_and_wrong_password_cost_the_same_requests(lab: dict[str, Any]) -> None:
+    """An unknown name is refused after a bind too (to a DN that cannot exist), so the time a
+    refusal takes does not tell which names exist."""
+    from auth.directory import LoginRefused
+
+    for username, password in [("nobody", "whatever"), ("alice", "not-her-password")]:
+        c = client(lab, lab["ldap"]["uri"])
+        with pytest.raises(LoginRefused):
+            c.login(username, password)
+        assert c.connections_opened() == 2, username  # one search connection, one bind connection
+        c.close()
+
+
 async def test_empty_password_is_never_sent_as_an_unauthenticated_bind(lab: dict[str, Any]) -> None:
     err = await refused(make(lab), "alice", "")
     assert (err.status_code, err.log_message) == (403, WRONG_CREDENTIALS)
