@@ -76,7 +76,7 @@ class ConnectionModes(LoggingConfigurable):
         """(mode, tunnel settings or None): the policy's `connection` section, else the traits."""
         from gateway.tunnel.hubside import TunnelSettings
 
-        policy = self._site_policy()
+        policy = self.site_policy()
         conn = policy.connection if policy is not None else None
         mode = conn.mode if conn is not None else self.connection_mode
         if mode == "direct":

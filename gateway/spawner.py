@@ -55,7 +55,7 @@ class BatchSpawner(ConnectionModes, Spawner):
     def _default_scheduler_config(self) -> SchedulerConfig:
         config = SchedulerConfig(parent=self)
         try:
-            policy = self._site_policy()
+            policy = self.site_policy()
         except ValueError as err:  # PolicyFileError: spawns say so; poll() and stop() still work
             self.log.error("Site policy %s cannot be loaded; scheduler settings from the hub's "
                            "configuration: %s", self.policy_file, err)
@@ -163,7 +163,7 @@ class BatchSpawner(ConnectionModes, Spawner):
     def _shared(self):
         return shared(self.scheduler_config)
 
-    async def _identity(self) -> tuple[str, str]:
+    async def unix_account(self) -> tuple[str, str]:
         """(Unix user, home) from the directory's auth_state, else the local account."""
         auth_state = await self.user.get_auth_state() or {}
         name = auth_state.get("uid") or self.user.name
@@ -186,7 +186,8 @@ class BatchSpawner(ConnectionModes, Spawner):
     def _job_name(self) -> str:
         return f"hpcgate-{self.user.name}" + (f"-{self.name}" if self.name else "")
 
-    def _site_policy(self) -> Any:
+    def site_policy(self) -> Any:
+        """The site policy, or None without policy_file (also read by the /hub/depots page)."""
         if not self.policy_file:
             return None
         if getattr(self, "_policy_config", None) is None:
@@ -195,7 +196,7 @@ class BatchSpawner(ConnectionModes, Spawner):
             self._policy_config = SitePolicyConfig(parent=self, policy_file=self.policy_file)
         return self._policy_config.policy()
 
-    async def _groups(self, user: str) -> list[str]:
+    async def user_groups(self, user: str) -> list[str]:
         """The user's directory groups (auth_state), else hub groups, else Unix groups."""
         auth_state = await self.user.get_auth_state() or {}
         if auth_state.get("groups"):
@@ -206,13 +207,13 @@ class BatchSpawner(ConnectionModes, Spawner):
         return await asyncio.to_thread(_unix_groups, user)  # NSS may ask a directory: not on the loop
 
     async def get_options_form(self) -> str:  # type: ignore[override]
-        policy = self._site_policy()
+        policy = self.site_policy()
         if policy is None:
             return await super().get_options_form()
         from gateway.policy import render_form
 
-        user, _ = await self._identity()
-        return render_form(policy, await self._groups(user), previous=self.user_options)
+        user, _ = await self.unix_account()
+        return render_form(policy, await self.user_groups(user), previous=self.user_options)
 
     def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:
         if not self.policy_file:
@@ -224,11 +225,11 @@ class BatchSpawner(ConnectionModes, Spawner):
     async def _request_fields(self, user: str) -> dict[str, Any]:
         """Partition, account, cores, memory, GPUs and walltime the user may have, validated."""
         opts = self.user_options or {}
-        policy = self._site_policy()
+        policy = self.site_policy()
         if policy is not None:
             from gateway.policy import PolicyError, check_server_count, validate_options
 
-            groups = await self._groups(user)
+            groups = await self.user_groups(user)
             running = sum(1 for s in self.user.spawners.values() if s is not self and s.active)
             try:
                 check_server_count(policy, groups, running)
@@ -260,7 +261,7 @@ class BatchSpawner(ConnectionModes, Spawner):
     def _job_environment(self) -> tuple[str, str, dict[str, str], tuple[str, ...]]:
         """(python, prologue, environment, extra directives) for the job: the policy's, else the
         spawner's own settings. The scheduler's environment (SLURM_CONF) always reaches the job."""
-        policy = self._site_policy()
+        policy = self.site_policy()
         if policy is not None:
             job = policy.job
             env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
@@ -324,7 +325,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         self._events = []
         self._events_changed = asyncio.Event()
         self._emit(5, "Preparing your job")
-        user, home = await self._identity()
+        user, home = await self.unix_account()
         fields = await self._request_fields(user)
         python, prologue, job_env, directives = self._job_environment()
         if self.name and not _SERVER_NAME.match(self.name):
@@ -535,7 +536,7 @@ class BatchSpawner(ConnectionModes, Spawner):
                     and status.state is JobState.RUNNING and await self._tunnel_stayed_down()):
                 # JupyterHub calls stop() only when poll() says "running": end the job here.
                 scheduler, _, _ = self._shared()
-                user, _ = await self._identity()
+                user, _ = await self.unix_account()
                 await self._cancel_quietly(scheduler, user)
                 await self._release_tunnel()
                 return 1
@@ -561,7 +562,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         if not self.job_id:
             return
         scheduler, _, watcher = self._shared()
-        user, _ = await self._identity()
+        user, _ = await self.unix_account()
         watcher.track(self.job_id)
         try:
             await scheduler.cancel([self.job_id], user=user)

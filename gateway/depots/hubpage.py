@@ -220,13 +220,13 @@ class DepotsHandler(BaseHandler):
 
     async def _user_depots(self) -> list[UserDepot]:
         spawner: Any = self.current_user.spawner
-        if not hasattr(spawner, "_site_policy"):
+        if not hasattr(spawner, "site_policy"):
             return []  # not hpcgate's spawner: no policy, no depots
-        policy = spawner._site_policy()
+        policy = spawner.site_policy()
         if policy is None:
             return []
-        user, _ = await spawner._identity()
-        return depots_for(policy, await spawner._groups(user))
+        user, _ = await spawner.unix_account()
+        return depots_for(policy, await spawner.user_groups(user))
 
     async def _render(self, **ns: Any) -> str:
         namespace = {**self.template_namespace, "xsrf_token": self.xsrf_token.decode("ascii"), **ns}

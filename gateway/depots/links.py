@@ -38,11 +38,11 @@ def launch_entry(policy: SitePolicy, groups: Iterable[str], root: str) -> dict[s
 
 async def spawner_launch_entry(spawner: Any, user: str, home: str) -> dict[str, Any] | None:
     """The launch file's `depots` entry for one spawn (None without a site policy: no links)."""
-    policy = spawner._site_policy()
+    policy = spawner.site_policy()
     if policy is None:
         return None
     root = spawner.format_string(spawner.notebook_dir) if spawner.notebook_dir else home
-    return launch_entry(policy, await spawner._groups(user), root)
+    return launch_entry(policy, await spawner.user_groups(user), root)
 
 
 FILES_PARAMS = "files_handler_params"
