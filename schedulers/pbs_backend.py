@@ -45,6 +45,7 @@ class PbsScheduler:
         self.resolve_timeout = resolve_timeout
         self.queue_cache_seconds = queue_cache_seconds
         self._nodes: dict[str, tuple[str | None, float]] = {}
+        self._lookups: dict[str, asyncio.Future[str | None]] = {}  # node -> lookup in its thread
         self._queues: dict[str, pbs.QueueLimits] = {}
         self._queues_at = float("-inf")
 
@@ -119,8 +120,22 @@ class PbsScheduler:
             ttl = self.node_cache_seconds if address else self.miss_cache_seconds
             if time.monotonic() - at < ttl:
                 return address
+        # A lookup in a thread cannot be stopped: one that outlives resolve_timeout is waited on
+        # again by the next caller instead of starting another (a resolver that hangs holds at
+        # most one thread per node), and its late answer is kept.
+        lookup = self._lookups.get(node)
+        if lookup is None:
+            lookup = asyncio.ensure_future(asyncio.to_thread(self._resolve, node))
+            self._lookups[node] = lookup
+
+            def finished(done: asyncio.Future[str | None]) -> None:
+                self._lookups.pop(node, None)
+                if not done.cancelled() and done.exception() is None and done.result():
+                    self._nodes[node] = (done.result(), time.monotonic())
+
+            lookup.add_done_callback(finished)
         try:
-            address = await asyncio.wait_for(asyncio.to_thread(self._resolve, node), self.resolve_timeout)
+            address = await asyncio.wait_for(asyncio.shield(lookup), self.resolve_timeout)
         except asyncio.TimeoutError:
             address = None
         if address is None and cached is not None and cached[0]:

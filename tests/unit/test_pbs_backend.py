@@ -3,6 +3,7 @@ server here), its configuration, and the policy checks against PBS queues."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -227,6 +228,31 @@ async def test_node_address_misses_are_cached_briefly_and_hits_kept() -> None:
     scheduler.node_cache_seconds = 0
     resolver.table.clear()  # a resolver hiccup must not lose a known node
     assert await scheduler.node_address("c1") == "10.0.0.1"
+
+
+async def test_a_hanging_resolver_holds_one_thread_per_node() -> None:
+    import threading
+
+    release = threading.Event()
+    asked: list[str] = []
+
+    def hanging(node: str) -> str | None:
+        asked.append(node)
+        release.wait(5)
+        return "10.0.0.9"
+
+    scheduler = PbsScheduler(FakeRunner({}), resolve=hanging, resolve_timeout=0.05,
+                             miss_cache_seconds=0)
+    try:
+        results = await asyncio.gather(*(scheduler.node_address("c9") for _ in range(4)))
+        assert results == [None] * 4
+        assert await scheduler.node_address("c9") is None  # the first lookup still runs
+        assert asked == ["c9"]
+    finally:
+        release.set()
+    await asyncio.sleep(0.1)  # the lookup ends: its late answer is kept
+    assert await scheduler.node_address("c9") == "10.0.0.9"
+    assert asked == ["c9"]
 
 
 def test_default_resolver() -> None:
