@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=parse_size, default=parse_size("2G"))
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seeks", type=int, default=60)
     parser.add_argument("--lab-dir", default=os.environ.get("HPCGATE_TEST_LAB_DIR")
                         or os.environ.get("HPCGATE_LAB_DIR", "/var/tmp/hpcgate-lab"))
