@@ -8,11 +8,13 @@ for any size), and paths are confined to the server's root directory. Two things
   Python versions' built-in table), so an HTML audio element gets the right Content-Type;
 - a download counts as activity: JupyterHub's idle culler sees the server's last activity, which
   jupyter_server computes from settings whose names end in `_last_activity`. A long stream refreshes
-  it every few seconds while it runs;
+  it while it runs (checked after every 8 MiB sent, written at most once per 5 s);
 - a large body (from `sendfile_min`, 1 MiB) leaves by sendfile(2): the kernel moves page-cache
   pages to the socket, where tornado would read each 64 KiB chunk into Python and write it out
-  again. The server's CPU per GiB drops about fourfold, and on a reverse tunnel that CPU is shared
-  with ssh, sshd and the proxy. Such a response takes the connection with it (`Connection: close`):
+  again. The server's CPU per GiB drops fivefold (0.52 -> 0.10 s measured), and on a reverse tunnel
+  that CPU is shared with ssh, sshd and the proxy. The file is opened before the headers go out
+  (a file the server cannot read gets 403, not an empty 200). Such a response takes the
+  connection with it (`Connection: close`):
   a browser seeking in a recording asks for `bytes=N-` and drops the connection at the next seek
   anyway. Small ranges, HEAD, TLS and compressed responses keep tornado's own path.
 
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import socket
 import time
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from jupyter_server._tz import utcnow
 from jupyter_server.base.handlers import AuthenticatedFileHandler
-from tornado import iostream
+from tornado import iostream, web
 
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
                ".ogg": "audio/ogg", ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -51,7 +54,7 @@ class TrackedFileHandler(AuthenticatedFileHandler):
 
     activity_every = 5.0  # seconds between refreshes of the activity time during one transfer
     sendfile_min = 1 << 20  # bodies at least this long go out by sendfile
-    sendfile_slice = 64 << 20  # bytes per sendfile call: activity is refreshed between slices
+    sendfile_slice = 8 << 20  # bytes per sendfile call: activity is refreshed between slices
     _touched = float("-inf")
     _sendfile: tuple[str, int, int] | None = None  # (path, offset, length) of the pending body
 
@@ -99,32 +102,47 @@ class TrackedFileHandler(AuthenticatedFileHandler):
         assert self._sendfile is not None
         path, offset, length = self._sendfile
         self._sendfile = None
-        self.set_header("Connection", "close")
-        await super().flush()  # StreamClosedError here ends StaticFileHandler.get quietly
-        stream = self.detach()
-        if stream.socket is None:  # the client hung up while the headers went out
-            self.application.log_request(self)
-            return
-        # A socket of our own: tornado still watches its copy and would close it under sendfile
-        # when the client hangs up, so its copy is closed now and ours ends the connection.
-        sock = stream.socket.dup()
-        stream.close()
-        sock.setblocking(False)
+        try:  # before the headers, so that a file that cannot be read gets an error page
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError as err:
+            raise web.HTTPError(404) from err
+        except PermissionError as err:
+            raise web.HTTPError(403, "the server's account cannot read %s", path) from err
+        with f:
+            self.set_header("Connection", "close")
+            await super().flush()  # StreamClosedError here ends StaticFileHandler.get quietly
+            stream = self.detach()
+            if stream.socket is None:  # the client hung up while the headers went out
+                self.application.log_request(self)
+                return
+            # A socket of our own: tornado still watches its copy and would close it under
+            # sendfile when the client hangs up, so its copy is closed now and ours ends the
+            # connection.
+            sock = stream.socket.dup()
+            stream.close()
+            sock.setblocking(False)
+            await self._send_body(sock, f, path, offset, length)
+
+    async def _send_body(self, sock: socket.socket, f: BinaryIO, path: str, offset: int,
+                         length: int) -> None:
         loop = asyncio.get_running_loop()
         sent = 0
         try:
-            # open() in a thread: a depot may sit on a network filesystem
-            with await asyncio.to_thread(open, path, "rb") as f:
-                while sent < length:
-                    n = await loop.sock_sendfile(sock, f, offset + sent,
-                                                 min(self.sendfile_slice, length - sent))
-                    if n == 0:  # the file shrank under us: the client sees a short body
-                        break
-                    sent += n
-                    self._touch()
-        except OSError as err:  # the client went away (seeked elsewhere, closed the tab)
+            while sent < length:
+                n = await loop.sock_sendfile(sock, f, offset + sent,
+                                             min(self.sendfile_slice, length - sent))
+                if n == 0:  # the file shrank under us: the client sees a short body
+                    self.log.warning("%s ended %d bytes short of its size", path, length - sent)
+                    break
+                sent += n
+                self._touch()
+        except (BrokenPipeError, ConnectionResetError) as err:
+            # the client went away (seeked elsewhere, closed the tab)
             self.log.debug("sendfile of %s stopped after %d of %d bytes: %s", path, sent,
                            length, err)
+        except OSError as err:  # a read error of the file itself (a network filesystem...)
+            self.log.warning("sendfile of %s stopped after %d of %d bytes: %s", path, sent,
+                             length, err)
         finally:
             sock.close()
             self.application.log_request(self)

@@ -63,10 +63,13 @@ def systemd_units(listen: list[tuple[str, int]], sshd_config: str, sshd: str = "
 Description=hpcgate reverse-tunnel endpoint: sshd per connection, TCP_NODELAY
 
 [Socket]
-{streams}Accept=yes
+{streams}# The address may come up after sockets.target: bind it anyway.
+FreeBind=yes
+Accept=yes
 NoDelay=yes
 KeepAlive=yes
 MaxConnections={max_sessions}
+# One tunnel per running server; nodes behind one NAT address share this cap.
 MaxConnectionsPerSource={max_per_source}
 
 [Install]
@@ -79,6 +82,10 @@ Description=hpcgate reverse tunnel from %I
 ExecStart=-{sshd} -i -e -f {sshd_config}
 StandardInput=socket
 StandardError=journal
+# sshd's privilege-separation directory, whether or not the host's own sshd runs
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
 """
     return {SOCKET_UNIT: socket_unit, SERVICE_UNIT: service_unit}
 
@@ -88,9 +95,11 @@ def site_files(listen: list[tuple[str, int]], etc: str, user: str) -> dict[str, 
     config = f"{etc}/tunnel_sshd_config"
     header = (f"# hpcgate reverse-tunnel endpoint; made by `hpcgate tunnel-files`.\n"
               f"# Host key:  ssh-keygen -t ed25519 -N '' -f {etc}/tunnel_host_ed25519_key\n"
-              f"# Account:   useradd --system --shell /usr/sbin/nologin {user}\n"
-              f"# Keys file: {etc}/tunnel_authorized_keys/{user}, owned by root, mode 0644; the\n"
-              f"#   hub (c.BatchSpawner.tunnel_authorized_keys) adds and removes one line per job.\n"
+              f"# Account:   useradd --system --shell /usr/sbin/nologin --password '*' {user}\n"
+              f"#   ('*', not the default '!': sshd refuses keys of a locked account)\n"
+              f"# Keys file: {etc}/tunnel_authorized_keys/{user}: root's, mode 0644, in\n"
+              f"#   root-owned directories (StrictModes). The hub adds and removes one line per\n"
+              f"#   job (c.BatchSpawner.tunnel_authorized_keys), so it runs as root.\n"
               f"# Check:     sshd -t -f {config}\n")
     return {"tunnel_sshd_config": tunnel_sshd_config(f"{etc}/tunnel_host_ed25519_key",
                                                      f"{etc}/tunnel_authorized_keys/%u", user,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,28 +36,43 @@ class Server:
     data: bytes
 
 
+NOBODY = 65534  # the server runs as an ordinary account, as in a job
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("files-root")
+def server() -> Iterator[Server]:
+    base = Path(tempfile.mkdtemp(prefix="hpcgate-files-", dir="/var/tmp"))
+    base.chmod(0o755)
+    root = base / "root"
+    root.mkdir()
     data = secrets.token_bytes(BIG)
     (root / "song.wav").write_bytes(data)
     (root / "song.flac").write_bytes(data[:4096])
     (root / ".hidden.wav").write_bytes(data[:4096])
     with open(root / "sparse.wav", "wb") as f:
         f.truncate(256 << 20)
-    (root.parent / "outside.wav").write_bytes(b"secret" * 1000)
+    (root / "locked.wav").write_bytes(data)  # stays root's, mode 0600: the server cannot read it
+    (root / "locked.wav").chmod(0o600)
+    (base / "outside.wav").write_bytes(b"secret" * 1000)
+    for sub in ("cfg", "rt", "data"):
+        (base / sub).mkdir()
+    for path in [root, *root.iterdir(), base / "cfg", base / "rt", base / "data"]:
+        if path.name != "locked.wav":
+            os.chown(path, NOBODY, NOBODY)
     port, token = free_port(), secrets.token_hex(16)
-    log = root.parent / "server.log"
-    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_CONFIG_DIR": str(root.parent / "cfg"),
-           "JUPYTER_RUNTIME_DIR": str(root.parent / "rt"), "JUPYTER_DATA_DIR": str(root.parent)}
+    log = base / "server.log"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
+           "PYTHONPATH": str(REPO), "JUPYTER_TOKEN": token, "JUPYTER_CONFIG_DIR": str(base / "cfg"),
+           "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_DATA_DIR": str(base / "data")}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             sys.executable, "-m", "jupyter_server", "--no-browser",
              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
              "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
              "--ContentsManager.files_handler_class=gateway.files.TrackedFileHandler",
              "--log-level=DEBUG"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -74,6 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -183,6 +201,12 @@ def test_the_servers_checks_still_apply(server: Server) -> None:
     assert get(server, "/files/.hidden.wav").status == 404
     assert get(server, "/files/../outside.wav").status in (403, 404)
     assert get(server, "/files/%2e%2e/outside.wav").status in (403, 404)
+
+
+def test_a_file_the_server_cannot_read_is_an_error_page_not_an_empty_200(server: Server) -> None:
+    r = get(server, "/files/locked.wav")
+    assert r.status == 403, (r.status, r.headers)
+    assert get(server, "/files/song.wav", "Range: bytes=0-1048575\r\n").status == 206
 
 
 def test_a_client_that_hangs_up_mid_file_leaves_the_server_serving(server: Server) -> None:
