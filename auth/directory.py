@@ -420,6 +420,7 @@ class DirectoryClient:
             ca_certs_file=settings.tls_ca_file or None,  # None: the system's CA store
         )
         self._all_down_at: float | None = None  # when a pass over every server last failed
+        self._answered_at = float("-inf")  # when a server last answered (success or refusal)
         self._probing = threading.Lock()  # held by the one request retrying an all-down directory
         self._receive_timeout = _Seconds(settings.receive_timeout)
         self._time_limit = max(1, math.ceil(settings.receive_timeout))  # the server's limit: whole seconds
@@ -491,6 +492,7 @@ class DirectoryClient:
         return self._try_in_turn(op)
 
     def _try_in_turn(self, op: Callable[[_Server], T]) -> T:
+        started = time.monotonic()
         problems = []
         for srv in self._ordered():
             try:
@@ -501,13 +503,22 @@ class DirectoryClient:
                 problems.append(str(err))
                 self.log.warning("Directory server failed, trying the next one: %s", err)
                 continue
-            if srv.failed_at is not None:
-                self.log.info("Directory server %s answers again.", srv.spec.url)
-                srv.failed_at = None
-            self._all_down_at = None
+            except LoginRefused:  # a refusal is an answer: the server works
+                self._answered(srv)
+                raise
+            self._answered(srv)
             return result
-        self._all_down_at = time.monotonic()
+        if started >= self._answered_at:
+            # (a pass that began before some server last answered is old news, not an outage)
+            self._all_down_at = time.monotonic()
         raise DirectoryUnavailable("no directory server answered: " + "; ".join(problems))
+
+    def _answered(self, srv: _Server) -> None:
+        if srv.failed_at is not None:
+            self.log.info("Directory server %s answers again.", srv.spec.url)
+            srv.failed_at = None
+        self._all_down_at = None
+        self._answered_at = time.monotonic()
 
     def _with_conn(self, srv: _Server, kind: str, op: Callable[[ldap3.Connection], T]) -> T:
         """Run `op` on a pooled connection (or a new one); a dead pooled connection is replaced once."""

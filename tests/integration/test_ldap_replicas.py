@@ -18,7 +18,7 @@ import ldap3
 import pytest
 from tornado import web
 
-from auth.authenticator import NOT_ALLOWED, UNAVAILABLE
+from auth.authenticator import NOT_ALLOWED, UNAVAILABLE, WRONG_CREDENTIALS
 from auth.directory import DirectoryUnavailable
 from gateway.lab.replica import DirectoryCopy, StalledListener, start_directory_copy
 from tests.integration.test_ldap_login import client, login, make, passwords, refused
@@ -150,7 +150,10 @@ async def test_a_directory_that_comes_back_is_noticed(lab: dict[str, Any], tmp_p
         # within all_down_retry_interval of the failure: still answered at once
         assert (await refused(auth, "bob", pw["bob"])).log_message == UNAVAILABLE
         await asyncio.sleep(1.1)
-        assert (await login(auth, "bob", pw["bob"]))["name"] == "bob"
+        # A refusal is an answer too: it ends the outage like a login does.
+        assert (await refused(auth, "bob", "not-his-password")).log_message == WRONG_CREDENTIALS
+        models = await asyncio.gather(*(login(auth, "bob", pw["bob"]) for _ in range(4)))
+        assert [m["name"] for m in models] == ["bob"] * 4
     finally:
         copy.stop()
 
