@@ -154,12 +154,17 @@ class ConfigChecker:
                                      ports=(1024, 65535))
         where = f"{c.login_node_user}@{c.ssh_host}:{c.ssh_port}"
         try:
-            asyncio.run(probe(settings))
+            unanswered = asyncio.run(probe(settings))
         except (TunnelConfigError, ForwardError) as err:
             self.report.fail(f"The hub cannot open forwards through {where}: {err}")
             return
-        self.report.ok(f"The hub logs in to {where} with {c.login_node_key} (host key pinned by "
-                       f"{c.known_hosts}) and opens a forward through it.")
+        logged_in = (f"The hub logs in to {where} with {c.login_node_key} (host key pinned by "
+                     f"{c.known_hosts})")
+        if unanswered:
+            self.report.warn(f"{logged_in}, but {unanswered}.")
+        else:
+            self.report.ok(f"{logged_in} and a connection through a forward there reaches the "
+                           "login node's SSH server.")
 
     def check_hosts(self) -> None:
         self.report.section("Host names")

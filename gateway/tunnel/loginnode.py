@@ -244,16 +244,36 @@ def prepare(settings: LoginNodeSettings) -> int:
     return hubside.allocate_port(settings.ports)
 
 
-async def probe(settings: LoginNodeSettings, timeout: float = 30) -> None:
+async def probe(settings: LoginNodeSettings, timeout: float = 30) -> str:
     """Do what the hub does for a server, once, for `hpcgate check-config`: log in to the login
-    node with the site's key and pinned host key and open a forward through it (to the login
-    node's own SSH port), then close it. TunnelConfigError or ForwardError say what is wrong."""
+    node with the site's key and pinned host key, open a forward through it to the login node's
+    own SSH port, and connect through it. TunnelConfigError or ForwardError when the login or the
+    forward fails; otherwise "" when the SSH banner came back through the forward, or a sentence
+    saying it did not (forwarding refused, or allowed only towards the compute nodes)."""
     import socket
 
     await asyncio.to_thread(check_files, settings)
-    with socket.socket() as s:  # any free loopback port: this forward carries nothing
+    with socket.socket() as s:  # any free loopback port: this forward carries one banner
         s.bind(("127.0.0.1", 0))
         local_port = s.getsockname()[1]
     supervisor = await open_forward(settings, local_port, "127.0.0.1", settings.port,
                                     log=lambda line: None, timeout=timeout)
-    await supervisor.stop()
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", local_port), 5)
+        try:
+            banner = await asyncio.wait_for(reader.readline(), 5)
+        except asyncio.TimeoutError:
+            banner = b""
+        finally:
+            writer.close()
+    except (OSError, asyncio.TimeoutError):
+        banner = b""
+    finally:
+        await supervisor.stop()
+    if banner.startswith(b"SSH-"):
+        return ""
+    return (f"a connection through the forward to the login node's own port {settings.port} got "
+            "no answer: the login node may refuse forwarding for this account (AllowTcpForwarding, "
+            "a restrict line without port-forwarding), or allow it only towards the compute "
+            "nodes (PermitOpen), which is enough")

@@ -283,7 +283,7 @@ def test_login_node_mode_logs_in_and_opens_a_forward(site: Site, lab: dict) -> N
     rc, text = check(login_node_site(site, lab))
     assert rc == 0, text
     assert f"The hub logs in to carol@{lab['ssh']['host']}:{lab['ssh']['port']} with " in text
-    assert "opens a forward through it." in text
+    assert "a connection through a forward there reaches the login node's SSH server." in text
 
 
 def test_login_node_with_the_wrong_host_key_or_an_open_key(site: Site, lab: dict,
@@ -306,3 +306,22 @@ def test_login_node_with_the_wrong_host_key_or_an_open_key(site: Site, lab: dict
     rc, text = check(login_node_site(site, lab, login_node_key=str(key)))
     assert rc != 0
     assert any("readable by others" in f for f in failures(text)), text
+
+
+def test_login_node_that_refuses_forwarding_is_a_warning(site: Site, lab: dict,
+                                                         tmp_path: Path) -> None:
+    import subprocess
+
+    key = tmp_path / "no_forwarding_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hpcgate-test-restrict",
+                    "-f", str(key)], check=True)
+    keys_file = Path(lab["dir"]) / "ssh" / "authorized_keys" / "carol"
+    before = keys_file.read_text()
+    keys_file.write_text(before + "restrict " + (tmp_path / "no_forwarding_key.pub").read_text())
+    try:
+        rc, text = check(login_node_site(site, lab, login_node_key=str(key)))
+    finally:
+        keys_file.write_text(before)
+    assert f"The hub logs in to carol@{lab['ssh']['host']}:{lab['ssh']['port']} with " in text
+    assert "got no answer: the login node may refuse forwarding for this account" in text
+    assert not any("login node" in f for f in failures(text)), text
