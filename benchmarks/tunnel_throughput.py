@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 USER = "alice"
+CLIENT_TIMEOUT = 120  # seconds a path may stay silent before the benchmark gives up on it
 
 
 # -- the HTTP client (also run inside c2's namespace) -----------------------------------------
@@ -77,7 +78,7 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, int]:
 def stream_once(host: str, port: int, path: str, token: str, size: int) -> float:
     """One whole-file GET on a new connection; MB/s."""
     buf = bytearray(1 << 20)
-    with socket.create_connection((host, port)) as sock:
+    with socket.create_connection((host, port), timeout=CLIENT_TIMEOUT) as sock:
         t0 = time.perf_counter()
         _request(sock, path, token)
         status, got = _read_response(sock, buf)
@@ -93,7 +94,7 @@ def seek_latencies(host: str, port: int, path: str, token: str, size: int,
     buf = bytearray(1 << 20)
     latencies = []
     rng = random.Random(7)
-    with socket.create_connection((host, port)) as sock:
+    with socket.create_connection((host, port), timeout=CLIENT_TIMEOUT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(seeks):
             offset = rng.randrange(0, size - 65536)
@@ -243,7 +244,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from gateway.labhub import LabHub
 
     lab = Lab(args.lab_dir)
-    was_up = lab.status()["ok"] and lab.info().get("node_count") == 2
+    was_up = lab.status()["ok"]  # a lab that was running is left running
     info = lab.up(nodes=2)
     c2 = info["nodes"]["c2"]
     state = Path("/var/tmp") / f"hpcgate-bench-tunnel-{uuid.uuid4().hex[:8]}"
@@ -401,13 +402,16 @@ def run_bench(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         wav.unlink(missing_ok=True)
-        try:
+        try:  # the job ends before the hub does (hub.stop() leaves jobs alone)
             api(hub, "DELETE", f"/users/{USER}/servers/{server}")
-            time.sleep(2)
+            deadline = time.monotonic() + 60
+            while (server in api(hub, "GET", f"/users/{USER}")["servers"]
+                   and time.monotonic() < deadline):
+                time.sleep(0.5)
         except OSError:
             pass
         hub.stop()
-        for directory in [state, *cleanup]:
+        for directory in [state, *cleanup, home / ".hpcgate" / "servers" / server]:
             shutil.rmtree(directory, ignore_errors=True)
         if not was_up:
             lab.down()

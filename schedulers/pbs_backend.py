@@ -6,6 +6,7 @@ qdel as the user, node names resolved by the hub's resolver.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
 import time
@@ -28,6 +29,12 @@ def resolve_host(name: str) -> str | None:
         return None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return str(infos[0][4][0]) if infos else None
+
+
+# Name lookups get threads of their own: a resolver that hangs for many nodes at once must not
+# fill the default executor, which the rest of the hub uses.
+_RESOLVERS = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                   thread_name_prefix="hpcgate-resolve")
 
 
 class PbsScheduler:
@@ -125,7 +132,8 @@ class PbsScheduler:
         # most one thread per node), and its late answer is kept.
         lookup = self._lookups.get(node)
         if lookup is None:
-            lookup = asyncio.ensure_future(asyncio.to_thread(self._resolve, node))
+            lookup = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+                _RESOLVERS, self._resolve, node))
             self._lookups[node] = lookup
 
             def finished(done: asyncio.Future[str | None]) -> None:
