@@ -17,6 +17,7 @@ import os
 import pwd
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -138,23 +139,15 @@ class ConfigChecker:
     def check_login_node(self) -> None:
         """Log in to the login node as the hub's forwards will, with the policy's key and
         known_hosts, and open one forward through it."""
+        from gateway.routes import ConnectionModes
         from gateway.tunnel.hubside import TunnelConfigError
-        from gateway.tunnel.loginnode import ForwardError, LoginNodeSettings, probe
+        from gateway.tunnel.loginnode import ForwardError, probe, settings_from
 
-        c = self.policy.connection
         self.report.section("Login node")
-        missing = [name for name in ("ssh_host", "known_hosts", "login_node_user",
-                                     "login_node_key") if not getattr(c, name)]
-        if missing:  # the spawner traits may still give them; the hub says so at spawn
-            self.report.skip(f"connection.{', connection.'.join(missing)} not set here: "
-                             "the login node is not checked.")
-            return
-        settings = LoginNodeSettings(host=c.ssh_host, port=c.ssh_port, user=c.login_node_user,
-                                     key_file=c.login_node_key, known_hosts=c.known_hosts,
-                                     ports=(1024, 65535))
+        c = self.policy.connection  # the policy's checks make login-node mode name all four
         where = f"{c.login_node_user}@{c.ssh_host}:{c.ssh_port}"
-        try:
-            unanswered = asyncio.run(probe(settings))
+        try:  # the policy's values over the spawner's defaults, as the hub takes them
+            unanswered = asyncio.run(probe(settings_from(c, ConnectionModes())))
         except (TunnelConfigError, ForwardError) as err:
             self.report.fail(f"The hub cannot open forwards through {where}: {err}")
             return
@@ -399,20 +392,22 @@ class ConfigChecker:
 
 
 def _describe_live(live: Mapping[str, PartitionLimits], policy: SitePolicy) -> str:
-    parts = []
-    for name in policy.partitions:
-        if name in live:
-            mt = live[name].max_time
-            parts.append(f"{name} MaxTime {format_duration_td(mt) if mt else 'unlimited'}")
-    return ", ".join(parts)
+    return _describe_max_times({n: p.max_time for n, p in live.items()}, "MaxTime", policy)
 
 
 def _describe_queues(queues: Mapping[str, QueueLimits], policy: SitePolicy) -> str:
+    return _describe_max_times({n: q.max_walltime for n, q in queues.items()},
+                               "resources_max.walltime", policy)
+
+
+def _describe_max_times(max_times: Mapping[str, timedelta | None], label: str,
+                        policy: SitePolicy) -> str:
+    """"name LABEL 12:00:00, ..." for the policy's partitions the scheduler reported."""
     parts = []
     for name in policy.partitions:
-        if name in queues:
-            mt = queues[name].max_walltime
-            parts.append(f"{name} resources_max.walltime {format_duration_td(mt) if mt else 'unlimited'}")
+        if name in max_times:
+            mt = max_times[name]
+            parts.append(f"{name} {label} {format_duration_td(mt) if mt else 'unlimited'}")
     return ", ".join(parts)
 
 

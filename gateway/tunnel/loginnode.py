@@ -250,12 +250,10 @@ async def probe(settings: LoginNodeSettings, timeout: float = 30) -> str:
     own SSH port, and connect through it. TunnelConfigError or ForwardError when the login or the
     forward fails; otherwise "" when the SSH banner came back through the forward, or a sentence
     saying it did not (forwarding refused, or allowed only towards the compute nodes)."""
-    import socket
+    from gateway.tunnel.client import free_loopback_port
 
     await asyncio.to_thread(check_files, settings)
-    with socket.socket() as s:  # any free loopback port: this forward carries one banner
-        s.bind(("127.0.0.1", 0))
-        local_port = s.getsockname()[1]
+    local_port = free_loopback_port()  # any free port: this forward carries one banner
     supervisor = await open_forward(settings, local_port, "127.0.0.1", settings.port,
                                     log=lambda line: None, timeout=timeout)
     try:
