@@ -215,11 +215,11 @@ def wait_port(host: str, port: int, timeout: float = 10) -> None:
 
 def wait_http(host: str, port: int, path: str, token: str, size: int,
               proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    """Wait until `path` answers 200 with the whole file (the server behind a forward is up)."""
+    """Wait until `path` answers a 64 KiB Range request (the server behind a forward is up)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            stream_once(host, port, path, token, size)
+            seek_latencies(host, port, path, token, size, 1)
             return
         except (OSError, RuntimeError, StopIteration) as err:
             if proc.poll() is not None or time.monotonic() > deadline:
