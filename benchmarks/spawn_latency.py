@@ -2,7 +2,7 @@
 
     python -m benchmarks.spawn_latency [--n 5] [--dir /var/tmp/hpcgate-lab-spawnbench] [--keep]
 
-Two real hubs (JupyterHub 6.1 + configurable-http-proxy, `gateway.labhub.LabHub`) share one lab:
+Two real hubs (JupyterHub 6.1 + configurable-http-proxy, `gateway.lab.hub.LabHub`) share one lab:
 one with hpcgate's spawner, one with `batchspawner.SlurmSpawner` configured the way its README
 describes for Slurm plus only what the lab needs (see `batchspawner_config`). The same server is
 asked of both (alice, node c1, 1 core, 2048 MB, 30 minutes on `debug`, JupyterLab), in turns:
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lab import Lab
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 
 USER = "alice"
 NODE = "c1"

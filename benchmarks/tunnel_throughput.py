@@ -239,9 +239,9 @@ def api(hub: Any, method: str, path: str, body: Any = None) -> Any:
 
 def run_bench(args: argparse.Namespace) -> int:
     from gateway.lab import Lab
+    from gateway.lab.hub import LabHub
     from gateway.lab.procs import free_port
     from gateway.lab.sshd import sshd_config
-    from gateway.labhub import LabHub
 
     lab = Lab(args.lab_dir)
     was_up = lab.status()["ok"]  # a lab that was running is left running
@@ -279,7 +279,7 @@ def run_bench(args: argparse.Namespace) -> int:
         server_dir = home / ".hpcgate" / "servers" / server
         log = (server_dir / "job.log").read_text()
         server_port = int(re.findall(r"on 127\.0\.0\.1:(\d+)", log)[-1])
-        [launcher] = pgrep(USER, f"gateway.launcher {server_dir}/launch.json")
+        [launcher] = pgrep(USER, f"gateway.job.launcher {server_dir}/launch.json")
         [job_ssh] = pgrep(USER, f"^ssh -N -T -F /dev/null .*IdentityFile={server_dir}/")
         proxy = hub.proxy_pid()
         endpoint = info["pids"]["tunnel-endpoint"]

@@ -63,13 +63,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from gateway import orphans
+    from gateway.admin import orphans
 
     return orphans.main(args.config, cancel=args.cancel, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway.lab import demo
 
     return demo.main(args.dir, args.port)
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.lab.procs import LabError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["check-config"]:  # has its own parser (gateway.policy.check)
-        from gateway.policy.check import main as check_main
+    if argv[:1] == ["check-config"]:  # has its own parser (gateway.admin.check)
+        from gateway.admin.check import main as check_main
 
         return check_main(argv[1:])
     if argv[:1] == ["tunnel-files"]:  # has its own parser (gateway.tunnel.sitefiles)

@@ -7,7 +7,7 @@ directories, checks them for drift, and shows each user links to the depots thei
 - `provision`: the desired state of a depot directory, the drift from it, and the repair.
 - `groups.GroupResolver`: a group's gid from the directory (gidNumber) or the local group database.
 - `links`: the `depots/` entry the launcher makes in the user's server (spawner and launcher side).
-- `hubpage`: the hub's "Data depots" page, `/hub/depots`.
+- the hub's "Data depots" page, `/hub/depots`, is `gateway.hub.depots_page`.
 - `command`: `hpcgate depot create|check|list`.
 - `demo_data`: generated WAV recordings for the demo's soundscape-lab depot.
 """

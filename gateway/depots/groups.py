@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.policy.directory import service_connection, uses_ldaps
+from gateway.admin.directory import service_connection, uses_ldaps
 from gateway.policy.model import Directory, SitePolicy
 
 DIRECTORY = "directory"

@@ -7,7 +7,7 @@
 - `check_server_count(policy, groups, running)` enforces max_servers.
 - `compare_limits(policy, live, nodes)`, `compare_queue_limits(policy, queues)` and
   `LiveLimitsCache` hold the policy against Slurm's partitions or PBS's queues.
-- `hpcgate check-config` lives in `gateway.policy.check`.
+- `hpcgate check-config` lives in `gateway.admin.check`.
 """
 
 from gateway.policy.form import render_form

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import socket
 import subprocess
 import threading
 import time
@@ -20,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.launcher import write_private
+from gateway.job.private import write_private
 from gateway.tunnel.sshargs import (
     Backoff,
     ForwardWatch,
     ReverseTunnel,
+    free_loopback_port,
     known_hosts_text,
     reverse_argv,
 )
@@ -137,12 +137,6 @@ def rewrite_hub_urls(env: dict[str, str], api_port: int) -> dict[str, str]:
         if url.netloc and url.netloc == base.netloc:
             out[name] = urlunsplit(("http", f"127.0.0.1:{api_port}", url.path, url.query, ""))
     return out
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def open_reverse_tunnel(config: dict[str, Any], state_dir: Path, server_port: int,

@@ -30,6 +30,7 @@ from gateway.tunnel.sshargs import (
     Backoff,
     ForwardWatch,
     LoginNodeForward,
+    free_loopback_port,
     login_node_argv,
 )
 
@@ -250,7 +251,6 @@ async def probe(settings: LoginNodeSettings, timeout: float = 30) -> str:
     own SSH port, and connect through it. TunnelConfigError or ForwardError when the login or the
     forward fails; otherwise "" when the SSH banner came back through the forward, or a sentence
     saying it did not (forwarding refused, or allowed only towards the compute nodes)."""
-    from gateway.tunnel.client import free_loopback_port
 
     await asyncio.to_thread(check_files, settings)
     local_port = free_loopback_port()  # any free port: this forward carries one banner

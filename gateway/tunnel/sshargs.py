@@ -7,6 +7,7 @@ tested without SSH. No secret ever goes into an argv: keys are files (mode 0600)
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 
 # Fastest first (measured); the server picks the first one it also offers.
@@ -203,3 +204,10 @@ class Backoff:
         wait = self.delay
         self.delay = min(self.delay * 2, self.maximum)
         return wait
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 right now (for a forward's local end)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from gateway.depots.demo_data import LARGE_NAME, TEST_LARGE_BYTES, prepare_lab_depots
-from gateway.labhub import LabHub
+from gateway.lab.demo_data import LARGE_NAME, TEST_LARGE_BYTES, prepare_lab_depots
+from gateway.lab.hub import LabHub
 from tests.e2e.portal import Portal
 from tests.e2e.test_spawn import Hub
 from tests.labtools import as_user

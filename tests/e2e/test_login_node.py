@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 from tests.e2e.test_spawn import Hub
 from tests.e2e.test_tunnel import fetch, job_log, tunnel_port, user_token
 

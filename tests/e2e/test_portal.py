@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 from tests.e2e.portal import Portal
 from tests.e2e.test_spawn import Hub
 

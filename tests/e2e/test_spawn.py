@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 
 
 class Hub:
@@ -125,7 +125,7 @@ def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -
     job = jobs[0]
     assert job["job_state"] == "RUNNING" and job["batch_host"] == "c1"
     # The server process itself runs as alice.
-    ps = subprocess.run(["pgrep", "-u", "alice", "-f", "gateway.launcher"], capture_output=True,
+    ps = subprocess.run(["pgrep", "-u", "alice", "-f", "gateway.job.launcher"], capture_output=True,
                         text=True)
     assert ps.returncode == 0 and ps.stdout.split()
     # The token is in no argv and not in the environment Slurm keeps for the job.
@@ -138,7 +138,7 @@ def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -
     script = subprocess.run(["scontrol", "write", "batch_script", str(job["job_id"]), "-"],
                             env={**os.environ, **hub.lab["slurm"]["env"]}, capture_output=True,
                             text=True).stdout
-    assert "gateway.launcher" in script and "TOKEN" not in script
+    assert "gateway.job.launcher" in script and "TOKEN" not in script
 
     hub.stop("alice")
     final = hub.job(job["job_id"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 from tests.e2e.test_spawn import Hub
 
 WAV_SIZE = 2 * 1024**3

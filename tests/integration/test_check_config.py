@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.policy.check import main
-from gateway.policy.labsite import lab_site_policy
+from gateway.admin.check import main
+from gateway.lab.site import lab_site_policy
 
 pytestmark = pytest.mark.lab
 

@@ -23,7 +23,7 @@ from gateway.depots.provision import (
     read_state,
     unreachable_parent,
 )
-from gateway.policy.labsite import write_lab_site
+from gateway.lab.site import write_lab_site
 from gateway.policy.load import load_policy, load_policy_text
 from gateway.policy.model import Depot
 

@@ -1,4 +1,4 @@
-"""gateway.files.TrackedFileHandler inside a real jupyter_server, over real sockets.
+"""gateway.job.files.TrackedFileHandler inside a real jupyter_server, over real sockets.
 
 Large bodies leave by sendfile (the connection closes after them), small ones through tornado on a
 keep-alive connection; both must give exact bytes, the right status and headers, keep the
@@ -70,7 +70,7 @@ def server() -> Iterator[Server]:
              sys.executable, "-m", "jupyter_server", "--no-browser",
              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
              "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-             "--ContentsManager.files_handler_class=gateway.files.TrackedFileHandler",
+             "--ContentsManager.files_handler_class=gateway.job.files.TrackedFileHandler",
              "--log-level=DEBUG"],
             cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.depots.demo_data import CLIPS, LARGE_NAME, write_recordings
+from gateway.lab.demo_data import CLIPS, LARGE_NAME, write_recordings
 
 
 def test_clips_and_a_long_recording_with_real_headers(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.depots import hubpage
-from gateway.depots.hubpage import DirSize, SizeCache, human_size, size_text, tree_size
+from gateway.hub import depots_page as hubpage
+from gateway.hub.depots_page import DirSize, SizeCache, human_size, size_text, tree_size
 
 
 def make_tree(root: Path) -> None:
@@ -95,10 +95,24 @@ async def test_a_failing_walk_becomes_a_sentence(tmp_path: Path, monkeypatch) ->
     assert size_text(cache.get(str(tmp_path))).startswith("could not be measured")
 
 
-def test_the_page_is_registered_with_the_hubs_pages() -> None:
-    from jupyterhub import handlers
+def test_the_pages_are_registered_only_by_the_explicit_call() -> None:
+    from jupyterhub import apihandlers, handlers
 
-    assert [h for p, h in handlers.default_handlers if p == "/depots"] == [hubpage.DepotsHandler]
+    import gateway.hub.spawner  # noqa: F401 - importing the spawner registers nothing
+    from gateway.hub import handlers_installed, install_handlers
+
+    before = (list(handlers.default_handlers), list(apihandlers.default_handlers))
+    try:
+        handlers.default_handlers[:] = [r for r in handlers.default_handlers if r[0] != "/depots"]
+        apihandlers.default_handlers[:] = [r for r in apihandlers.default_handlers
+                                           if r[0] != "/api/hpcgate/report"]
+        assert not handlers_installed()
+        install_handlers()
+        install_handlers()  # twice is harmless
+        assert handlers_installed()
+        assert [h for p, h in handlers.default_handlers if p == "/depots"] == [hubpage.DepotsHandler]
+    finally:
+        handlers.default_handlers[:], apihandlers.default_handlers[:] = before
 
 
 def test_the_size_limits_come_from_the_hubs_configuration(monkeypatch) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.orphans import orphan_rows
+from gateway.admin.orphans import orphan_rows
 from schedulers import pbs
 from tests.conftest import SHARED
 

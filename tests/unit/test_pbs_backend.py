@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policy.check import ConfigChecker, Report
+from gateway.admin.check import ConfigChecker, Report
+from gateway.hub.scheduling import SchedulerConfig
 from gateway.policy.live import compare_queue_limits
 from gateway.policy.load import load_policy_text
-from gateway.schedulerconfig import SchedulerConfig
 from schedulers import pbs
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState

@@ -21,7 +21,7 @@ def text_of(*parts: str) -> str:
 
 
 FULL = JobRequest(
-    script="exec python -m gateway.launcher /home/alice/.hpcgate/default/launch.json\n",
+    script="exec python -m gateway.job.launcher /home/alice/.hpcgate/default/launch.json\n",
     name="hpcgate-alice", partition="debug", account="ecology", cpus=4, memory_mb=16384, gpus=1,
     walltime=timedelta(hours=1, minutes=30, seconds=0.2), workdir="/home/alice",
     environment={"PATH": "/opt/x/bin:/usr/bin", "GREETING": "it's $HOME"},
@@ -48,7 +48,7 @@ def test_full_script() -> None:
         "export PATH='/opt/x/bin:/usr/bin'\n"
         "export GREETING='it'\"'\"'s $HOME'\n"
         "cd '/home/alice' || exit 1\n"
-        "exec python -m gateway.launcher /home/alice/.hpcgate/default/launch.json\n")
+        "exec python -m gateway.job.launcher /home/alice/.hpcgate/default/launch.json\n")
 
 
 def test_minimal_script_uses_the_servers_defaults() -> None:

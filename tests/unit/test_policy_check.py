@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.policy.check import ConfigChecker, Report, main
+from gateway.admin.check import ConfigChecker, Report, main
 from gateway.policy.load import load_policy_text
 
 ROOT = Path(__file__).resolve().parents[2]

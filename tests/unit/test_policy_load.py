@@ -185,7 +185,7 @@ def test_demo_points_at_the_default_labs_c2_link() -> None:
 
 
 def test_lab_site_policy_fills_in_a_labs_endpoints(tmp_path: Path) -> None:
-    from gateway.policy.labsite import write_lab_site
+    from gateway.lab.site import write_lab_site
 
     info = {"dir": "/var/tmp/other-lab", "slurm": {"conf": "/var/tmp/other-lab/etc/slurm.conf"},
             "ldap": {"uri": "ldap://127.0.0.1:40000", "ca_cert": "/var/tmp/other-lab/tls/ca.crt"},

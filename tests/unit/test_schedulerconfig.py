@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.hub.scheduling import SchedulerConfig
 from gateway.policy import load_policy
-from gateway.schedulerconfig import SchedulerConfig
 from schedulers.backends import SlurmScheduler
 from schedulers.pbs_backend import PbsScheduler
 from schedulers.runners import SSHRunner, SudoRunner

@@ -17,13 +17,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from gateway.admin.probe import last_line, unix_groups_of
 from gateway.policy.durations import format_walltime
 from gateway.policy.model import format_duration_td
-from gateway.policy.probe import last_line, unix_groups_of
 from gateway.policy.rules import rules_for
 
 if TYPE_CHECKING:
-    from gateway.policy.check import ConfigChecker
+    from gateway.admin.check import ConfigChecker
 
 _TEST_WALLTIME = timedelta(minutes=2)
 _FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")

@@ -18,7 +18,7 @@ for any size), and paths are confined to the server's root directory. Two things
   a browser seeking in a recording asks for `bytes=N-` and drops the connection at the next seek
   anyway. Small ranges, HEAD, TLS and compressed responses keep tornado's own path.
 
-The launcher selects it with `--ContentsManager.files_handler_class=gateway.files.TrackedFileHandler`.
+The launcher selects it with `--ContentsManager.files_handler_class=gateway.job.files.TrackedFileHandler`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tornado import iostream, web
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
                ".ogg": "audio/ogg", ".opus": "audio/ogg", ".m4a": "audio/mp4"}
 ACTIVITY_KEY = "hpcgate_files_last_activity"
-HANDLER = "gateway.files.TrackedFileHandler"
+HANDLER = "gateway.job.files.TrackedFileHandler"
 
 
 def register_audio_types() -> None:

@@ -1,7 +1,7 @@
 """Runs inside the batch job: bind, report, then become jupyterhub-singleuser.
 
-    python -m gateway.launcher LAUNCH_JSON          # in the job (the job script's only command)
-    python -m gateway.launcher --write LAUNCH_JSON  # as the user, before submit: stdin -> file
+    python -m gateway.job.launcher LAUNCH_JSON          # in the job (the job script's only command)
+    python -m gateway.job.launcher --write LAUNCH_JSON  # as the user, before submit: stdin -> file
 
 The launch file holds the server's environment, token included. It is written as the user with
 mode 0600 and read here, so the token is never in argv, in the job script or in the environment
@@ -23,15 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only the calling user can read, whole or not at all (a fresh temporary name,
-    never through a symlink, then renamed over `path`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+from gateway.job.private import write_private
 
 
 def write_launch_file(path: str) -> None:
@@ -140,7 +132,7 @@ def launch(path: str) -> None:
     use_bound_socket(sock)
     from jupyterhub.singleuser import main as singleuser_main
 
-    from gateway.files import HANDLER
+    from gateway.job.files import HANDLER
 
     sys.argv = ["jupyterhub-singleuser", *config.get("args", []),
                 f"--ContentsManager.files_handler_class={HANDLER}"]
@@ -154,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     elif len(args) == 1:
         launch(args[0])
     else:
-        raise SystemExit("usage: python -m gateway.launcher [--write] LAUNCH_JSON")
+        raise SystemExit("usage: python -m gateway.job.launcher [--write] LAUNCH_JSON")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from jupyterhub.spawner import Spawner, SpawnException
 from tornado import web
 from traitlets import Float, Instance, Int, List, Unicode, default
 
-from gateway import hubapi
-from gateway.depots import hubpage  # noqa: F401 - registers the hub's /hub/depots page
 from gateway.depots.links import spawner_launch_entry
+from gateway.hub import api as hubapi
+from gateway.hub import handlers_installed
+from gateway.hub.connections import ConnectionModes
+from gateway.hub.scheduling import SchedulerConfig, shared
 from gateway.policy.model import DIRECTIVE_PREFIX
-from gateway.routes import ConnectionModes
-from gateway.schedulerconfig import SchedulerConfig, shared
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, format_duration
 
@@ -321,6 +321,12 @@ class BatchSpawner(ConnectionModes, Spawner):
             raise
 
     async def _start_job(self) -> tuple[str, int]:
+        if not handlers_installed():
+            raise SpawnException(
+                "This hub is not fully configured for hpcgate; please tell an administrator.",
+                reason="hub-config", log_message="jupyterhub_config.py must call "
+                "gateway.hub.install_handlers(): without its report API no launcher can say "
+                "where its server listens")
         scheduler, runner, watcher = self._shared()
         self._events = []
         self._events_changed = asyncio.Event()
@@ -355,7 +361,7 @@ class BatchSpawner(ConnectionModes, Spawner):
             launch["tunnel"] = await self._prepare_tunnel(tunnel_settings)
         await self._write_launch_file(runner, python, user, launch_file, launch)
 
-        body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.launcher "
+        body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.job.launcher "
                 f"{shlex.quote(launch_file)}"]
         try:
             req = JobRequest(script="\n".join(b for b in body if b) + "\n", name=self._job_name(),
@@ -398,7 +404,7 @@ class BatchSpawner(ConnectionModes, Spawner):
 
     async def _write_launch_file(self, runner: Any, python: str, user: str, path: str,
                                  launch: dict[str, Any]) -> None:
-        res = await runner.run([python, "-m", "gateway.launcher", "--write", path],
+        res = await runner.run([python, "-m", "gateway.job.launcher", "--write", path],
                                user=user, input=json.dumps(launch), timeout=30)
         if res.returncode != 0:
             raise SpawnException(
@@ -472,7 +478,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         return ""
 
     async def address_reported(self, host: str, port: int) -> None:
-        """Called by the hub API when this server's launcher reports (see gateway.hubapi)."""
+        """Called by the hub API when this server's launcher reports (see gateway.hub.api)."""
         scheduler, _, watcher = self._shared()
         if not self.job_id:
             raise web.HTTPError(409, "this server has no job")

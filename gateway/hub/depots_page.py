@@ -1,7 +1,6 @@
 """The hub's "Data depots" page, /hub/depots: the logged-in user's depots, their access and size.
 
-Registered like gateway.hubapi's handler: appended to JupyterHub's page handlers at import time
-(the spawner imports this module, before the hub builds its routes). Only the logged-in user's
+Registered with gateway.hub.api's handler by `gateway.hub.install_handlers()`. Only the logged-in user's
 own depots are shown, from the same rule the spawner uses for the `depots/` links.
 
 Sizes need a walk of the whole tree, which can take minutes on a big depot: it runs in a small
@@ -20,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from jupyterhub import handlers
 from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 from traitlets import Float, Int
@@ -242,7 +240,3 @@ class DepotsHandler(BaseHandler):
                        f"<code>{escape(r['path'])}</code></li>" for r in ns["rows"])
         note = f"<p>{escape(ns['message'])}</p>" if ns["message"] else ""
         return f"<!DOCTYPE html><title>Data depots</title><h1>Data depots</h1>{note}<ul>{body}</ul>"
-
-
-if not any(route[0] == PAGE_PATH for route in handlers.default_handlers):
-    handlers.default_handlers.append((PAGE_PATH, DepotsHandler))

@@ -14,7 +14,7 @@ from typing import Any
 
 from traitlets.config import Config, PyFileConfigLoader
 
-from gateway.schedulerconfig import SchedulerConfig
+from gateway.hub.scheduling import SchedulerConfig
 from schedulers import pbs, slurm
 from schedulers.model import JobStatus
 

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 from gateway.lab import Lab
-from gateway.labhub import LabHub
+from gateway.lab.hub import LabHub
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -25,7 +25,7 @@ def main(lab_dir: Path, port: int) -> int:
     hub = LabHub(info, Path(info["dir"]) / "hub", site_policy=True, ldap_login=True,
                  proxy_port=port)
     # The policy's depots, provisioned, and soundscape-lab's generated recordings (written once).
-    from gateway.depots.demo_data import DEMO_LARGE_BYTES, prepare_lab_depots
+    from gateway.lab.demo_data import DEMO_LARGE_BYTES, prepare_lab_depots
 
     prepare_lab_depots(hub.policy_file, large_bytes=DEMO_LARGE_BYTES)
     hub.start(timeout=90)

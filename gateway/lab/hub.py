@@ -43,7 +43,7 @@ c.JupyterHub.load_roles = [{{
     "services": ["hpcgate-tests"],
 }}]
 """
-    return f"""# JupyterHub on the hpcgate lab (generated; see gateway/labhub.py)
+    return f"""# JupyterHub on the hpcgate lab (generated; see gateway/lab/hub.py)
 c = get_config()  # noqa: F821
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
@@ -58,6 +58,8 @@ c.JupyterHub.cleanup_servers = False
 c.JupyterHub.cleanup_proxy = False
 c.Authenticator.allowed_users = {set(users)!r}
 c.JupyterHub.spawner_class = "hpcgate"  # the entry point, as a site writes it
+from gateway.hub import install_handlers  # noqa: E402 - the launcher's report API, /hub/depots
+install_handlers()
 c.SchedulerConfig.environment = {info["slurm"]["env"]!r}
 c.SchedulerConfig.jobcomp_file = {info["slurm"]["jobcomp"]!r}
 c.BatchSpawner.job_python = {sys.executable!r}
@@ -126,7 +128,7 @@ class LabHub:
         self.proxy_port = proxy_port or free_port()
         self.hub_port, self.api_port = free_port(), free_port()
         if site_policy:
-            from gateway.policy.labsite import write_lab_site
+            from gateway.lab.site import write_lab_site
 
             self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                               self.dir / "site.yaml")

@@ -1,8 +1,9 @@
 """The hub API the launcher in a job calls to say where its server listens.
 
-JupyterHub has no such API; like batchspawner we add a handler to the hub's API handlers at
-import time (`JupyterHub.extra_handlers` is deprecated). Unlike it, the hub accepts only a host and
-a port, only with that very server's own token, and only a host that is the job's node.
+JupyterHub has no such API; `gateway.hub.install_handlers()`, called from the hub's
+configuration, adds this handler to the hub's API handlers (`JupyterHub.extra_handlers` is
+deprecated). Unlike batchspawner's, it accepts only a host and a port, only with that very
+server's own token, and only a host that is the job's node.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import re
 from typing import Any
 
-from jupyterhub import apihandlers
 from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
@@ -66,7 +66,3 @@ class ServerAddressHandler(APIHandler):
         await spawner.address_reported(host, port)
         self.set_status(200)
         self.write({"ok": True})
-
-
-if not any(route[0] == REPORT_PATH for route in apihandlers.default_handlers):
-    apihandlers.default_handlers.append((REPORT_PATH, ServerAddressHandler))

@@ -22,11 +22,8 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from gateway.policy.directory import service_connection, uses_ldaps
-from gateway.policy.live import compare_limits, compare_queue_limits
-from gateway.policy.load import PolicyFileError, load_policy
-from gateway.policy.model import Directory, SitePolicy, format_duration_td
-from gateway.policy.probe import (
+from gateway.admin.directory import service_connection, uses_ldaps
+from gateway.admin.probe import (
     Report,
     Run,
     RunResult,
@@ -36,9 +33,12 @@ from gateway.policy.probe import (
     subprocess_run,
     unix_groups_of,
 )
+from gateway.admin.testjobs import ProbeJobs
+from gateway.policy.live import compare_limits, compare_queue_limits
+from gateway.policy.load import PolicyFileError, load_policy
+from gateway.policy.model import Directory, SitePolicy, format_duration_td
 from gateway.policy.rules import rules_for
 from gateway.policy.schema import describe_schema
-from gateway.policy.testjobs import ProbeJobs
 from schedulers.errors import SchedulerError
 from schedulers.pbs import QueueLimits, build_queues_argv, parse_queues
 from schedulers.slurm_partitions import (
@@ -139,7 +139,7 @@ class ConfigChecker:
     def check_login_node(self) -> None:
         """Log in to the login node as the hub's forwards will, with the policy's key and
         known_hosts, and open one forward through it."""
-        from gateway.routes import ConnectionModes
+        from gateway.hub.connections import ConnectionModes
         from gateway.tunnel.hubside import TunnelConfigError
         from gateway.tunnel.loginnode import ForwardError, probe, settings_from
 
