@@ -38,6 +38,11 @@ class Scheduler(Protocol):
 
     async def node_address(self, node: str) -> str | None: ...
 
+    async def node_addresses(self) -> Mapping[str, str]:
+        """Every node's address the scheduler knows (cached), so the launcher binds the one the
+        hub will route to."""
+        ...
+
 
 _DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
 
@@ -69,7 +74,7 @@ class SlurmScheduler:
 
     async def _partition_max_walltime(self, partition: str | None) -> timedelta | None:
         if not self._partition_limits:
-            res = await self.runner.run(["sinfo", "-h", "-o", "%P %l"], timeout=15)
+            res = await self.runner.run(["sinfo", "-h", "-o", "%P %l"])
             for line in res.stdout.splitlines():
                 name, _, limit = line.partition(" ")
                 if name.endswith("*"):  # the default partition
@@ -80,7 +85,7 @@ class SlurmScheduler:
 
     async def submit(self, req: JobRequest, user: str) -> str:
         argv, script = slurm.build_submit(req)
-        res = await self.runner.run(argv, user=user, input=script, timeout=60)
+        res = await self.runner.run(argv, user=user, input=script)
         limit = None
         if res.returncode != 0 and req.walltime is not None:
             try:
@@ -93,8 +98,8 @@ class SlurmScheduler:
 
     async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         wanted = set(job_ids)
-        res = await self.runner.run(slurm.build_status(wanted), timeout=30)
-        nodes = await self._node_addresses_cached()
+        res = await self.runner.run(slurm.build_status(wanted))
+        nodes = await self.node_addresses()
         parsed = slurm.parse_status(res.stdout, res.stderr, res.returncode, nodes)
         return {k: v for k, v in parsed.items() if k in wanted}
 
@@ -108,7 +113,7 @@ class SlurmScheduler:
             if found or not self.use_sacct:
                 return found
         if self.use_sacct:
-            res = await self.runner.run(slurm.build_sacct(ids), timeout=30)
+            res = await self.runner.run(slurm.build_sacct(ids))
             if res.returncode != 0:
                 raise SchedulerUnavailable("Slurm accounting is not answering.", res.stderr)
             return slurm.parse_sacct(res.stdout)
@@ -118,13 +123,13 @@ class SlurmScheduler:
         ids = list(job_ids)
         if not ids:
             return
-        res = await self.runner.run(slurm.build_cancel(ids), user=user, timeout=30)
+        res = await self.runner.run(slurm.build_cancel(ids), user=user)
         slurm.parse_cancel(res.stdout, res.stderr, res.returncode)
 
-    async def _node_addresses_cached(self) -> Mapping[str, str]:
+    async def node_addresses(self) -> Mapping[str, str]:
         if time.monotonic() - self._nodes_at > self.node_cache_seconds:
             try:
-                res = await self.runner.run(slurm.build_node_addresses(), timeout=15)
+                res = await self.runner.run(slurm.build_node_addresses())
                 if res.returncode == 0:
                     self._nodes = slurm.parse_node_addresses(res.stdout)
                     self._nodes_at = time.monotonic()
@@ -133,10 +138,10 @@ class SlurmScheduler:
         return self._nodes
 
     async def node_address(self, node: str) -> str | None:
-        addresses = await self._node_addresses_cached()
+        addresses = await self.node_addresses()
         if node not in addresses:
             self._nodes_at = 0.0  # a node added since the last look
-            addresses = await self._node_addresses_cached()
+            addresses = await self.node_addresses()
         return addresses.get(node)
 
 

@@ -61,7 +61,7 @@ class PbsScheduler:
     async def queue_limits(self) -> dict[str, pbs.QueueLimits]:
         """`qstat -Qf -F json`, cached: used to turn a refused qsub into a precise sentence."""
         if time.monotonic() - self._queues_at > self.queue_cache_seconds:
-            res = await self.runner.run(pbs.build_queues_argv(), timeout=15)
+            res = await self.runner.run(pbs.build_queues_argv())
             if res.returncode == 0:
                 self._queues = pbs.parse_queues(res.stdout)
                 self._queues_at = time.monotonic()
@@ -69,7 +69,7 @@ class PbsScheduler:
 
     async def submit(self, req: JobRequest, user: str) -> str:
         argv, script = pbs.build_qsub(req)
-        res = await self.runner.run(argv, user=user, input=script, timeout=60)
+        res = await self.runner.run(argv, user=user, input=script)
         queue = None
         if res.returncode != 0 and req.partition and pbs.is_limit_error(res.stderr):
             try:
@@ -81,7 +81,7 @@ class PbsScheduler:
     # -- status -----------------------------------------------------------------------------------
 
     async def _query(self, ids: list[str]) -> tuple[dict[str, JobStatus], set[str]]:
-        res = await self.runner.run(pbs.build_status(ids), timeout=30)
+        res = await self.runner.run(pbs.build_status(ids))
         parsed = pbs.parse_status(res.stdout, res.stderr, res.returncode)
         gone = {pbs.sequence_number(j) for j in pbs.gone_job_ids(res.stderr)}
         return pbs.match_job_ids(parsed, ids), gone
@@ -109,7 +109,7 @@ class PbsScheduler:
         ids = list(job_ids)
         if not ids:
             return
-        res = await self.runner.run(pbs.build_cancel(ids), user=user, timeout=30)
+        res = await self.runner.run(pbs.build_cancel(ids), user=user)
         pbs.parse_cancel(res.stdout, res.stderr, res.returncode)
 
     # -- nodes ------------------------------------------------------------------------------------
@@ -118,6 +118,10 @@ class PbsScheduler:
         if not status.node or status.node_address:
             return status
         return replace(status, node_address=await self.node_address(status.node))
+
+    async def node_addresses(self) -> Mapping[str, str]:
+        """The nodes resolved so far (PBS has no address attribute: names go to the resolver)."""
+        return {name: address for name, (address, _) in self._nodes.items() if address}
 
     async def node_address(self, node: str) -> str | None:
         """The node's address by the hub's resolver, looked up off the event loop and cached."""
@@ -150,7 +154,3 @@ class PbsScheduler:
             address = cached[0]  # a resolver hiccup must not lose a known node
         self._nodes[node] = (address, time.monotonic())
         return address
-
-    async def _node_addresses_cached(self) -> Mapping[str, str]:
-        """Every node address resolved so far (the spawner hands them to the launcher)."""
-        return {node: address for node, (address, _) in self._nodes.items() if address}

@@ -28,8 +28,11 @@ class CommandResult:
 
 
 class Runner(Protocol):
+    timeout: float
+    """Seconds one command may take before it counts as a failure (the policy's command_timeout)."""
+
     async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
-                  timeout: float = 30) -> CommandResult:
+                  timeout: float | None = None) -> CommandResult:
         """Run argv (as `user` when given) and return what it printed."""
         ...
 
@@ -61,15 +64,16 @@ async def _communicate(proc: asyncio.subprocess.Process, input: str | None, time
 class LocalRunner:
     """Runs commands as the hub's own user (with `user`, through sudo: see SudoRunner)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, timeout: float = 30):
         self.env = {"PATH": DEFAULT_PATH, **(env or {})}
         _env_args(self.env)
+        self.timeout = timeout
 
     async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
-                  timeout: float = 30) -> CommandResult:
+                  timeout: float | None = None) -> CommandResult:
         if user is not None:
             raise ValueError("LocalRunner runs as the hub's user only; use SudoRunner for users")
-        return await self._exec(list(argv), input, timeout, self.env)
+        return await self._exec(list(argv), input, timeout or self.timeout, self.env)
 
     async def _exec(self, argv: list[str], input: str | None, timeout: float,
                     env: Mapping[str, str]) -> CommandResult:
@@ -94,12 +98,13 @@ class SudoRunner(LocalRunner):
     """
 
     async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
-                  timeout: float = 30) -> CommandResult:
+                  timeout: float | None = None) -> CommandResult:
         if user is None or user == _current_user():
-            return await self._exec(list(argv), input, timeout, self.env)
+            return await self._exec(list(argv), input, timeout or self.timeout, self.env)
         check_name("user name", user)
+        # sudo looks the command up in the PATH given to `env`: the policy's command_path.
         full = ["sudo", "-n", "-u", user, "env", *_env_args(self.env), *argv]
-        return await self._exec(full, input, timeout, {"PATH": DEFAULT_PATH})
+        return await self._exec(full, input, timeout or self.timeout, {"PATH": DEFAULT_PATH})
 
 
 def _current_user() -> str:
@@ -119,13 +124,14 @@ class SSHRunner:
     def __init__(self, host: str, port: int = 22, known_hosts: str | None = None,
                  key_for_user: Callable[[str], str] | None = None,
                  env: Mapping[str, str] | None = None, connect_timeout: float = 10,
-                 service_user: str | None = None):
+                 service_user: str | None = None, timeout: float = 30):
         self.host, self.port, self.known_hosts = host, port, known_hosts
         self.key_for_user = key_for_user
         self.env = dict(env or {})
         _env_args(self.env)
         self.connect_timeout = connect_timeout
         self.service_user = service_user
+        self.timeout = timeout
         self._connections: dict[str, object] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -157,9 +163,10 @@ class SSHRunner:
             return conn
 
     async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
-                  timeout: float = 30) -> CommandResult:
+                  timeout: float | None = None) -> CommandResult:
         import asyncssh
 
+        timeout = timeout or self.timeout
         if user is not None:
             check_name("user name", user)
         if self.service_user:
@@ -167,7 +174,9 @@ class SSHRunner:
             prefix = ["sudo", "-n", "-u", user] if user and user != self.service_user else []
         else:
             if user is None:
-                raise ValueError("SSHRunner without a service_user needs the user to log in as")
+                raise SchedulerUnavailable(
+                    "The scheduler's SSH transport has no service account for queries: set "
+                    "cluster.ssh.service_user in the site policy.", "")
             login, prefix = user, []
         command = shlex.join([*prefix, "env", *_env_args(self.env), *argv])
         conn = await self._connection(login)

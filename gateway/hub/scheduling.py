@@ -1,6 +1,8 @@
-"""How the hub reaches its scheduler: one Scheduler and one JobWatcher per configuration.
+"""How the hub reaches its scheduler: one adapter, runner and watcher per cluster section.
 
 Every spawner of a hub shares them, so the hub asks the scheduler once per tick for all jobs.
+Everything comes from the site policy's `cluster` section (`scheduler_settings`); `hpcgate jobs
+orphans` and `hpcgate check-config` build theirs from the same function.
 """
 
 from __future__ import annotations
@@ -8,115 +10,47 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Int, Unicode
-from traitlets.config import LoggingConfigurable
-
-from schedulers.backends import Scheduler, SlurmScheduler
-from schedulers.pbs_backend import PbsScheduler
-from schedulers.runners import LocalRunner, Runner, SSHRunner, SudoRunner
+from gateway.policy.model import Cluster
+from schedulers.registry import SchedulerSettings, make_runner, make_scheduler
+from schedulers.runners import Runner
 from schedulers.watcher import JobWatcher
 
 
-class SchedulerConfig(LoggingConfigurable):
-    """Which batch system, through which transport. Shared by every spawner of the hub."""
-
-    kind = Unicode(
-        "slurm",
-        help="The batch system: 'slurm', or 'pbs' (PBS Professional / OpenPBS, qsub/qstat/qdel with "
-             "`qstat -F json`; transports 'sudo', 'ssh' or 'local'; pass PBS_CONF_FILE in "
-             "`environment` where PBS needs it).",
-    ).tag(config=True)
-    transport = Unicode(
-        "sudo",
-        help="How commands reach the scheduler: 'sudo' (the hub's host runs the client tools, "
-             "as each user through sudo), 'ssh' (on a login node over SSH), 'rest' (Slurm's slurmrestd, "
-             "in the hub's process), 'local' (the hub's own user, for single-user test setups)."
-    ).tag(config=True)
-    environment = Dict(
-        {}, help="Environment the scheduler's commands and the job need, e.g. "
-                 "{'SLURM_CONF': '/etc/slurm/slurm.conf'}. Passed explicitly: sudo drops it.",
-    ).tag(config=True)
-    ssh_host = Unicode("", help="Login node for transport 'ssh'.").tag(config=True)
-    ssh_port = Int(22, help="SSH port of the login node.").tag(config=True)
-    ssh_known_hosts = Unicode("", help="known_hosts file holding the login node's host key.").tag(
-        config=True)
-    ssh_key_template = Unicode(
-        "", help="Private key to log in as a user, e.g. '/etc/hpcgate/keys/{user}_ed25519'.",
-    ).tag(config=True)
-    ssh_service_user = Unicode(
-        "", help="Log in as this account and use sudo on the login node, instead of per-user keys.",
-    ).tag(config=True)
-    rest_url = Unicode("", help="slurmrestd URL for transport 'rest'.").tag(config=True)
-    jwt_key_file = Unicode("", help="Slurm's JWT HS256 key (AuthAltParameters=jwt_key=...).").tag(
-        config=True)
-    jobcomp_file = Unicode(
-        "", help="Slurm's jobcomp/filetxt log, if the hub can read it: the final state of jobs "
-                 "that have left the controller."
-    ).tag(config=True)
-    use_sacct = Bool(False, help="Ask sacct for final states (needs slurmdbd accounting).").tag(
-        config=True)
-    fast_interval = Float(0.5, help="Seconds between scheduler queries while a job starts.").tag(
-        config=True)
-    slow_interval = Float(15.0, help="Seconds between queries when every job runs steadily.").tag(
-        config=True)
-
-    def apply_cluster(self, cluster: Any) -> None:
-        """Take the scheduler and transport from a site policy's `cluster` section, which wins
-        over these traits (jobcomp_file, use_sacct, SSH keys and intervals stay traits)."""
-        self.kind, self.transport = cluster.scheduler, cluster.transport
-        self.environment = {**self.environment, **cluster.environment}
-        if cluster.ssh is not None:
-            self.ssh_host, self.ssh_port = cluster.ssh.host, cluster.ssh.port
-            self.ssh_known_hosts = cluster.ssh.known_hosts or self.ssh_known_hosts
-        if cluster.rest is not None:
-            self.rest_url = cluster.rest.url
-            self.jwt_key_file = cluster.rest.jwt_key_file or self.jwt_key_file
-
-    def key(self) -> tuple[Any, ...]:
-        return (self.kind, self.transport, tuple(sorted(self.environment.items())), self.ssh_host,
-                self.ssh_port, self.rest_url, self.jobcomp_file)
-
-    def make_runner(self) -> Runner:
-        if self.transport == "ssh":
-            template = self.ssh_key_template
-            return SSHRunner(self.ssh_host, self.ssh_port, known_hosts=self.ssh_known_hosts or None,
-                             key_for_user=(lambda user: template.format(user=user)) if template
-                             else None, env=self.environment,
-                             service_user=self.ssh_service_user or None)
-        if self.transport == "local":
-            return LocalRunner(env=self.environment)
-        return SudoRunner(env=self.environment)
-
-    def make_scheduler(self) -> Scheduler:
-        if self.kind == "pbs":
-            if self.transport not in ("sudo", "ssh", "local"):
-                raise ValueError(f"transport {self.transport!r} does not work with PBS: 'rest' is "
-                                 "Slurm's slurmrestd; use 'sudo', 'ssh' or 'local'")
-            return PbsScheduler(self.make_runner())
-        if self.kind != "slurm":
-            raise ValueError(f"scheduler kind {self.kind!r} is not supported: use 'slurm' or 'pbs'")
-        if self.transport == "rest":
-            from schedulers.slurmrest import SlurmRestScheduler
-
-            return SlurmRestScheduler(self.rest_url, self.jwt_key_file,
-                                      environment=self.environment,
-                                      jobcomp_file=self.jobcomp_file or None)
-        return SlurmScheduler(self.make_runner(), jobcomp_file=self.jobcomp_file or None,
-                              use_sacct=self.use_sacct)
+def scheduler_settings(cluster: Cluster) -> SchedulerSettings:
+    """The policy's `cluster` section as the schedulers package takes it."""
+    ssh, rest = cluster.ssh, cluster.rest
+    return SchedulerSettings(
+        kind=cluster.scheduler, transport=cluster.transport,
+        environment=dict(cluster.environment), command_path=cluster.command_path,
+        command_timeout=cluster.command_timeout.total_seconds(),
+        ssh_host=ssh.host if ssh else "", ssh_port=ssh.port if ssh else 22,
+        ssh_known_hosts=ssh.known_hosts if ssh else None,
+        ssh_key_template=ssh.key_template if ssh else None,
+        ssh_service_user=ssh.service_user if ssh else None,
+        rest_url=rest.url if rest else "", rest_api_version=rest.api_version if rest else "v0.0.38",
+        jwt_key_file=rest.jwt_key_file if rest else None,
+        jobcomp_file=cluster.jobcomp_file, use_sacct=cluster.use_sacct)
 
 
-_shared: dict[tuple[Any, ...], tuple[Scheduler, Runner, JobWatcher, asyncio.AbstractEventLoop]] = {}
+_shared: dict[tuple[Any, ...], tuple[Any, Runner, JobWatcher, asyncio.AbstractEventLoop]] = {}
 
 
-def shared(config: SchedulerConfig) -> tuple[Scheduler, Runner, JobWatcher]:
-    """The hub's one scheduler, runner (for commands as a user) and watcher for `config`."""
+def shared(cluster: Cluster) -> tuple[Any, Runner, JobWatcher]:
+    """The hub's one scheduler, runner (for commands as a user) and watcher for `cluster`.
+
+    A policy edit that changes the cluster section makes new ones at the next call; jobs tracked
+    by the old watcher are tracked again by poll() through the new one.
+    """
     loop = asyncio.get_running_loop()
-    entry = _shared.get(config.key())
+    settings = scheduler_settings(cluster)
+    key = (*(tuple(sorted(v.items())) if isinstance(v, dict) else v
+             for v in vars(settings).values()), cluster.poll_starting, cluster.poll_steady)
+    entry = _shared.get(key)
     if entry is None or entry[3] is not loop:
-        scheduler = config.make_scheduler()
-        runner = getattr(scheduler, "runner", None) or config.make_runner()
-        watcher = JobWatcher(scheduler, fast_interval=config.fast_interval,
-                             slow_interval=config.slow_interval)
+        runner = make_runner(settings)
+        scheduler = make_scheduler(settings, runner)
+        watcher = JobWatcher(scheduler, fast_interval=cluster.poll_starting,
+                             slow_interval=cluster.poll_steady)
         entry = (scheduler, runner, watcher, loop)
-        _shared[config.key()] = entry
+        _shared[key] = entry
     return entry[0], entry[1], entry[2]

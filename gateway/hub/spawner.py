@@ -17,84 +17,37 @@ import pwd
 import re
 import shlex
 import sys
-from datetime import timedelta
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from tornado import web
-from traitlets import Float, Instance, Int, List, Unicode, default
+from traitlets import Float, Unicode, default
 
 from gateway.depots.links import spawner_launch_entry
 from gateway.hub import api as hubapi
 from gateway.hub import handlers_installed
-from gateway.hub.connections import ConnectionModes
-from gateway.hub.scheduling import SchedulerConfig, shared
-from gateway.policy.model import DIRECTIVE_PREFIX
+from gateway.hub.connections import ConnectionMode, connection_from_state, make_connection
+from gateway.hub.scheduling import shared
+from gateway.policy.load import PolicyFileError
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, format_duration
+from schedulers.registry import ADAPTERS
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_WALLTIME = re.compile(r"^(?:(\d{1,3})-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
 
 
-def parse_walltime(text: str) -> timedelta:
-    """`D-HH:MM:SS`, `HH:MM:SS` or `HH:MM`; anything else is a clear ValueError."""
-    m = _WALLTIME.match(text.strip())
-    if not m:
-        raise ValueError(f"Walltime must look like 2:00:00 or 1-12:00:00; you entered {text!r}.")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+class BatchSpawner(Spawner):
+    """JupyterLab in a batch job on a compute node, started and watched by the hub.
 
+    Everything about the cluster, the job and the connection comes from the site policy; the
+    traits here are JupyterHub's own world (where the policy is, how long stop() waits).
+    """
 
-class BatchSpawner(ConnectionModes, Spawner):
-    """JupyterLab in a Slurm job on a compute node, started and watched by the hub."""
-
-    scheduler_config = Instance(SchedulerConfig, help="The hub's scheduler connection.")
-
-    @default("scheduler_config")
-    def _default_scheduler_config(self) -> SchedulerConfig:
-        config = SchedulerConfig(parent=self)
-        try:
-            policy = self.site_policy()
-        except ValueError as err:  # PolicyFileError: spawns say so; poll() and stop() still work
-            self.log.error("Site policy %s cannot be loaded; scheduler settings from the hub's "
-                           "configuration: %s", self.policy_file, err)
-            policy = None
-        if policy is not None:
-            config.apply_cluster(policy.cluster)
-        return config
-
-    job_python = Unicode(
-        sys.executable,
-        help="Python that runs the launcher inside the job: it must have hpcgate and JupyterLab, "
-             "and be readable and executable by every user on every node.",
-    ).tag(config=True)
-    partition = Unicode("", help="Default partition (empty: the scheduler's default).").tag(
-        config=True)
-    account = Unicode("", help="Default account to charge (empty: the user's default).").tag(
-        config=True)
-    cpus = Int(1, help="Default cores for the server.").tag(config=True)
-    memory_mb = Int(2048, help="Default memory in MB.").tag(config=True)
-    walltime = Unicode("1:00:00", help="Default walltime (HH:MM:SS or D-HH:MM:SS).").tag(config=True)
-    node = Unicode("", help="Pin servers to one node (tests, special sites).").tag(config=True)
-    allowed_nodes = List(
-        Unicode(), [], help="Nodes a user may pick with the `node` option (empty: none).",
-    ).tag(config=True)
-    job_prologue = Unicode(
-        "", help="Site-written shell lines run in the job before the launcher, such as "
-                 "`module load python`. Never built from user input.",
-    ).tag(config=True)
     policy_file = Unicode(
-        "", help="Site policy (YAML, see site_configs/): when set, the spawn form, the limits "
-                 "and the job's environment come from it, and every user option is validated "
-                 "against the user's groups. Without it, the defaults above apply.",
-    ).tag(config=True)
-    state_dir_template = Unicode(
-        "{home}/.hpcgate/servers/{server}",
-        help="Per-server directory on the shared filesystem: launch file and job log.",
-    ).tag(config=True)
-    report_timeout = Float(
-        600, help="How long the launcher keeps trying to reach the hub (hub restarts included).",
+        "/etc/hpcgate/site.yaml",
+        help="The site policy (YAML, see site_configs/): the scheduler and how to reach it, the "
+             "partitions and their limits, per-group rules, the job's environment, the connection "
+             "mode, depots. Re-read when it changes; check it with `hpcgate check-config FILE`.",
     ).tag(config=True)
     stop_timeout = Float(60, help="Seconds stop() waits for the job's final state.").tag(config=True)
 
@@ -112,10 +65,14 @@ class BatchSpawner(ConnectionModes, Spawner):
     job_host: str = ""
     job_port: int = 0
     token_digest: str = ""
-    connect_mode: str = "direct"
-    tunnel_port: int = 0
-    tunnel_tag: str = ""
-    tunnel_keys_file: str = ""
+    _connection: ConnectionMode | None = None
+
+    @property
+    def connection(self) -> ConnectionMode:
+        """This server's connection mode (direct until start() or load_state() says otherwise)."""
+        if self._connection is None:
+            self._connection = ConnectionMode(self._log_name)
+        return self._connection
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -123,33 +80,24 @@ class BatchSpawner(ConnectionModes, Spawner):
         self.job_host = state.get("host", "")
         self.job_port = state.get("port", 0)
         self.token_digest = state.get("token_digest", "")
-        self.connect_mode = state.get("connect", "direct")
-        self.tunnel_port = state.get("tunnel_port", 0)
-        self.tunnel_tag = state.get("tunnel_tag", "")
-        self.tunnel_keys_file = state.get("tunnel_keys_file", "")
-        # login-node: the hub's forward is made again by poll()/get_url(); its port stays P.
-        if self.connect_mode in ("reverse", "login-node"):
-            from gateway.tunnel import hubside
-
-            hubside.claim(self.tunnel_port)
+        if "connect" in state:
+            self._connection = connection_from_state(self._log_name, state, self._policy_section())
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         if self.job_id:
             state.update(job_id=self.job_id, host=self.job_host, port=self.job_port,
-                         connect=self.connect_mode, token_digest=self.token_digest)
-            if self.connect_mode == "login-node":
-                state.update(tunnel_port=self.tunnel_port)
-        if self.tunnel_tag:  # from before the job exists: whose line in authorized_keys it is
-            state.update(connect=self.connect_mode, tunnel_port=self.tunnel_port,
-                         tunnel_tag=self.tunnel_tag, tunnel_keys_file=self.tunnel_keys_file)
+                         token_digest=self.token_digest)
+        saved = self.connection.save()
+        # Also before the job exists: whose line in authorized_keys a reverse tunnel's key is.
+        if self.job_id or saved.get("tunnel_tag"):
+            state.update(saved)
         return state
 
     def clear_state(self) -> None:
         super().clear_state()
         self.job_id, self.job_host, self.job_port, self.token_digest = "", "", 0, ""
-        self.connect_mode, self.tunnel_port, self.tunnel_tag = "direct", 0, ""
-        self.tunnel_keys_file = ""
+        self._connection = None
 
     def _save_state_now(self) -> None:
         # JupyterHub stores state only once start() returns; a hub that dies while the job is
@@ -160,8 +108,13 @@ class BatchSpawner(ConnectionModes, Spawner):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _shared(self):
-        return shared(self.scheduler_config)
+    def _shared(self) -> tuple[Any, Any, Any]:
+        """The hub's scheduler, runner and watcher for the policy's cluster."""
+        try:
+            return shared(self.site_policy().cluster)
+        except ValueError as err:
+            raise SpawnException("This hub cannot reach its scheduler; please tell an "
+                                 "administrator.", reason="hub-config", log_message=str(err)) from err
 
     async def unix_account(self) -> tuple[str, str]:
         """(Unix user, home) from the directory's auth_state, else the local account."""
@@ -187,14 +140,24 @@ class BatchSpawner(ConnectionModes, Spawner):
         return f"hpcgate-{self.user.name}" + (f"-{self.name}" if self.name else "")
 
     def site_policy(self) -> Any:
-        """The site policy, or None without policy_file (also read by the /hub/depots page)."""
-        if not self.policy_file:
-            return None
-        if getattr(self, "_policy_config", None) is None:
-            from gateway.policy.config import SitePolicyConfig
+        """The site policy (also read by the /hub/depots page); SpawnException when it cannot
+        be loaded and no earlier version of it was (a broken edit keeps the last good one)."""
+        if getattr(self, "_policy_file", None) is None:
+            from gateway.policy.config import PolicyFile
 
-            self._policy_config = SitePolicyConfig(parent=self, policy_file=self.policy_file)
-        return self._policy_config.policy()
+            self._policy_file = PolicyFile(self.policy_file, self.log)
+        try:
+            return self._policy_file.policy()
+        except PolicyFileError as err:
+            raise SpawnException("This hub's site policy cannot be read; please tell an "
+                                 "administrator.", reason="hub-config",
+                                 log_message=str(err)) from err
+
+    def _policy_section(self) -> Any:
+        """The policy's `connection` section, or None when the policy cannot be read."""
+        with contextlib.suppress(SpawnException):
+            return self.site_policy().connection
+        return None
 
     async def user_groups(self, user: str) -> list[str]:
         """The user's directory groups (auth_state), else hub groups, else Unix groups."""
@@ -208,71 +171,40 @@ class BatchSpawner(ConnectionModes, Spawner):
 
     async def get_options_form(self) -> str:  # type: ignore[override]
         policy = self.site_policy()
-        if policy is None:
-            return await super().get_options_form()
         from gateway.policy import render_form
 
         user, _ = await self.unix_account()
         return render_form(policy, await self.user_groups(user), previous=self.user_options)
 
     def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:
-        if not self.policy_file:
-            return super().options_from_form(form_data)
         from gateway.policy import options_from_form
 
         return options_from_form(form_data)
 
     async def _request_fields(self, user: str) -> dict[str, Any]:
         """Partition, account, cores, memory, GPUs and walltime the user may have, validated."""
-        opts = self.user_options or {}
-        policy = self.site_policy()
-        if policy is not None:
-            from gateway.policy import PolicyError, check_server_count, validate_options
+        from gateway.policy import PolicyError, check_server_count, validate_options
 
-            groups = await self.user_groups(user)
-            running = sum(1 for s in self.user.spawners.values() if s is not self and s.active)
-            try:
-                check_server_count(policy, groups, running)
-                return validate_options(policy, groups, opts).job_request_fields()
-            except PolicyError as err:
-                raise SpawnException(err.message, reason="policy") from err
+        policy = self.site_policy()
+        groups = await self.user_groups(user)
+        running = sum(1 for s in self.user.spawners.values() if s is not self and s.active)
         try:
-            walltime = parse_walltime(str(opts.get("walltime") or self.walltime))
-        except ValueError as err:
-            raise SpawnException(str(err), reason="bad-options") from err
-        fields = {"partition": opts.get("partition") or self.partition or None,
-                  "account": opts.get("account") or self.account or None,
-                  "cpus": self.cpus, "memory_mb": self.memory_mb, "walltime": walltime,
-                  "node": self.node or None}
-        if opts.get("node"):
-            if opts["node"] not in self.allowed_nodes:
-                raise SpawnException(f"Node {opts['node']!r} cannot be chosen here.",
-                                     reason="bad-options")
-            fields["node"] = opts["node"]
-        for key in ("cpus", "memory_mb"):
-            if key in opts:
-                try:
-                    fields[key] = int(opts[key])
-                except (TypeError, ValueError) as err:
-                    raise SpawnException(f"{key} must be a whole number; you entered {opts[key]!r}.",
-                                         reason="bad-options") from err
-        return fields
+            check_server_count(policy, groups, running)
+            return validate_options(policy, groups, self.user_options or {}).job_request_fields()
+        except PolicyError as err:
+            raise SpawnException(err.message, reason="policy") from err
 
     def _job_environment(self) -> tuple[str, str, dict[str, str], tuple[str, ...]]:
-        """(python, prologue, environment, extra directives) for the job: the policy's, else the
-        spawner's own settings. The scheduler's environment (SLURM_CONF) always reaches the job."""
+        """(python, prologue, environment, extra directives) for the job, from the policy. The
+        scheduler's environment (SLURM_CONF) always reaches the job."""
         policy = self.site_policy()
-        if policy is not None:
-            job = policy.job
-            env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
-            # The policy writes whole header lines; the builder adds its own "#SBATCH "/"#PBS ".
-            prefix = DIRECTIVE_PREFIX[policy.cluster.scheduler]
-            directives = tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
-                               if d.startswith(prefix))
-            return job.python, job.prologue, {**self.scheduler_config.environment, **env}, directives
-        env = {"PATH": f"{_bin_dir(self.job_python)}:/usr/local/bin:/usr/bin:/bin",
-               **self.scheduler_config.environment}
-        return self.job_python, self.job_prologue, env, ()
+        job = policy.job
+        env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
+        # The policy writes whole header lines; the builder adds its own "#SBATCH "/"#PBS ".
+        prefix = ADAPTERS[policy.cluster.scheduler].directive_prefix
+        directives = tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
+                           if d.startswith(prefix))
+        return job.python, job.prologue, env, directives
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -317,7 +249,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         try:
             return await self._start_job()
         except BaseException:
-            await self._release_tunnel()
+            await self.connection.release()
             raise
 
     async def _start_job(self) -> tuple[str, int]:
@@ -336,7 +268,9 @@ class BatchSpawner(ConnectionModes, Spawner):
         python, prologue, job_env, directives = self._job_environment()
         if self.name and not _SERVER_NAME.match(self.name):
             raise SpawnException(f"Server name {self.name!r} is not allowed.", reason="bad-options")
-        server_dir = self.state_dir_template.format(home=home, server=self.name or "default")
+        policy = self.site_policy()
+        workdir = policy.job.workdir.format(user=user, home=home)
+        server_dir = f"{workdir}/.hpcgate/servers/{self.name or 'default'}"
         launch_file = f"{server_dir}/launch.json"
         log_file = f"{server_dir}/job.log"
 
@@ -347,25 +281,24 @@ class BatchSpawner(ConnectionModes, Spawner):
             address = await scheduler.node_address(fields["node"])
             if address:
                 node_addresses[fields["node"]] = address
-        launch = {"env": env, "home": home, "args": self.get_args(),
+        launch = {"env": env, "home": workdir, "args": self.get_args(),
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
-                  "report_timeout": self.report_timeout}
-        # The depots the user's groups allow, linked in depots/ by the launcher (none: no policy).
-        launch["depots"] = await spawner_launch_entry(self, user, home)
-        mode, tunnel_settings = self._connection()
-        self.connect_mode = mode
-        if mode == "login-node":  # the launcher binds and reports as in direct mode
-            await self._prepare_login_node(tunnel_settings)
-        elif tunnel_settings is not None:
-            launch["tunnel"] = await self._prepare_tunnel(tunnel_settings)
+                  "report_timeout": policy.job.report_timeout}
+        # The depots the user's groups allow, linked in depots/ by the launcher.
+        launch["depots"] = await spawner_launch_entry(self, user, workdir)
+        await self.connection.release()  # a start the hub died in may have left a key line
+        self._connection = make_connection(self._log_name, policy.connection, self.hub.api_url)
+        tunnel = await self.connection.prepare(self.user.name, self.name, self._save_state_now)
+        if tunnel is not None:
+            launch["tunnel"] = tunnel
         await self._write_launch_file(runner, python, user, launch_file, launch)
 
         body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.job.launcher "
                 f"{shlex.quote(launch_file)}"]
         try:
             req = JobRequest(script="\n".join(b for b in body if b) + "\n", name=self._job_name(),
-                             workdir=home, output=log_file, environment=job_env,
+                             workdir=workdir, output=log_file, environment=job_env,
                              extra_directives=directives, **fields)
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
@@ -396,10 +329,8 @@ class BatchSpawner(ConnectionModes, Spawner):
 
     async def _node_addresses(self, scheduler: Any, known: dict[str, str]) -> dict[str, str]:
         # All nodes' addresses, so the launcher binds the address the hub will route to.
-        nodes = getattr(scheduler, "_node_addresses_cached", None)
-        if nodes is not None:
-            with contextlib.suppress(SchedulerError):
-                return {**await nodes(), **known}
+        with contextlib.suppress(SchedulerError):
+            return {**await scheduler.node_addresses(), **known}
         return known
 
     async def _write_launch_file(self, runner: Any, python: str, user: str, path: str,
@@ -445,7 +376,8 @@ class BatchSpawner(ConnectionModes, Spawner):
 
         try:
             host, port = await race(self._address)
-            host, port = await race(asyncio.ensure_future(self._open_route(host, port)))
+            self.job_host, self.job_port = host, port
+            host, port = await race(asyncio.ensure_future(self.connection.open(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
             return host, port
@@ -491,18 +423,10 @@ class BatchSpawner(ConnectionModes, Spawner):
                                                 timeout=30)
         if status is None or not status.node or status.is_final:
             raise web.HTTPError(409, "the job of this server is not running")
-        if self.connect_mode == "reverse":
-            # The report came through the job's own tunnel (its key may open nothing else), and
-            # the address is the tunnel's hub-side end, chosen by the hub: nothing else is accepted.
-            if not self.tunnel_port or (host, port) != ("127.0.0.1", self.tunnel_port):
-                raise web.HTTPError(403, "in reverse mode the server must report its tunnel's end "
-                                         f"127.0.0.1:{self.tunnel_port}")
-        else:
-            node_address = status.node_address or await scheduler.node_address(status.node)
-            # The proxy will route this user's URL there: only the job's own node is acceptable.
-            if not node_address or not hubapi.same_host(host, node_address):
-                raise web.HTTPError(403,
-                                    f"the server must listen on its node's address {node_address}")
+        node_address = status.node_address
+        if node_address is None and self.connection.mode != "reverse":
+            node_address = await scheduler.node_address(status.node)
+        self.connection.check_report(host, port, node_address)
         address = getattr(self, "_address", None)
         if address is not None and not address.done():
             address.set_result((host, port))
@@ -534,20 +458,16 @@ class BatchSpawner(ConnectionModes, Spawner):
             watcher.track(self.job_id, starting=not self.job_port)
         status = watcher.latest(self.job_id)
         if status is None or not status.is_final:
-            if self.connect_mode == "login-node" and self.job_port:
-                with contextlib.suppress(SpawnException):  # made again after a hub restart
-                    self._forward().start()
-            if (self.connect_mode in ("reverse", "login-node") and self.job_port
-                    and status is not None
-                    and status.state is JobState.RUNNING and await self._tunnel_stayed_down()):
+            if (self.job_port and status is not None and status.state is JobState.RUNNING
+                    and not await self.connection.is_alive()):
                 # JupyterHub calls stop() only when poll() says "running": end the job here.
                 scheduler, _, _ = self._shared()
                 user, _ = await self.unix_account()
                 await self._cancel_quietly(scheduler, user)
-                await self._release_tunnel()
+                await self.connection.release()
                 return 1
             return None  # running, queued, or the scheduler cannot say: never "gone"
-        await self._release_tunnel()
+        await self.connection.release()
         return status.exit_code if status.exit_code else (0 if status.state is JobState.COMPLETED
                                                           else 1)
 
@@ -560,8 +480,9 @@ class BatchSpawner(ConnectionModes, Spawner):
             if self.job_port and self.server is not None:
                 self.server.ip, self.server.port = self.job_host, self.job_port
                 watcher.settled(self.job_id)
-        if self.connect_mode == "login-node" and self.job_port:
-            await self._readopt_forward()
+        if self.job_port and self.server is not None:
+            self.server.ip, self.server.port = await self.connection.readopt(self.job_host,
+                                                                              self.job_port)
         return await super().get_url()
 
     async def stop(self, now: bool = False) -> None:
@@ -575,7 +496,7 @@ class BatchSpawner(ConnectionModes, Spawner):
         except SchedulerError as err:
             self.log.warning("Cancelling job %s failed: %s", self.job_id, err)
         watcher.poke()
-        await self._release_tunnel()
+        await self.connection.release()
         if not now:
             with contextlib.suppress(asyncio.TimeoutError):
                 await watcher.wait_for(self.job_id, lambda s: s.is_final, self.stop_timeout)
@@ -613,9 +534,3 @@ def _host_of(url: str) -> str:
     from urllib.parse import urlparse
 
     return urlparse(url).hostname or "127.0.0.1"
-
-
-def _bin_dir(python: str) -> str:
-    from pathlib import Path
-
-    return str(Path(python).parent)

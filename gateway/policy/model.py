@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gateway.policy.durations import format_memory
+from schedulers.registry import ADAPTERS
 from gateway.policy.schema import (
     AbsPath,
     Boolean,
@@ -28,6 +29,7 @@ from gateway.policy.schema import (
     Memory,
     Name,
     SearchPath,
+    Seconds,
     Section,
     Text,
     Url,
@@ -37,10 +39,9 @@ from gateway.policy.schema import (
 Path = tuple[str | int, ...]
 """Where a value sits in the file: ('partitions', 'debug', 'max_walltime')."""
 
-SCHEDULERS = ("slurm", "pbs")
+SCHEDULERS = tuple(ADAPTERS)
 TRANSPORTS = ("local", "sudo", "ssh", "rest")
 CONNECTION_MODES = ("direct", "reverse", "login-node")
-DIRECTIVE_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS "}
 
 
 # -- limits -------------------------------------------------------------------------------------
@@ -172,6 +173,12 @@ class SshTransport:
     known_hosts: str | None = setting(
         "A known_hosts file holding the login node's host key (never trust on first use).",
         AbsPath(), None)
+    key_template: str | None = setting(
+        "The private key the hub logs in to the login node with as each user, `{user}` standing "
+        "for the name, e.g. /etc/hpcgate/keys/{user}_ed25519.", Text(), None)
+    service_user: str | None = setting(
+        "Log in as this one account instead, and run commands as each user through sudo on the "
+        "login node (also the account the watcher's status queries run as).", Name(), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,7 +186,9 @@ class RestTransport:
     """slurmrestd (transport: rest): submit and query over HTTP instead of forking commands."""
 
     url: str = setting("slurmrestd's base URL, e.g. http://slurm-ctl:6820.", Url("http", "https"))
-    api_version: str = setting("The OpenAPI plugin version to speak.", Name(), "v0.0.38")
+    api_version: str = setting(
+        "The OpenAPI plugin version to speak: v0.0.38 (Slurm 22.05), v0.0.40 (23.11), v0.0.41 "
+        "(24.05), v0.0.42 (24.11-25.11).", Name(), "v0.0.38")
     jwt_key_file: str | None = setting(
         "The JWT signing key, to mint per-user tokens (root-only file).", AbsPath(), None)
 
@@ -205,6 +214,17 @@ class Cluster:
         timedelta(seconds=30))
     ssh: SshTransport | None = setting("Settings for transport: ssh.", Section(SshTransport), None)
     rest: RestTransport | None = setting("Settings for transport: rest.", Section(RestTransport), None)
+    jobcomp_file: str | None = setting(
+        "Slurm's jobcomp/filetxt log, when the hub can read it: how jobs that have left the "
+        "controller ended (time limit, out of memory...).", AbsPath(), None)
+    use_sacct: bool = setting(
+        "Ask sacct how jobs ended (needs slurmdbd accounting).", Boolean(), False)
+    poll_starting: float = setting(
+        "Seconds between the hub's scheduler queries while any server is starting.",
+        Seconds(0.1, 60), 0.5)
+    poll_steady: float = setting(
+        "Seconds between the hub's scheduler queries while every server runs steadily.",
+        Seconds(1, 600), 15.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,6 +245,13 @@ class JobEnvironment:
     extra_directives: tuple[str, ...] = setting(
         "Raw scheduler header lines added to every job, e.g. '#SBATCH --constraint=ib'. Each must "
         "start with '#SBATCH ' (Slurm) or '#PBS ' (PBS).", ListOf(Text()), ())
+    workdir: str = setting(
+        "The job's working directory and the notebook server's root, `{user}` and `{home}` "
+        "standing for the user's name and home (e.g. /scratch/{user}). The server keeps its "
+        "launch file and job log in .hpcgate/servers/NAME below it.", Text(), "{home}")
+    report_timeout: float = setting(
+        "Seconds the job's launcher keeps trying to tell the hub where its server listens (a hub "
+        "restart included).", Seconds(10, 86400), 600.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +279,24 @@ class Connection:
     login_node_key: str | None = setting(
         "login-node: the hub's private key for that account (a file only the hub's user can "
         "read; ssh gets its path, never its contents).", AbsPath(), None)
+    tunnel_user: str = setting(
+        "reverse: the account on the hub host that jobs' tunnels log in as.", Name(),
+        "hpcgate-tunnel")
+    authorized_keys: str | None = setting(
+        "reverse: that account's authorized_keys file, which the hub edits (one restricted line "
+        "per running job, removed when it stops).", AbsPath(), None)
+    first_port: int = setting(
+        "reverse and login-node: the first loopback port on the hub host given to tunnels.",
+        Integer(1024, 65535), 40000)
+    last_port: int = setting("reverse and login-node: the last such port.",
+                             Integer(1024, 65535), 49999)
+    ciphers: str | None = setting(
+        "reverse and login-node: SSH ciphers offered, fastest first (unset: aes128-gcm, the "
+        "fastest measured, then chacha20-poly1305 and aes256-gcm).", Text(), None)
+    down_timeout: float = setting(
+        "reverse and login-node: seconds a server's tunnel may stay down (its ssh keeps "
+        "reconnecting) before the server counts as ended and its job is cancelled; 0: never.",
+        Seconds(0, 86400), 120.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -412,9 +457,24 @@ class SitePolicy:
             yield ("cluster", "transport"), "transport ssh needs a cluster.ssh section (the login node)"
         if c.transport == "rest" and c.rest is None:
             yield ("cluster", "transport"), "transport rest needs a cluster.rest section (slurmrestd)"
-        if c.transport == "rest" and c.scheduler != "slurm":
-            yield ("cluster", "transport"), "transport rest (slurmrestd) exists for Slurm only"
-        prefix = DIRECTIVE_PREFIX[c.scheduler]
+        if c.transport not in ADAPTERS[c.scheduler].transports:
+            yield (("cluster", "transport"),
+                   f"transport {c.transport} does not work with {c.scheduler} (use "
+                   f"{', '.join(ADAPTERS[c.scheduler].transports)})")
+        if c.transport == "ssh" and c.ssh is not None and not (c.ssh.key_template
+                                                               or c.ssh.service_user):
+            yield (("cluster", "ssh"), "transport ssh needs key_template (a key per user) or "
+                   "service_user (one account that uses sudo on the login node)")
+        if c.rest is not None:
+            from schedulers.slurmrest import unsupported_version
+
+            sentence = unsupported_version(c.rest.api_version)
+            if sentence:
+                yield ("cluster", "rest", "api_version"), sentence
+        if "{user}" not in self.job.workdir and "{home}" not in self.job.workdir:
+            yield (("job", "workdir"), "every user would share one working directory: put "
+                   "{user} or {home} in it")
+        prefix = ADAPTERS[c.scheduler].directive_prefix
         for i, line in enumerate(self.job.extra_directives):
             if not line.startswith(prefix):
                 yield (("job", "extra_directives", i),
@@ -430,6 +490,17 @@ class SitePolicy:
         if conn.mode in ("reverse", "login-node") and conn.ssh_host is None:
             yield (("connection", "ssh_host"),
                    f"{conn.mode} mode needs ssh_host: the SSH server the tunnel goes through")
+        if conn.mode == "reverse" and conn.authorized_keys is None:
+            yield (("connection", "authorized_keys"), "reverse mode needs authorized_keys: the "
+                   "tunnel account's file the hub adds each job's key to")
+        if conn.mode == "reverse" and conn.known_hosts is None:
+            yield (("connection", "known_hosts"), "reverse mode needs known_hosts: the hub "
+                   "host's SSH key, which jobs are pinned to")
+        if conn.mode == "reverse" and (conn.hub_api_url or "").startswith("https:"):
+            yield (("connection", "hub_api_url"), "reverse mode needs an http:// hub API URL "
+                   "(jobs reach it inside their SSH tunnel, which encrypts it)")
+        if conn.first_port > conn.last_port:
+            yield ("connection", "last_port"), "last_port is below first_port"
         if conn.mode == "login-node":
             for name, what in (("login_node_user", "the account the hub logs in as there"),
                                ("login_node_key", "the hub's key for that account"),

@@ -114,6 +114,24 @@ class Integer(Kind):
         return value
 
 
+class Seconds(Kind):
+    """A number of seconds, fractions allowed (short intervals such as 0.5)."""
+
+    def __init__(self, minimum: float = 0, maximum: float = 86400):
+        self.minimum, self.maximum = minimum, maximum
+        self.description = f"a number of seconds from {minimum:g} to {maximum:g}"
+
+    def convert(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be {self.description}, not {value!r}")
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"must be {self.description}, not {value}")
+        return float(value)
+
+    def show(self, value: Any) -> str:
+        return f"{value:g}"
+
+
 class Boolean(Kind):
     description = "true or false"
 

@@ -49,6 +49,23 @@ class TunnelSettings:
         return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
+def settings_from(conn: Any, hub_api_url: str) -> TunnelSettings:
+    """Reverse mode's settings from the policy's `connection` section; `hub_api_url` is the hub's
+    own API URL, used when the section names none. TunnelConfigError says what is missing."""
+    api_url = conn.hub_api_url or hub_api_url
+    if not conn.ssh_host or not conn.known_hosts or not conn.authorized_keys:
+        raise TunnelConfigError("reverse mode needs connection.ssh_host, known_hosts and "
+                                "authorized_keys (the hub host's SSH endpoint, its host key and "
+                                "the tunnel account's authorized_keys)")
+    if api_url.startswith("https:"):
+        # The launcher reaches the API through its own forward, in plain HTTP inside SSH.
+        raise TunnelConfigError("reverse mode needs an http:// hub API URL (the tunnel encrypts it)")
+    return TunnelSettings(ssh_host=conn.ssh_host, ssh_port=conn.ssh_port, ssh_user=conn.tunnel_user,
+                          known_hosts=conn.known_hosts, authorized_keys=conn.authorized_keys,
+                          hub_api_url=api_url, ports=(conn.first_port, conn.last_port),
+                          ciphers=conn.ciphers or DEFAULT_CIPHERS)
+
+
 def claim(port: int) -> None:
     """Mark a port as used (a server re-adopted after a hub restart keeps its port)."""
     if port:

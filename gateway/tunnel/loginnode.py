@@ -67,26 +67,19 @@ class LoginNodeSettings:
                                self.known_hosts, ssh=self.ssh)
 
 
-def settings_from(conn: Any, traits: Any) -> LoginNodeSettings:
-    """The settings from the policy's `connection` section (`conn`, may be None) where it sets
-    them, else from the spawner's traits (`traits`). TunnelConfigError names what is missing."""
-
-    def pick(name: str, trait: str) -> Any:
-        return (getattr(conn, name, None) if conn is not None else None) or getattr(traits, trait)
-
-    values = {"ssh_host": pick("ssh_host", "tunnel_ssh_host"),
-              "login_node_user": pick("login_node_user", "login_node_user"),
-              "login_node_key": pick("login_node_key", "login_node_key"),
-              "known_hosts": pick("known_hosts", "tunnel_known_hosts")}
+def settings_from(conn: Any) -> LoginNodeSettings:
+    """The settings from the policy's `connection` section. TunnelConfigError names what is
+    missing (the policy's own check says so too, when the file is loaded)."""
+    values = {"ssh_host": conn.ssh_host, "login_node_user": conn.login_node_user,
+              "login_node_key": conn.login_node_key, "known_hosts": conn.known_hosts}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise TunnelConfigError(f"login-node mode needs {', '.join(missing)} (the login node, the "
                                 "account and key the hub uses there, the login node's host key)")
     return LoginNodeSettings(
-        host=values["ssh_host"], port=conn.ssh_port if conn is not None else traits.tunnel_ssh_port,
-        user=values["login_node_user"], key_file=values["login_node_key"],
-        known_hosts=values["known_hosts"], ports=tuple(traits.tunnel_ports),
-        ciphers=traits.tunnel_ciphers)
+        host=conn.ssh_host, port=conn.ssh_port, user=conn.login_node_user,
+        key_file=conn.login_node_key, known_hosts=conn.known_hosts,
+        ports=(conn.first_port, conn.last_port), ciphers=conn.ciphers or DEFAULT_CIPHERS)
 
 
 def check_files(settings: LoginNodeSettings) -> None:

@@ -137,7 +137,7 @@ async def test_status_is_one_batched_qstat_with_node_addresses_cached() -> None:
     await scheduler.status([Q, H, R])
     assert resolver.asked == ["x3006c0s31b1n0"]  # resolved once, then cached
     assert "MainThread" not in resolver.threads  # off the event loop
-    assert await scheduler._node_addresses_cached() == {"x3006c0s31b1n0": "10.1.2.3"}
+    assert await scheduler.node_addresses() == {"x3006c0s31b1n0": "10.1.2.3"}
 
 
 async def test_status_keys_are_the_tracked_ids() -> None:
