@@ -139,15 +139,14 @@ class ConfigChecker:
     def check_login_node(self) -> None:
         """Log in to the login node as the hub's forwards will, with the policy's key and
         known_hosts, and open one forward through it."""
-        from gateway.hub.connections import ConnectionModes
         from gateway.tunnel.hubside import TunnelConfigError
         from gateway.tunnel.loginnode import ForwardError, probe, settings_from
 
         self.report.section("Login node")
         c = self.policy.connection  # the policy's checks make login-node mode name all four
         where = f"{c.login_node_user}@{c.ssh_host}:{c.ssh_port}"
-        try:  # the policy's values over the spawner's defaults, as the hub takes them
-            unanswered = asyncio.run(probe(settings_from(c, ConnectionModes())))
+        try:  # the settings the hub takes, from the same function
+            unanswered = asyncio.run(probe(settings_from(c)))
         except (TunnelConfigError, ForwardError) as err:
             self.report.fail(f"The hub cannot open forwards through {where}: {err}")
             return

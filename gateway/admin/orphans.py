@@ -14,9 +14,10 @@ from typing import Any
 
 from traitlets.config import Config, PyFileConfigLoader
 
-from gateway.hub.scheduling import SchedulerConfig
+from gateway.hub.scheduling import scheduler_settings
 from schedulers import pbs, slurm
 from schedulers.model import JobStatus
+from schedulers.registry import SchedulerSettings, make_runner, make_scheduler
 
 JOB_PREFIX = "hpcgate-"
 
@@ -64,20 +65,19 @@ def orphan_rows(jobs: dict[str, JobStatus], owned: set[str],
     return rows
 
 
-async def find_orphans(scheduler_config: SchedulerConfig, db_url: str) -> list[dict[str, Any]]:
-    listing, parse = ((pbs.build_list_current(), pbs.parse_status) if scheduler_config.kind == "pbs"
+async def find_orphans(settings: SchedulerSettings, db_url: str) -> list[dict[str, Any]]:
+    listing, parse = ((pbs.build_list_current(), pbs.parse_status) if settings.kind == "pbs"
                       else (slurm.build_status(), slurm.parse_status))
-    runner = scheduler_config.make_runner()
+    runner = make_runner(settings)
     try:
-        res = await runner.run(listing, timeout=60)
+        res = await runner.run(listing)
     finally:
         await runner.close()
     return orphan_rows(parse(res.stdout, res.stderr, res.returncode), owned_job_ids(db_url))
 
 
-async def cancel_jobs(scheduler_config: SchedulerConfig, job_ids: list[str]) -> None:
-    scheduler = scheduler_config.make_scheduler()
-    await scheduler.cancel(job_ids)
+async def cancel_jobs(settings: SchedulerSettings, job_ids: list[str]) -> None:
+    await make_scheduler(settings).cancel(job_ids)
 
 
 def main(config_file: str, cancel: bool, as_json: bool) -> int:
@@ -85,13 +85,12 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
     db_url = config.JupyterHub.get("db_url", "sqlite:///jupyterhub.sqlite")
     if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
         db_url = "sqlite:///" + str(Path(config_file).resolve().parent / db_url[len("sqlite:///"):])
-    scheduler_config = SchedulerConfig(config=config)
-    policy_file = config.BatchSpawner.get("policy_file")
-    if policy_file:  # the site policy picks the scheduler, as in the hub
-        from gateway.policy import load_policy
+    from gateway.policy import load_policy
 
-        scheduler_config.apply_cluster(load_policy(policy_file).cluster)
-    orphans = asyncio.run(find_orphans(scheduler_config, db_url))
+    # The scheduler and how to reach it come from the site policy, as in the hub.
+    policy_file = config.BatchSpawner.get("policy_file", "/etc/hpcgate/site.yaml")
+    settings = scheduler_settings(load_policy(policy_file).cluster)
+    orphans = asyncio.run(find_orphans(settings, db_url))
     if as_json:
         print(json.dumps(orphans, indent=2))
     elif not orphans:
@@ -102,6 +101,6 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
             print(f"  job {o['job_id']:<8} {o['user']:<12} {o['state']:<9} {o['node'] or '-':<8} "
                   f"{o['name']}")
     if cancel and orphans:
-        asyncio.run(cancel_jobs(scheduler_config, [o["job_id"] for o in orphans]))
+        asyncio.run(cancel_jobs(settings, [o["job_id"] for o in orphans]))
         print(f"Cancelled {len(orphans)} job(s).")
     return 1 if orphans and not cancel else 0

@@ -16,7 +16,6 @@ import os
 import pwd
 import re
 import shlex
-import sys
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException

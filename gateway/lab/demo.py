@@ -22,7 +22,7 @@ def main(lab_dir: Path, port: int) -> int:
     # `kill` stops the portal as cleanly as Ctrl-C: the hub and its proxy never outlive the demo.
     signal.signal(signal.SIGTERM, _interrupt)
     info = Lab(lab_dir).up(nodes=2)
-    hub = LabHub(info, Path(info["dir"]) / "hub", site_policy=True, ldap_login=True,
+    hub = LabHub(info, Path(info["dir"]) / "hub", ldap_login=True,
                  proxy_port=port)
     # The policy's depots, provisioned, and soundscape-lab's generated recordings (written once).
     from gateway.lab.demo_data import DEMO_LARGE_BYTES, prepare_lab_depots

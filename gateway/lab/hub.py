@@ -24,15 +24,6 @@ def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port:
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
     users = sorted(info["users"])
-    tunnel = ""
-    if "tunnel" in info:  # used when the mode is reverse (policy or c.BatchSpawner.connection_mode)
-        t = info["tunnel"]
-        tunnel = f"""c.BatchSpawner.tunnel_ssh_host = {t["host"]!r}
-c.BatchSpawner.tunnel_ssh_port = {t["port"]}
-c.BatchSpawner.tunnel_known_hosts = {t["known_hosts"]!r}
-c.BatchSpawner.tunnel_user = {t["user"]!r}
-c.BatchSpawner.tunnel_authorized_keys = {t["authorized_keys"]!r}
-"""
     service = ""
     if service_token:
         service = f"""
@@ -60,12 +51,8 @@ c.Authenticator.allowed_users = {set(users)!r}
 c.JupyterHub.spawner_class = "hpcgate"  # the entry point, as a site writes it
 from gateway.hub import install_handlers  # noqa: E402 - the launcher's report API, /hub/depots
 install_handlers()
-c.SchedulerConfig.environment = {info["slurm"]["env"]!r}
-c.SchedulerConfig.jobcomp_file = {info["slurm"]["jobcomp"]!r}
-c.BatchSpawner.job_python = {sys.executable!r}
 c.BatchSpawner.default_url = "/lab"
-c.BatchSpawner.walltime = "0:30:00"  # the lab's default partition, debug, allows 30 minutes
-{tunnel}{service}
+{service}
 {extra}
 """
 
@@ -118,7 +105,10 @@ class LabHub:
     """One jupyterhub process (and its proxy) in `state_dir`; `start()`, `kill()`, `stop()`."""
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
-                 site_policy: bool = False, ldap_login: bool = False, proxy_port: int = 0):
+                 policy: dict[str, Any] | None = None, ldap_login: bool = False,
+                 proxy_port: int = 0):
+        """`extra_config` is JupyterHub's own configuration; `policy` holds changes to the lab's
+        site policy (demo.yaml made concrete), section by section."""
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -127,13 +117,12 @@ class LabHub:
             extra_config = ldap_config(info) + extra_config
         self.proxy_port = proxy_port or free_port()
         self.hub_port, self.api_port = free_port(), free_port()
-        if site_policy:
-            from gateway.lab.site import write_lab_site
+        from gateway.lab.site import write_lab_site
 
-            self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
-                                              self.dir / "site.yaml")
-            _set_hub_api_url(self.policy_file, info, self.hub_port)
-            extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
+        self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
+                                          self.dir / "site.yaml", overrides=policy)
+        _set_hub_api_url(self.policy_file, info, self.hub_port)
+        extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"

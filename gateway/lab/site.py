@@ -20,8 +20,9 @@ DEFAULT_VENV = "/opt/hpcgate/venv"
 
 
 def lab_site_policy(info: dict[str, Any], password_file: str | Path,
-                    demo: Path = DEMO) -> dict[str, Any]:
-    """demo.yaml as a dict, pointed at the lab described by `info` (the content of lab.json)."""
+                    demo: Path = DEMO, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """demo.yaml as a dict, pointed at the lab described by `info` (the content of lab.json),
+    with `overrides` merged in section by section (tests' variants: another mode, pinned nodes)."""
     text = demo.read_text().replace(DEFAULT_LAB + "/", info["dir"].rstrip("/") + "/")
     # Jobs run the interpreter this hub runs (the default venv, or another one a test run made).
     text = text.replace(DEFAULT_VENV + "/", sys.prefix.rstrip("/") + "/")
@@ -34,13 +35,29 @@ def lab_site_policy(info: dict[str, Any], password_file: str | Path,
     endpoint = info.get("tunnel") or info["ssh"]
     policy["connection"].update(ssh_host=hub_side, ssh_port=endpoint["port"],
                                 known_hosts=endpoint["known_hosts"])
+    if "tunnel" in info:
+        policy["connection"].update(tunnel_user=info["tunnel"]["user"],
+                                    authorized_keys=info["tunnel"]["authorized_keys"])
+    policy["cluster"]["jobcomp_file"] = info["slurm"]["jobcomp"]
+    _merge(policy, overrides or {})
     return policy
 
 
-def write_lab_site(info: dict[str, Any], password_file: str | Path, path: str | Path) -> Path:
+def _merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Nested dicts merged key by key; any other value (None included) replaces."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def write_lab_site(info: dict[str, Any], password_file: str | Path, path: str | Path,
+                   overrides: dict[str, Any] | None = None) -> Path:
     """Write the lab's policy file (YAML, with a header saying where it came from)."""
     header = (f"# Generated from site_configs/demo.yaml for the lab in {info['dir']}.\n"
               "# Read demo.yaml for the comments; edit that file, not this one.\n")
     out = Path(path)
-    out.write_text(header + yaml.safe_dump(lab_site_policy(info, password_file), sort_keys=False))
+    out.write_text(header + yaml.safe_dump(lab_site_policy(info, password_file, overrides=overrides),
+                                            sort_keys=False))
     return out

@@ -5,13 +5,14 @@
 - `validate_options(policy, groups, options)` / `validate_form(...)` turn submitted values into a
   `ValidatedRequest`, or raise `PolicyError` with a sentence for the user.
 - `check_server_count(policy, groups, running)` enforces max_servers.
-- `compare_limits(policy, live, nodes)`, `compare_queue_limits(policy, queues)` and
-  `LiveLimitsCache` hold the policy against Slurm's partitions or PBS's queues.
-- `hpcgate check-config` lives in `gateway.admin.check`.
+- `compare_limits(policy, live, nodes)` and `compare_queue_limits(policy, queues)` hold the
+  policy against Slurm's partitions or PBS's queues (`hpcgate check-config`).
+- `hpcgate check-config` lives in `gateway.admin.check`; the hub reads the file through
+  `gateway.policy.config.PolicyFile`.
 """
 
 from gateway.policy.form import render_form
-from gateway.policy.live import LimitProblem, LiveLimitsCache, compare_limits, compare_queue_limits
+from gateway.policy.live import LimitProblem, compare_limits, compare_queue_limits
 from gateway.policy.load import FileProblem, PolicyFileError, load_policy, load_policy_text
 from gateway.policy.model import SitePolicy
 from gateway.policy.rules import UserRules, rules_for
@@ -27,7 +28,6 @@ from gateway.policy.validate import (
 __all__ = [
     "FileProblem",
     "LimitProblem",
-    "LiveLimitsCache",
     "PolicyError",
     "PolicyFileError",
     "SitePolicy",

@@ -8,9 +8,7 @@ each group's overrides; `compare_queue_limits` does the same against PBS's queue
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from gateway.policy.durations import format_memory
@@ -162,61 +160,3 @@ def _compare_queue(name: str, where: str, lim: Limits, queue: QueueLimits) -> It
                            f"{where}.default_walltime suggests {format_duration_td(lim.default_walltime)},"
                            f" but queue {name!r} takes jobs of at least "
                            f"{format_duration_td(queue.min_walltime)} (resources_min.walltime).")
-
-
-Fetch = Callable[[], Awaitable[Mapping[str, PartitionLimits] | Mapping[str, QueueLimits]]]
-
-
-class LiveLimitsCache:
-    """The scheduler's partition limits, fetched at most once per `ttl` seconds.
-
-    `get()` refreshes when the copy is older than `ttl`; concurrent callers share one fetch. A
-    failed fetch keeps the last good copy (and records the error): a scheduler hiccup must not
-    turn into "no partitions". `fetch` is any coroutine function, e.g. one that runs
-    `build_partitions_argv()` through a runner and returns `parse_partitions(stdout)` (Slurm), or
-    `pbs.build_queues_argv()` and `pbs.parse_queues(stdout)` (PBS).
-    """
-
-    def __init__(self, fetch: Fetch, ttl: float = 300.0, retry_after: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self._fetch = fetch
-        self.ttl = ttl
-        self.retry_after = retry_after
-        """After a failed fetch, wait this long before asking again (no hammering a sick controller)."""
-        self._clock = clock
-        self._value: Mapping[str, PartitionLimits] | Mapping[str, QueueLimits] | None = None
-        self._fetched_at: float | None = None
-        self._failed_at: float | None = None
-        self._lock = asyncio.Lock()
-        self.last_error: BaseException | None = None
-
-    @property
-    def age(self) -> float | None:
-        return None if self._fetched_at is None else self._clock() - self._fetched_at
-
-    def fresh(self) -> bool:
-        age = self.age
-        if age is not None and age < self.ttl:
-            return True
-        # Just failed: treat the old copy (or None) as good enough until retry_after passes.
-        return self._failed_at is not None and self._clock() - self._failed_at < self.retry_after
-
-    async def get(self) -> Mapping[str, PartitionLimits] | Mapping[str, QueueLimits] | None:
-        """The cached limits, refreshed when stale; None only if no fetch ever succeeded."""
-        if not self.fresh():
-            await self.refresh()
-        return self._value
-
-    async def refresh(self) -> None:
-        async with self._lock:
-            if self.fresh():  # another caller refreshed while this one waited
-                return
-            try:
-                self._value = await self._fetch()
-            except Exception as err:  # noqa: BLE001 - kept for the caller; old value stays
-                self.last_error = err
-                self._failed_at = self._clock()
-                return
-            self._fetched_at = self._clock()
-            self._failed_at = None
-            self.last_error = None

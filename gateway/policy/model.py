@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gateway.policy.durations import format_memory
-from schedulers.registry import ADAPTERS
 from gateway.policy.schema import (
     AbsPath,
     Boolean,
@@ -35,6 +34,7 @@ from gateway.policy.schema import (
     Url,
     setting,
 )
+from schedulers.registry import ADAPTERS
 
 Path = tuple[str | int, ...]
 """Where a value sits in the file: ('partitions', 'debug', 'max_walltime')."""

@@ -104,7 +104,7 @@ def _stop_quietly(h: Hub, user: str) -> None:
 @pytest.fixture(scope="module")
 def depot_hub(lab: dict):
     state = Path("/var/tmp") / f"hpcgate-hub-depots-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, site_policy=True, ldap_login=True)
+    labhub = LabHub(lab, state, ldap_login=True)
     h = DepotHub(lab, labhub)
     h.policy = labhub.policy_file
     h.lab_depot = Path(lab["dir"]) / "depots" / "soundscape-lab"

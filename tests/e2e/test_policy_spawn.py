@@ -15,7 +15,7 @@ from tests.e2e.test_spawn import Hub
 @pytest.fixture(scope="module")
 def policy_hub(lab: dict):
     state = Path("/var/tmp") / f"hpcgate-hub-policy-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, site_policy=True)
+    labhub = LabHub(lab, state)
     h = Hub(lab, labhub)
     try:
         labhub.start()

@@ -23,7 +23,7 @@ from tests.e2e.test_spawn import Hub
 @pytest.fixture(scope="module")
 def portal_hub(lab: dict):
     state = Path("/var/tmp") / f"hpcgate-hub-portal-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, site_policy=True, ldap_login=True)
+    labhub = LabHub(lab, state, ldap_login=True)
     h = Hub(lab, labhub)
     try:
         labhub.start()

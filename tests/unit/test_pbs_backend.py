@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from gateway.admin.check import ConfigChecker, Report
-from gateway.hub.scheduling import SchedulerConfig
 from gateway.policy.live import compare_queue_limits
 from gateway.policy.load import load_policy_text
 from schedulers import pbs
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState
 from schedulers.pbs_backend import PbsScheduler, resolve_host
+from schedulers.registry import SchedulerSettings, make_scheduler
 from schedulers.runners import CommandResult
 from tests.conftest import SHARED
 
@@ -263,15 +263,15 @@ def test_default_resolver() -> None:
 # -- configuration ------------------------------------------------------------------------------------------
 
 
-def test_config_makes_a_pbs_scheduler_for_command_transports() -> None:
+def test_the_registry_makes_a_pbs_scheduler_for_command_transports() -> None:
     for transport in ("sudo", "ssh", "local"):
-        config = SchedulerConfig(kind="pbs", transport=transport, ssh_host="login1")
-        assert isinstance(config.make_scheduler(), PbsScheduler)
-    with pytest.raises(ValueError, match="'rest' is Slurm's slurmrestd"):
-        SchedulerConfig(kind="pbs", transport="rest").make_scheduler()
+        settings = SchedulerSettings(kind="pbs", transport=transport, ssh_host="login1",
+                                     ssh_service_user="hpcgate")
+        assert isinstance(make_scheduler(settings), PbsScheduler)
+    with pytest.raises(ValueError, match="transport 'rest' does not work with pbs"):
+        make_scheduler(SchedulerSettings(kind="pbs", transport="rest"))
     with pytest.raises(ValueError, match="use 'slurm' or 'pbs'"):
-        SchedulerConfig(kind="lsf").make_scheduler()
-    assert "'pbs'" in SchedulerConfig.class_traits()["kind"].help
+        make_scheduler(SchedulerSettings(kind="lsf"))
 
 
 # -- the policy against PBS's queues ----------------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway.policy.live import LiveLimitsCache, compare_limits
+from gateway.policy.live import compare_limits
 from gateway.policy.load import load_policy, load_policy_text
 from schedulers.slurm_partitions import (
     build_nodes_argv,
@@ -129,50 +128,6 @@ def test_down_partition_is_a_warning() -> None:
     live = parse_partitions(PARTITIONS.replace("State=UP", "State=DOWN", 1))
     (problem,) = compare_limits(DEMO, live, parse_nodes(NODES))
     assert problem.severity == "warning" and "is DOWN" in problem.message
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_cache_refreshes_after_ttl_and_keeps_last_good_copy_on_failure() -> None:
-    clock = _Clock()
-    calls: list[int] = []
-    fail = False
-
-    async def fetch() -> dict[str, object]:
-        calls.append(1)
-        await asyncio.sleep(0)
-        if fail:
-            raise RuntimeError("slurmctld down")
-        return parse_partitions(PARTITIONS)
-
-    async def scenario() -> None:
-        nonlocal fail
-        cache = LiveLimitsCache(fetch, ttl=60, retry_after=10, clock=clock)
-        first = await asyncio.gather(*(cache.get() for _ in range(5)))
-        assert len(calls) == 1 and all(r is first[0] for r in first)  # one fetch for five callers
-        clock.now = 59
-        await cache.get()
-        assert len(calls) == 1
-        clock.now = 61
-        fail = True
-        value = await cache.get()
-        assert len(calls) == 2 and value is first[0]  # the old copy survives a failed fetch
-        assert isinstance(cache.last_error, RuntimeError)
-        clock.now = 65
-        await cache.get()
-        assert len(calls) == 2  # no retry before retry_after
-        clock.now = 72
-        fail = False
-        await cache.get()
-        assert len(calls) == 3 and cache.last_error is None and cache.age == 0
-
-    asyncio.run(scenario())
 
 
 def test_limits_are_frozen() -> None:
