@@ -41,6 +41,7 @@ from typing import Any
 
 from gateway.lab import Lab
 from gateway.lab.hub import LabHub
+from gateway.lab.site import PINNED_NODES, with_changes
 
 USER = "alice"
 NODE = "c1"
@@ -63,8 +64,10 @@ _PY_STAMP = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
 _SLURM_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})\] ")
 
 
-def hpcgate_config() -> str:
-    return f'c.BatchSpawner.node = "{NODE}"\nc.BatchSpawner.memory_mb = {MEMORY_MB}\n'
+def hpcgate_policy() -> dict[str, Any]:
+    """The lab policy with the same job as batchspawner's: debug on c1, 1 core, 2 GB, 30 min."""
+    return with_changes(PINNED_NODES, {"connection": {"mode": "direct"}, "partitions": {"debug": {
+        "default_memory": f"{MEMORY_MB}M", "default_cpus": 1, "default_walltime": "30m"}}})
 
 
 def batchspawner_config(info: dict[str, Any]) -> str:
@@ -118,8 +121,10 @@ class Side:
     def __init__(self, name: str, info: dict[str, Any], state_dir: Path, extra: str = ""):
         self.name = name
         self.info = info
-        extra = (hpcgate_config() if name == "hpcgate" else batchspawner_config(info)) + extra
-        self.hub = LabHub(info, state_dir, extra_config=extra)
+        if name == "hpcgate":
+            self.hub = LabHub(info, state_dir, extra_config=extra, policy=hpcgate_policy())
+        else:
+            self.hub = LabHub(info, state_dir, extra_config=batchspawner_config(info) + extra)
         self.home = Path(info["users"][USER]["home"])
 
     def job_log(self, job_id: str) -> Path:

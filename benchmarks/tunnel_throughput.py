@@ -241,6 +241,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from gateway.lab import Lab
     from gateway.lab.hub import LabHub
     from gateway.lab.procs import free_port
+    from gateway.lab.site import PINNED_NODES, with_changes
     from gateway.lab.sshd import sshd_config
 
     lab = Lab(args.lab_dir)
@@ -248,9 +249,8 @@ def run_bench(args: argparse.Namespace) -> int:
     info = lab.up(nodes=2)
     c2 = info["nodes"]["c2"]
     state = Path("/var/tmp") / f"hpcgate-bench-tunnel-{uuid.uuid4().hex[:8]}"
-    hub = LabHub(info, state, extra_config='c.BatchSpawner.connection_mode = "reverse"\n'
-                                           'c.BatchSpawner.node = "c2"\n'
-                                           "c.JupyterHub.allow_named_servers = True\n")
+    hub = LabHub(info, state, policy=with_changes(PINNED_NODES, {"connection": {"mode": "reverse"}}),
+                 extra_config="c.JupyterHub.allow_named_servers = True\n")
     home = Path(f"/home/{USER}")
     wav = home / f"hpcgate-bench-{args.size}.wav"
     server = f"bench{uuid.uuid4().hex[:6]}"  # its own state dir: other labs share the homes
@@ -263,7 +263,7 @@ def run_bench(args: argparse.Namespace) -> int:
         except urllib.error.HTTPError as err:
             if err.code != 409:  # 409: the hub made the user already (allowed_users)
                 raise
-        api(hub, "POST", f"/users/{USER}/servers/{server}", {})
+        api(hub, "POST", f"/users/{USER}/servers/{server}", {"partition": "long"})
         deadline = time.monotonic() + 180
         while not (api(hub, "GET", f"/users/{USER}")["servers"].get(server) or {}).get("ready"):
             if time.monotonic() > deadline:

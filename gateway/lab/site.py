@@ -19,6 +19,24 @@ DEFAULT_LAB = "/var/tmp/hpcgate-lab"  # noqa: S108 - the path demo.yaml is writt
 DEFAULT_VENV = "/opt/hpcgate/venv"
 
 
+# A variant for tests and benchmarks that need to know where a server runs: debug on c1, long on
+# c2, and every lab user may use both.
+PINNED_NODES: dict[str, Any] = {
+    "partitions": {"debug": {"node": "c1"}, "long": {"node": "c2"}},
+    "groups": {"hpc-users": {"partitions": ["debug", "long"]}},
+}
+
+
+def with_changes(base: dict[str, Any], *changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with each of `changes` merged in (a new dict; nothing is modified)."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for change in changes:
+        _merge(out, copy.deepcopy(change))
+    return out
+
+
 def lab_site_policy(info: dict[str, Any], password_file: str | Path,
                     demo: Path = DEMO, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """demo.yaml as a dict, pointed at the lab described by `info` (the content of lab.json),
@@ -38,7 +56,6 @@ def lab_site_policy(info: dict[str, Any], password_file: str | Path,
     if "tunnel" in info:
         policy["connection"].update(tunnel_user=info["tunnel"]["user"],
                                     authorized_keys=info["tunnel"]["authorized_keys"])
-    policy["cluster"]["jobcomp_file"] = info["slurm"]["jobcomp"]
     _merge(policy, overrides or {})
     return policy
 

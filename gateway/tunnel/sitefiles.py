@@ -99,7 +99,7 @@ def site_files(listen: list[tuple[str, int]], etc: str, user: str) -> dict[str, 
               f"#   ('*', not the default '!': sshd refuses keys of a locked account)\n"
               f"# Keys file: {etc}/tunnel_authorized_keys/{user}: root's, mode 0644, in\n"
               f"#   root-owned directories (StrictModes). The hub adds and removes one line per\n"
-              f"#   job (c.BatchSpawner.tunnel_authorized_keys), so it runs as root.\n"
+              f"#   job (the policy's connection.authorized_keys), so it runs as root.\n"
               f"# Check:     sshd -t -f {config}\n")
     return {"tunnel_sshd_config": tunnel_sshd_config(f"{etc}/tunnel_host_ed25519_key",
                                                      f"{etc}/tunnel_authorized_keys/%u", user,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.hub import LabHub
+from gateway.lab.site import PINNED_NODES, with_changes
 from tests.e2e.test_spawn import Hub
 from tests.e2e.test_tunnel import fetch, job_log, tunnel_port, user_token
 
@@ -28,16 +29,11 @@ LOGIN_USER = "carol"  # the account the hub's forwards log in as on the login no
 def login_hub(lab: dict):
     ssh = lab["ssh"]
     state = Path("/var/tmp") / f"hpcgate-hub-loginnode-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, extra_config=(
-        'c.BatchSpawner.connection_mode = "login-node"\n'
-        'c.BatchSpawner.allowed_nodes = ["c1", "c2"]\n'
-        'c.BatchSpawner.node = "c2"\n'
-        'c.BatchSpawner.poll_interval = 2\n'
-        f'c.BatchSpawner.tunnel_ssh_host = {ssh["host"]!r}\n'
-        f'c.BatchSpawner.tunnel_ssh_port = {ssh["port"]}\n'
-        f'c.BatchSpawner.tunnel_known_hosts = {ssh["known_hosts"]!r}\n'
-        f'c.BatchSpawner.login_node_user = {LOGIN_USER!r}\n'
-        f'c.BatchSpawner.login_node_key = {ssh["user_keys"][LOGIN_USER]!r}\n'))
+    labhub = LabHub(lab, state, policy=with_changes(PINNED_NODES, {"connection": {
+        "mode": "login-node", "ssh_host": ssh["host"], "ssh_port": ssh["port"],
+        "known_hosts": ssh["known_hosts"], "login_node_user": LOGIN_USER,
+        "login_node_key": ssh["user_keys"][LOGIN_USER]}}),
+        extra_config='c.BatchSpawner.poll_interval = 2\n')
     h = Hub(lab, labhub)
     try:
         labhub.start()
@@ -54,7 +50,7 @@ def login_hub(lab: dict):
 
 @pytest.fixture(scope="module")
 def alice_up(login_hub: Hub):
-    status, body = login_hub.spawn("alice", {"node": "c2"})
+    status, body = login_hub.spawn("alice", {"partition": "long"})
     assert status in (201, 202), body
     login_hub.wait_ready("alice", timeout=120)
     yield login_hub

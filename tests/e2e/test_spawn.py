@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.lab.hub import LabHub
+from gateway.lab.site import PINNED_NODES, with_changes
 
 
 class Hub:
@@ -100,8 +101,7 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub(lab: dict):
     state = Path("/var/tmp") / f"hpcgate-hub-test-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, extra_config='c.BatchSpawner.allowed_nodes = ["c1", "c2"]\n'
-                                             'c.BatchSpawner.node = "c1"\n')
+    labhub = LabHub(lab, state, policy=with_changes(PINNED_NODES, {"connection": {"mode": "direct"}}))
     h = Hub(lab, labhub)
     try:
         labhub.start()
@@ -147,7 +147,7 @@ def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -
 
 
 def test_spawn_on_c2_direct_to_its_address(hub: Hub) -> None:
-    status, _ = hub.spawn("bob", {"node": "c2"})
+    status, _ = hub.spawn("bob", {"partition": "long"})
     assert status in (201, 202), _
     hub.wait_ready("bob")
     code, _ = hub.get("/user/bob/api")
@@ -189,7 +189,8 @@ def test_three_hours_on_debug_fails_at_once_with_the_limit(hub: Hub) -> None:
     status, body = hub.spawn("alice", {"partition": "debug", "walltime": "3:00:00"})
     assert time.monotonic() - t0 < 10
     assert status == 400, body
-    assert "Partition 'debug' allows at most 30 minutes; you asked for 3 hours." in body["message"]
+    assert ("Partition 'debug' allows at most 30 minutes of walltime; you asked for 3 hours."
+            in body["message"])
     assert hub.server("alice") is None
     assert not hub.active_jobs("alice")
 
@@ -218,7 +219,7 @@ def test_orphans_lists_and_cancels_a_job_no_server_owns(hub: Hub) -> None:
 def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> None:
     env = [f"{k}={v}" for k, v in hub.lab["slurm"]["env"].items()]
     # Explicit options: JupyterHub would reuse alice's last ones (3 hours on debug).
-    assert hub.spawn("alice", {"walltime": "0:20:00"})[0] in (201, 202)
+    assert hub.spawn("alice", {"partition": "debug", "walltime": "0:20:00"})[0] in (201, 202)
     hub.wait_ready("alice")
     [alice_job] = hub.active_jobs("alice")
     # Fill c2 so that bob's server must wait in the queue.
@@ -226,7 +227,7 @@ def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> N
         ["sudo", "-u", "carol", "env", *env, "sbatch", "--parsable", "-w", "c2", "-c", "16",
          "--mem=8000", "-o", "/dev/null", "--wrap", "sleep 600"],
         capture_output=True, text=True, check=True, cwd="/").stdout.strip()
-    threading.Thread(target=hub.spawn, args=("bob", {"node": "c2"}), daemon=True).start()
+    threading.Thread(target=hub.spawn, args=("bob", {"partition": "long"}), daemon=True).start()
     deadline = time.monotonic() + 30
     while not [j for j in hub.active_jobs("bob") if j["state_reason"] == "Resources"]:
         assert time.monotonic() < deadline, hub.active_jobs("bob")

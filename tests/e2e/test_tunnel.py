@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.lab.hub import LabHub
+from gateway.lab.site import PINNED_NODES, with_changes
 from tests.e2e.test_spawn import Hub
 
 WAV_SIZE = 2 * 1024**3
@@ -29,12 +30,9 @@ WAV_SIZE = 2 * 1024**3
 @pytest.fixture(scope="module")
 def tunnel_hub(lab: dict):
     state = Path("/var/tmp") / f"hpcgate-hub-tunnel-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, extra_config=(
-        'c.BatchSpawner.connection_mode = "reverse"\n'
-        'c.BatchSpawner.allowed_nodes = ["c1", "c2"]\n'
-        'c.BatchSpawner.node = "c2"\n'
+    labhub = LabHub(lab, state, policy=with_changes(
+        PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 8}}), extra_config=(
         'c.BatchSpawner.poll_interval = 2\n'
-        'c.BatchSpawner.tunnel_down_timeout = 8\n'
         'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n'))
     h = Hub(lab, labhub)
     try:
@@ -91,7 +89,7 @@ def authorized_lines(lab: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def alice_up(tunnel_hub: Hub):
-    status, body = tunnel_hub.spawn("alice", {"node": "c2"})
+    status, body = tunnel_hub.spawn("alice", {"partition": "long"})
     assert status in (201, 202), body
     tunnel_hub.wait_ready("alice", timeout=120)
     yield tunnel_hub
@@ -302,7 +300,7 @@ def _epoch(iso: str) -> float:
 
 def test_stop_removes_the_key_and_a_tunnel_that_stays_down_is_reported(tunnel_hub: Hub) -> None:
     hub = tunnel_hub
-    assert hub.spawn("bob", {"node": "c1"})[0] in (201, 202)
+    assert hub.spawn("bob", {"partition": "debug"})[0] in (201, 202)
     hub.wait_ready("bob", timeout=120)
     assert hub.get("/user/bob/api")[0] == 200
     tags = [x for x in authorized_lines(hub.lab) if "hpcgate-job:bob-" in x]

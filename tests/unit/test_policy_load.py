@@ -194,6 +194,7 @@ def test_lab_site_policy_fills_in_a_labs_endpoints(tmp_path: Path) -> None:
     path = write_lab_site(info, "/root/pw", tmp_path / "lab.yaml")
     policy = load_policy(path)
     assert policy.cluster.environment["SLURM_CONF"] == "/var/tmp/other-lab/etc/slurm.conf"
+    assert policy.cluster.jobcomp_file == "/var/tmp/other-lab/log/jobcomp.txt"
     assert (policy.connection.ssh_host, policy.connection.ssh_port) == ("10.213.99.1", 40001)
     assert policy.directory is not None and policy.directory.uri == "ldap://127.0.0.1:40000"
     assert "/var/tmp/hpcgate-lab" not in path.read_text()

@@ -112,28 +112,23 @@ def test_backoff_doubles_to_its_maximum_and_resets_after_a_stable_connection() -
 # -- settings --------------------------------------------------------------------------------------
 
 
-TRAITS = SimpleNamespace(tunnel_ssh_host="login-trait", tunnel_ssh_port=2222,
-                         login_node_user="svc", login_node_key="/k",
-                         tunnel_known_hosts="/kh", tunnel_ports=(40000, 40010),
-                         tunnel_ciphers="aes128-gcm@openssh.com")
+CONN = SimpleNamespace(ssh_host="login-policy", ssh_port=2222, login_node_user="svc",
+                       login_node_key="/k", known_hosts="/kh", first_port=40000, last_port=40010,
+                       ciphers=None)
 
 
-def test_settings_from_traits_and_the_policy_wins() -> None:
-    s = settings_from(None, TRAITS)
+def test_settings_come_from_the_policys_connection_section() -> None:
+    s = settings_from(CONN)
     assert (s.host, s.port, s.user, s.key_file, s.known_hosts) == (
-        "login-trait", 2222, "svc", "/k", "/kh")
+        "login-policy", 2222, "svc", "/k", "/kh")
     assert s.ports == (40000, 40010)
-    conn = SimpleNamespace(ssh_host="login-policy", ssh_port=22, login_node_user="hubsvc",
-                           login_node_key=None, known_hosts="/etc/kh")
-    s = settings_from(conn, TRAITS)
-    assert (s.host, s.port, s.user, s.key_file, s.known_hosts) == (
-        "login-policy", 22, "hubsvc", "/k", "/etc/kh")
+    assert s.ciphers.startswith("aes128-gcm@openssh.com")  # unset: the measured fastest first
 
 
 def test_settings_name_what_is_missing() -> None:
-    traits = SimpleNamespace(**{**TRAITS.__dict__, "login_node_user": "", "login_node_key": ""})
+    conn = SimpleNamespace(**{**CONN.__dict__, "login_node_user": None, "login_node_key": None})
     with pytest.raises(TunnelConfigError, match="needs login_node_user, login_node_key"):
-        settings_from(None, traits)
+        settings_from(conn)
 
 
 def test_check_files_refuses_missing_and_open_keys(tmp_path: Path) -> None:
@@ -307,7 +302,7 @@ def test_every_example_policy_loads_and_the_login_node_one_gives_its_forward() -
     modes = {load_policy(path).connection.mode for path in examples}
     assert modes == {"direct", "reverse", "login-node"}  # one example at least for each mode
     policy = load_policy(SITES / "login-node-slurm.yaml")
-    s = settings_from(policy.connection, TRAITS)
+    s = settings_from(policy.connection)
     assert (s.host, s.port, s.user, s.key_file, s.known_hosts) == (
         "login2.cluster.example.org", 22, "hpcgate-fwd", "/etc/hpcgate/login_node_ed25519_key",
         "/etc/hpcgate/ssh_known_hosts")
