@@ -22,7 +22,6 @@ from typing import Any
 
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import (
-    SAFE_ENV_NAME,
     JobRequest,
     JobState,
     JobStatus,
@@ -31,7 +30,7 @@ from schedulers.model import (
     check_path,
     format_duration,
 )
-from schedulers.slurm import shell_quote
+from schedulers.script import export_lines, shell_quote
 
 # -- submit ------------------------------------------------------------------------------------
 
@@ -90,10 +89,7 @@ def build_script(req: JobRequest) -> str:
         lines.append(f"#PBS {text}")
     # qsub reads directives up to the first command: nothing below can become one.
     lines.append(": end of the PBS header")
-    for name, value in req.environment.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise UnsafeValue(f"environment variable name {name!r} is not valid")
-        lines.append(f"export {name}={shell_quote(value)}")
+    lines += export_lines(req.environment)
     if req.workdir:
         # PBS Pro has no working-directory option: jobs start in $HOME.
         lines.append(f"cd {shell_quote(check_path('working directory', req.workdir))} || exit 1")

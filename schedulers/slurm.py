@@ -16,7 +16,6 @@ from typing import Any
 
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import (
-    SAFE_ENV_NAME,
     JobRequest,
     JobState,
     JobStatus,
@@ -25,6 +24,7 @@ from schedulers.model import (
     check_path,
     format_duration,
 )
+from schedulers.script import export_lines
 
 # -- submit ------------------------------------------------------------------------------------
 
@@ -36,13 +36,6 @@ def format_walltime(td: timedelta) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
-
-
-def shell_quote(value: str) -> str:
-    """Single-quote for bash. Values are validated first; this keeps odd-but-valid ones literal."""
-    if any(c in value for c in "\0\n\r"):
-        raise UnsafeValue(f"value {value!r} spans lines")
-    return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
 def build_script(req: JobRequest) -> str:
@@ -77,10 +70,7 @@ def build_script(req: JobRequest) -> str:
         if any(c in directive for c in "\0\n\r"):
             raise UnsafeValue(f"site directive {directive!r} spans lines")
         lines.append(f"#SBATCH {directive}")
-    for name, value in req.environment.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise UnsafeValue(f"environment variable name {name!r} is not valid")
-        lines.append(f"export {name}={shell_quote(value)}")
+    lines += export_lines(req.environment)
     lines.append(req.script.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
