@@ -7,7 +7,6 @@ job's user; the batched status query runs as the hub's own identity, once for ev
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from schedulers import slurm
+from schedulers.durations import parse_slurm_time
 from schedulers.errors import SchedulerUnavailable
 from schedulers.model import JobRequest, JobStatus
 from schedulers.runners import Runner
@@ -44,16 +44,12 @@ class Scheduler(Protocol):
         ...
 
 
-_DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
-
-
-def parse_slurm_duration(text: str) -> timedelta | None:
-    """`30:00`, `1:00:00`, `2-00:00:00` -> timedelta; UNLIMITED/infinite -> None."""
-    m = _DURATION.match(text.strip())
-    if not m:
+def _sinfo_time_limit(text: str) -> timedelta | None:
+    # Only used to word a refusal better: an unreadable limit just leaves Slurm's own message.
+    try:
+        return parse_slurm_time(text)
+    except ValueError:
         return None
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 class SlurmScheduler:
@@ -80,7 +76,7 @@ class SlurmScheduler:
                 if name.endswith("*"):  # the default partition
                     name = name[:-1]
                     self._default_partition = name
-                self._partition_limits[name] = parse_slurm_duration(limit)
+                self._partition_limits[name] = _sinfo_time_limit(limit)
         return self._partition_limits.get(partition or self._default_partition or "")
 
     async def submit(self, req: JobRequest, user: str) -> str:

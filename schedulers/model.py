@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from schedulers.durations import format_words
+
 
 class JobState(str, enum.Enum):
     """One small set of states every scheduler is mapped onto."""
@@ -118,13 +120,8 @@ class JobStatus:
 
 
 def format_duration(seconds: float) -> str:
-    """Plain words for a duration: '30 minutes', '2 hours', '1 day 12 hours'."""
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = []
-    for n, unit in ((days, "day"), (hours, "hour"), (minutes, "minute"), (secs, "second")):
-        if n:
-            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
-    return " ".join(parts[:2]) if parts else "0 seconds"
+    """Plain words, two parts at most: '30 minutes', '2 hours', '1 day 12 hours'.
+
+    Kept for the spawner's messages; everything else calls `schedulers.durations.format_words`.
+    """
+    return format_words(seconds, parts=2)

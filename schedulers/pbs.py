@@ -20,28 +20,12 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from schedulers.durations import format_pbs, format_words, parse_pbs_walltime
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
-from schedulers.model import (
-    SAFE_ENV_NAME,
-    JobRequest,
-    JobState,
-    JobStatus,
-    UnsafeValue,
-    check_name,
-    check_path,
-    format_duration,
-)
-from schedulers.slurm import shell_quote
+from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, check_name, check_path
+from schedulers.script import export_lines, shell_quote
 
 # -- submit ------------------------------------------------------------------------------------
-
-
-def format_walltime(td: timedelta) -> str:
-    """PBS's HH:MM:SS (hours may pass 24), rounding up to whole seconds."""
-    total = int(-(-td.total_seconds() // 1))
-    hours, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
 def _positive_int(what: str, value: Any, minimum: int = 1) -> int:
@@ -79,7 +63,7 @@ def build_script(req: JobRequest) -> str:
         lines.append(f"#PBS -A {check_name('account', req.account)}")
     lines.append(f"#PBS -l {_select(req)}")
     if req.walltime is not None:
-        lines.append(f"#PBS -l walltime={format_walltime(req.walltime)}")
+        lines.append(f"#PBS -l walltime={format_pbs(req.walltime)}")
     if req.output:
         # -k oed writes the log in place while the job runs (not staged back at its end).
         lines += [f"#PBS -o {_directive_path('output path', req.output)}", "#PBS -j oe", "#PBS -k oed"]
@@ -90,10 +74,7 @@ def build_script(req: JobRequest) -> str:
         lines.append(f"#PBS {text}")
     # qsub reads directives up to the first command: nothing below can become one.
     lines.append(": end of the PBS header")
-    for name, value in req.environment.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise UnsafeValue(f"environment variable name {name!r} is not valid")
-        lines.append(f"export {name}={shell_quote(value)}")
+    lines += export_lines(req.environment)
     if req.workdir:
         # PBS Pro has no working-directory option: jobs start in $HOME.
         lines.append(f"cd {shell_quote(check_path('working directory', req.workdir))} || exit 1")
@@ -170,11 +151,11 @@ def _precise_limit(req: JobRequest, queue: QueueLimits) -> str | None:
     q = f"Queue '{queue.name}'"
     if req.walltime is not None:
         if queue.max_walltime is not None and req.walltime > queue.max_walltime:
-            return (f"{q} allows at most {format_duration(queue.max_walltime.total_seconds())}; you "
-                    f"asked for {format_duration(req.walltime.total_seconds())}.")
+            return (f"{q} allows at most {format_words(queue.max_walltime, parts=2)}; you "
+                    f"asked for {format_words(req.walltime, parts=2)}.")
         if queue.min_walltime is not None and req.walltime < queue.min_walltime:
-            return (f"{q} takes jobs of at least {format_duration(queue.min_walltime.total_seconds())};"
-                    f" you asked for {format_duration(req.walltime.total_seconds())}.")
+            return (f"{q} takes jobs of at least {format_words(queue.min_walltime, parts=2)};"
+                    f" you asked for {format_words(req.walltime, parts=2)}.")
     pairs = ((queue.max_ncpus, req.cpus, "cores"), (queue.max_ngpus, req.gpus, "GPUs"),
              (queue.max_mem_mb, req.memory_mb, "MB of memory"))
     for allowed, asked, unit in pairs:
@@ -703,16 +684,13 @@ def parse_size_mb(value: Any) -> int | None:
     return number * scale // 2**20
 
 
-def parse_walltime(value: Any) -> timedelta | None:
-    """PBS's `[[HH:]MM:]SS[.ms]` (hours may pass 24), or seconds as a number."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if not isinstance(value, str) or not re.fullmatch(r"\s*\d+(?::\d+){0,2}(?:\.\d+)?\s*", value):
+def _walltime(value: Any) -> timedelta | None:
+    """A queue's walltime limit; None when not set, or unreadable (then the gateway's own check
+    is skipped and the server still enforces the limit: one odd value must not hide the queue)."""
+    try:
+        return None if value is None else parse_pbs_walltime(value)
+    except ValueError:
         return None
-    seconds = 0.0
-    for part in value.strip().split(":"):
-        seconds = seconds * 60 + float(part)
-    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -759,14 +737,14 @@ def queue_from_record(name: str, rec: Mapping[str, Any]) -> QueueLimits:
         queue_type=str(rec.get("queue_type") or "Execution"),
         enabled=_true(rec.get("enabled")),
         started=_true(rec.get("started")),
-        max_walltime=parse_walltime(top.get("walltime")),
+        max_walltime=_walltime(top.get("walltime")),
         max_ncpus=_int(top.get("ncpus")),
         max_mem_mb=parse_size_mb(top.get("mem")) if "mem" in top else None,
         max_ngpus=_int(top.get("ngpus")),
         max_nodect=_int(top.get("nodect")),
-        min_walltime=parse_walltime(low.get("walltime")),
+        min_walltime=_walltime(low.get("walltime")),
         min_nodect=_int(low.get("nodect")),
-        default_walltime=parse_walltime(default.get("walltime")),
+        default_walltime=_walltime(default.get("walltime")),
         default_ncpus=_int(default.get("ncpus")),
         default_mem_mb=parse_size_mb(default.get("mem")) if "mem" in default else None,
         route_destinations=tuple(d.strip() for d in str(rec.get("route_destinations") or "").split(",")

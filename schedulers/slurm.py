@@ -14,35 +14,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from schedulers.durations import format_slurm, format_words
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
-from schedulers.model import (
-    SAFE_ENV_NAME,
-    JobRequest,
-    JobState,
-    JobStatus,
-    UnsafeValue,
-    check_name,
-    check_path,
-    format_duration,
-)
+from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, check_name, check_path
+from schedulers.script import export_lines
 
 # -- submit ------------------------------------------------------------------------------------
-
-
-def format_walltime(td: timedelta) -> str:
-    """Slurm's D-HH:MM:SS, rounding up to whole seconds."""
-    total = int(-(-td.total_seconds() // 1))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
-
-
-def shell_quote(value: str) -> str:
-    """Single-quote for bash. Values are validated first; this keeps odd-but-valid ones literal."""
-    if any(c in value for c in "\0\n\r"):
-        raise UnsafeValue(f"value {value!r} spans lines")
-    return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
 def build_script(req: JobRequest) -> str:
@@ -65,7 +42,7 @@ def build_script(req: JobRequest) -> str:
             raise UnsafeValue(f"gpus must be a whole number, not {req.gpus!r}")
         lines.append(f"#SBATCH --gres=gpu:{req.gpus}")
     if req.walltime is not None:
-        lines.append(f"#SBATCH --time={format_walltime(req.walltime)}")
+        lines.append(f"#SBATCH --time={format_slurm(req.walltime)}")
     if req.workdir:
         lines.append(f"#SBATCH --chdir={check_path('working directory', req.workdir)}")
     if req.output:
@@ -77,10 +54,7 @@ def build_script(req: JobRequest) -> str:
         if any(c in directive for c in "\0\n\r"):
             raise UnsafeValue(f"site directive {directive!r} spans lines")
         lines.append(f"#SBATCH {directive}")
-    for name, value in req.environment.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise UnsafeValue(f"environment variable name {name!r} is not valid")
-        lines.append(f"export {name}={shell_quote(value)}")
+    lines += export_lines(req.environment)
     lines.append(req.script.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
@@ -129,8 +103,8 @@ def explain_submit_error(stderr: str, req: JobRequest | None = None,
     if (req is not None and req.walltime is not None and partition_max_walltime is not None
             and re.search(r"time limit", raw, re.I) and req.walltime > partition_max_walltime):
         return (f"Partition '{req.partition or 'default'}' allows at most "
-                f"{format_duration(partition_max_walltime.total_seconds())}; you asked for "
-                f"{format_duration(req.walltime.total_seconds())}.")
+                f"{format_words(partition_max_walltime, parts=2)}; you asked for "
+                f"{format_words(req.walltime, parts=2)}.")
     for pattern, sentence in _SUBMIT_ERRORS:
         if pattern.search(raw):
             where = f" (partition '{req.partition}')" if req is not None and req.partition else ""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
 
+from schedulers.durations import parse_slurm_time
+
 UNLIMITED_WORDS = frozenset({"UNLIMITED", "INFINITE", "NONE", "N/A", "(null)", ""})
 
 
@@ -72,28 +74,6 @@ def parse_record(line: str) -> dict[str, str]:
         end = keys[i + 1].start() if i + 1 < len(keys) else len(line)
         record[match.group(1)] = line[match.end():end].strip()
     return record
-
-
-def parse_slurm_time(value: str) -> timedelta | None:
-    """`2-00:00:00`, `00:30:00`, `30:00`, `30`, `UNLIMITED` -> timedelta, or None for unlimited."""
-    value = value.strip()
-    if value.upper() in UNLIMITED_WORDS:
-        return None
-    days = 0
-    if "-" in value:
-        day_text, value = value.split("-", 1)
-        days = int(day_text)
-    parts = [int(p) for p in value.split(":")] if value else [0]
-    if "-" in value or len(parts) > 3:
-        raise ValueError(f"not a Slurm time: {value!r}")
-    if len(parts) == 3:
-        h, m, s = parts
-    elif len(parts) == 2:
-        # D-H:M when a day part was given, else M:S (Slurm's own reading).
-        (h, m), s = (parts, 0) if days else ((0, parts[0]), parts[1])
-    else:
-        h, m, s = (parts[0], 0, 0) if days else (0, parts[0], 0)
-    return timedelta(days=days, hours=h, minutes=m, seconds=s)
 
 
 def _number(value: str | None) -> int | None:

@@ -36,9 +36,10 @@ from gateway.admin.probe import (
 from gateway.admin.testjobs import ProbeJobs
 from gateway.policy.live import compare_limits, compare_queue_limits
 from gateway.policy.load import PolicyFileError, load_policy
-from gateway.policy.model import Directory, SitePolicy, format_duration_td
+from gateway.policy.model import Directory, SitePolicy
 from gateway.policy.rules import rules_for
 from gateway.policy.schema import describe_schema
+from schedulers.durations import format_words
 from schedulers.errors import SchedulerError
 from schedulers.pbs import QueueLimits, build_queues_argv, parse_queues
 from schedulers.slurm_partitions import (
@@ -406,7 +407,7 @@ def _describe_max_times(max_times: Mapping[str, timedelta | None], label: str,
     for name in policy.partitions:
         if name in max_times:
             mt = max_times[name]
-            parts.append(f"{name} {label} {format_duration_td(mt) if mt else 'unlimited'}")
+            parts.append(f"{name} {label} {format_words(mt) if mt else 'unlimited'}")
     return ", ".join(parts)
 
 

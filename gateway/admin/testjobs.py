@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.admin.probe import last_line, unix_groups_of
-from gateway.policy.durations import format_walltime
-from gateway.policy.model import format_duration_td
 from gateway.policy.rules import rules_for
+from schedulers.durations import format_slurm, format_words
 
 if TYPE_CHECKING:
     from gateway.admin.check import ConfigChecker
@@ -124,7 +123,7 @@ class ProbeJobs:
             self.as_user(["scancel", job.job_id])
             state = last_state.get(job.job_id, "unknown")
             done[job.job_id] = [("fail", f"The test job {job.job_id} on {self._where(job)} did not "
-                                         f"finish within {format_duration_td(self.policy.check.job_timeout)}"
+                                         f"finish within {format_words(self.policy.check.job_timeout)}"
                                          f" (last state: {state}); it was cancelled.")]
             self._remove(job.output)
         for job in jobs:  # report in submission order, whatever order the jobs ended in
@@ -138,7 +137,7 @@ class ProbeJobs:
                 ) -> list[_TestJob]:
         output = f"{self.home}/.hpcgate-check-{uuid.uuid4().hex[:12]}.out"
         argv = ["sbatch", "--parsable", "--export=NONE", "-J", "hpcgate-check", "-p", partition,
-                "-N", "1", "-n", "1", "-t", format_walltime(_TEST_WALLTIME), "-o", output,
+                "-N", "1", "-n", "1", "-t", format_slurm(_TEST_WALLTIME), "-o", output,
                 "-D", self.home]
         if node:
             argv += ["-w", node]

@@ -11,15 +11,10 @@ import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway.policy.durations import (
-    MEMORY_EXAMPLES,
-    WALLTIME_EXAMPLES,
-    format_memory,
-    format_memory_input,
-    format_walltime,
-)
-from gateway.policy.model import SitePolicy, format_duration_td
+from gateway.policy.durations import MEMORY_EXAMPLES, format_memory, format_memory_input
+from gateway.policy.model import SitePolicy
 from gateway.policy.rules import PartitionOffer, UserRules, rules_for
+from schedulers.durations import WALLTIME_EXAMPLES, format_form, format_words
 
 
 def _e(value: Any) -> str:
@@ -28,7 +23,7 @@ def _e(value: Any) -> str:
 
 def _summary(offer: PartitionOffer) -> str:
     lim = offer.limits
-    parts = [f"up to {format_duration_td(lim.max_walltime)}", f"{lim.max_cpus} cores",
+    parts = [f"up to {format_words(lim.max_walltime)}", f"{lim.max_cpus} cores",
              f"{format_memory(lim.max_memory)} memory"]
     if lim.max_gpus:
         parts.append(f"{lim.max_gpus} GPU{'s' if lim.max_gpus != 1 else ''}")
@@ -42,8 +37,8 @@ def _option(offer: PartitionOffer, selected: bool) -> str:
         "max-memory": format_memory(lim.max_memory),
         "default-memory": format_memory_input(lim.default_memory),
         "max-gpus": lim.max_gpus, "default-gpus": lim.default_gpus,
-        "max-walltime": format_duration_td(lim.max_walltime),
-        "default-walltime": format_walltime(lim.default_walltime),
+        "max-walltime": format_words(lim.max_walltime),
+        "default-walltime": format_form(lim.default_walltime),
     }
     attrs = " ".join(f'data-{k}="{_e(v)}"' for k, v in data.items())
     label = f"{offer.name} ({_summary(offer)})"
@@ -135,8 +130,8 @@ def _render(rules: UserRules, chosen: str) -> str:
                    + _help("gpus", f"0 to {lim.max_gpus} GPUs.") + "</div>")
     out.append('<div class="mb-3"><label class="form-label" for="hpcgate-walltime">Walltime</label>'
                '<input class="form-control" type="text" id="hpcgate-walltime" name="walltime" '
-               f'value="{_e(format_walltime(lim.default_walltime))}" required>'
-               + _help("walltime", f"Up to {format_duration_td(lim.max_walltime)}; "
+               f'value="{_e(format_form(lim.default_walltime))}" required>'
+               + _help("walltime", f"Up to {format_words(lim.max_walltime)}; "
                                    f"e.g. {WALLTIME_EXAMPLES}.")
                + "</div>")
     if rules.accounts:

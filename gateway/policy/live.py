@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from gateway.policy.durations import format_memory
-from gateway.policy.model import Limits, SitePolicy, format_duration_td
+from gateway.policy.model import Limits, SitePolicy
+from schedulers.durations import format_words
 from schedulers.pbs import QueueLimits
 from schedulers.slurm_partitions import NodeInfo, PartitionLimits
 
@@ -72,8 +73,8 @@ def _compare_one(name: str, where: str, lim: Limits, part: PartitionLimits,
                             f"{allowed} on partition {name!r} ({source}).")
 
     if part.max_time is not None and lim.max_walltime > part.max_time:
-        yield over("max_walltime", format_duration_td(lim.max_walltime),
-                   format_duration_td(part.max_time), "MaxTime")
+        yield over("max_walltime", format_words(lim.max_walltime),
+                   format_words(part.max_time), "MaxTime")
     if part.max_nodes is not None and lim.max_nodes > part.max_nodes:
         yield over("max_nodes", str(lim.max_nodes), str(part.max_nodes), "MaxNodes")
     if part.max_mem_per_node_mb is not None and lim.max_memory > part.max_mem_per_node_mb:
@@ -138,8 +139,8 @@ def _compare_queue(name: str, where: str, lim: Limits, queue: QueueLimits) -> It
                             f"on queue {name!r} ({source}).")
 
     if queue.max_walltime is not None and lim.max_walltime > queue.max_walltime:
-        yield over("max_walltime", format_duration_td(lim.max_walltime),
-                   format_duration_td(queue.max_walltime), "resources_max.walltime")
+        yield over("max_walltime", format_words(lim.max_walltime),
+                   format_words(queue.max_walltime), "resources_max.walltime")
     if queue.max_ncpus is not None and lim.max_cpus > queue.max_ncpus:
         yield over("max_cpus", f"{lim.max_cpus} cores", f"{queue.max_ncpus} cores", "resources_max.ncpus")
     if queue.max_mem_mb is not None and lim.max_memory > queue.max_mem_mb:
@@ -157,6 +158,6 @@ def _compare_queue(name: str, where: str, lim: Limits, queue: QueueLimits) -> It
                            "every job there would be refused.")
     if queue.min_walltime is not None and lim.default_walltime < queue.min_walltime:
         yield LimitProblem(name, f"{where}.default_walltime",
-                           f"{where}.default_walltime suggests {format_duration_td(lim.default_walltime)},"
+                           f"{where}.default_walltime suggests {format_words(lim.default_walltime)},"
                            f" but queue {name!r} takes jobs of at least "
-                           f"{format_duration_td(queue.min_walltime)} (resources_min.walltime).")
+                           f"{format_words(queue.min_walltime)} (resources_min.walltime).")

@@ -34,6 +34,7 @@ from gateway.policy.schema import (
     Url,
     setting,
 )
+from schedulers.durations import format_words
 from schedulers.registry import ADAPTERS
 
 Path = tuple[str | int, ...]
@@ -79,7 +80,7 @@ class Limits:
     def problems(self) -> Iterator[tuple[str, str]]:
         """(field, sentence) for each default that exceeds its maximum."""
         pairs = (
-            ("default_walltime", self.default_walltime, self.max_walltime, format_duration_td),
+            ("default_walltime", self.default_walltime, self.max_walltime, format_words),
             ("default_cpus", self.default_cpus, self.max_cpus, str),
             ("default_memory", self.default_memory, self.max_memory, format_memory),
             ("default_gpus", self.default_gpus, self.max_gpus, str),
@@ -88,17 +89,6 @@ class Limits:
             if default > maximum:
                 yield name, (f"the default {show(default)} is above the maximum {show(maximum)} "
                              f"(max_{name.removeprefix('default_')})")
-
-
-def format_duration_td(td: timedelta) -> str:
-    """Plain words with every part kept: '1 day 2 hours 30 minutes' (no rounding in a limit)."""
-    seconds = int(td.total_seconds())
-    parts = []
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
-        n, seconds = divmod(seconds, size)
-        if n:
-            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
-    return " ".join(parts) or "0 seconds"
 
 
 @dataclass(frozen=True, kw_only=True)

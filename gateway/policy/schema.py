@@ -14,14 +14,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.policy.durations import (
-    MEMORY_EXAMPLES,
-    WALLTIME_EXAMPLES,
-    format_memory,
-    format_walltime,
-    parse_duration,
-    parse_memory_mb,
-)
+from gateway.policy.durations import MEMORY_EXAMPLES, format_memory, parse_memory_mb
+from schedulers.durations import WALLTIME_EXAMPLES, format_form, parse_duration
 from schedulers.model import SAFE_ENV_NAME, SAFE_NAME
 
 REQUIRED: Any = dataclasses.MISSING
@@ -158,7 +152,7 @@ class Duration(Kind):
             raise ValueError(f"must be {self.description}, not {value!r} ({err})") from None
 
     def show(self, value: Any) -> str:
-        return format_walltime(value)
+        return format_form(value)
 
 
 class Memory(Kind):

@@ -3,8 +3,9 @@ that the policy allows come out.
 
 The form is a convenience; this is the gate. Partition and account names must equal one of the
 policy's names exactly; numbers must be ASCII digits within the user's limits; durations and sizes
-go through the strict parsers in `durations.py`. Every refusal is one sentence that names the field
-and the allowed range, and nothing the user typed is ever copied into the result.
+go through the strict parsers in `schedulers.durations` and `durations.py`. Every refusal is one
+sentence that names the field and the allowed range, and nothing the user typed is ever copied
+into the result.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from gateway.policy.durations import (
-    MEMORY_EXAMPLES,
-    WALLTIME_EXAMPLES,
-    format_memory,
-    parse_duration,
-    parse_memory_mb,
-)
-from gateway.policy.model import SitePolicy, format_duration_td
+from gateway.policy.durations import MEMORY_EXAMPLES, format_memory, parse_memory_mb
+from gateway.policy.model import SitePolicy
 from gateway.policy.rules import PartitionOffer, UserRules, rules_for
+from schedulers.durations import WALLTIME_EXAMPLES, format_words, parse_duration
 
 FORM_FIELDS = ("partition", "account", "cpus", "memory", "gpus", "walltime")
 _DIGITS = frozenset("0123456789")
@@ -176,7 +172,7 @@ class _Checker:
 
     def walltime(self, high: timedelta, default: timedelta, part: str) -> timedelta:
         rule = (f"Walltime must be a duration like {WALLTIME_EXAMPLES}, up to "
-                f"{format_duration_td(high)} on partition {part!r}")
+                f"{format_words(high)} on partition {part!r}")
         raw = self._raw("walltime", rule)
         if raw is None:
             return default
@@ -187,8 +183,8 @@ class _Checker:
         except ValueError:
             raise PolicyError(f"{rule}; {_entered(raw)}.", "walltime") from None
         if td > high:
-            raise PolicyError(f"Partition {part!r} allows at most {format_duration_td(high)} of "
-                              f"walltime; you asked for {format_duration_td(td)}.", "walltime")
+            raise PolicyError(f"Partition {part!r} allows at most {format_words(high)} of "
+                              f"walltime; you asked for {format_words(td)}.", "walltime")
         return td
 
 

@@ -502,13 +502,14 @@ def test_sizes(text: object, mb: int | None) -> None:
     assert pbs.parse_size_mb(text) == mb
 
 
-@pytest.mark.parametrize(("text", "td"), [
-    ("01:00:00", timedelta(hours=1)), ("240:00:00", timedelta(hours=240)), ("1:0:0", timedelta(hours=1)),
-    ("30:00", timedelta(minutes=30)), ("90", timedelta(seconds=90)), (3600, timedelta(hours=1)),
-    ("8199:09:40", timedelta(hours=8199, minutes=9, seconds=40)), ("soon", None),
-])
-def test_walltimes(text: object, td: timedelta | None) -> None:
-    assert pbs.parse_walltime(text) == td
+def test_queue_walltimes_unset_or_unreadable_are_no_limit() -> None:
+    """The readings themselves are in test_durations.py; a queue keeps its other limits either way."""
+    queue = pbs.queue_from_record("q", {"resources_max": {"walltime": "240:00:00", "ncpus": 8},
+                                        "resources_min": {"walltime": "soon"},
+                                        "resources_default": {"walltime": 5400}})
+    assert queue.max_walltime == timedelta(hours=240) and queue.max_ncpus == 8
+    assert queue.min_walltime is None
+    assert queue.default_walltime == timedelta(minutes=90)
 
 
 def test_every_json_sample_in_the_folder_is_covered() -> None:

@@ -57,10 +57,6 @@ def test_minimal_script_uses_the_servers_defaults() -> None:
                       ": end of the PBS header\ntrue\n")
 
 
-def test_walltime_past_a_day_stays_in_hours() -> None:
-    assert pbs.format_walltime(timedelta(days=2, minutes=5)) == "48:05:00"
-
-
 @pytest.mark.parametrize("changes", [
     {"name": "x\n#PBS -q evil"}, {"partition": "debug -q long"}, {"account": "a;b"},
     {"node": "c1:ncpus=64"}, {"output": "/home/a b/log"}, {"output": "/home/a:b/log"},

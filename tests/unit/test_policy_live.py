@@ -18,7 +18,6 @@ from schedulers.slurm_partitions import (
     parse_nodes,
     parse_partitions,
     parse_record,
-    parse_slurm_time,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,16 +64,6 @@ def test_record_values_keep_spaces_and_equals() -> None:
                        "TRES=cpu=4,mem=1G")
     assert rec == {"NodeName": "n1", "OS": "Linux 6.1 #1 SMP", "Reason": "Not responding [root@2024]",
                    "TRES": "cpu=4,mem=1G"}
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("UNLIMITED", None), ("INFINITE", None), ("NONE", None),
-    ("2-00:00:00", timedelta(days=2)), ("00:30:00", timedelta(minutes=30)),
-    ("30:00", timedelta(minutes=30)), ("45", timedelta(minutes=45)),
-    ("1-12", timedelta(days=1, hours=12)), ("1-12:30", timedelta(days=1, hours=12, minutes=30)),
-])
-def test_slurm_times(text: str, expected: timedelta | None) -> None:
-    assert parse_slurm_time(text) == expected
 
 
 def test_hostlists_and_gres() -> None:

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.policy.durations import format_memory, format_memory_input, format_walltime
+from gateway.policy.durations import format_memory, format_memory_input
 from gateway.policy.load import load_policy
-from gateway.policy.model import SitePolicy, format_duration_td
+from gateway.policy.model import SitePolicy
 from gateway.policy.rules import rules_for
 from gateway.policy.validate import (
     FORM_FIELDS,
@@ -29,6 +29,7 @@ from gateway.policy.validate import (
     validate_form,
     validate_options,
 )
+from schedulers.durations import format_form, format_words
 from schedulers.model import JobRequest, check_name
 
 SITES = Path(__file__).resolve().parents[2] / "site_configs"
@@ -224,7 +225,7 @@ def test_hostile_forms_never_yield_anything_but_policy_values(user: tuple[SitePo
         lim = rules.partitions[part].limits
         expected_range = {
             "cpus": f"{lim.max_cpus}", "gpus": f"{lim.max_gpus}",
-            "memory": format_memory(lim.max_memory), "walltime": format_duration_td(lim.max_walltime),
+            "memory": format_memory(lim.max_memory), "walltime": format_words(lim.max_walltime),
             "account": ", ".join(rules.accounts) if rules.accounts else "left empty",
         }[err.field]
         assert expected_range in message
@@ -252,7 +253,7 @@ def valid_forms(draw: st.DrawFn) -> tuple[SitePolicy, list[str], dict[str, list[
     seconds = draw(st.integers(1, int(lim.max_walltime.total_seconds())))
     gpus = draw(st.integers(0, lim.max_gpus))
     form = {"partition": [part], "cpus": [str(cpus)], "memory": [format_memory_input(mb)],
-            "walltime": [format_walltime(timedelta(seconds=seconds))], "gpus": [str(gpus)]}
+            "walltime": [format_form(timedelta(seconds=seconds))], "gpus": [str(gpus)]}
     expected = {"partition": part, "cpus": cpus, "memory_mb": mb, "gpus": gpus,
                 "walltime": timedelta(seconds=seconds)}
     return policy, groups, form, expected

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schedulers import slurm
-from schedulers.backends import parse_slurm_duration
+from schedulers.durations import parse_slurm_time
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, UnsafeValue
 from schedulers.slurmrest import build_rest_job, make_jwt
@@ -127,9 +127,9 @@ def test_partition_time_limits_from_sinfo() -> None:
     limits = {}
     for line in fixture("sinfo_partition_timelimits.txt").splitlines():
         name, limit = line.split()
-        limits[name] = parse_slurm_duration(limit)
+        limits[name] = parse_slurm_time(limit)
     assert limits == {"debug": timedelta(minutes=30), "long": timedelta(days=2)}
-    assert parse_slurm_duration("UNLIMITED") is None
+    assert parse_slurm_time("infinite") is None  # what sinfo %l prints for no limit
 
 
 # -- submit -------------------------------------------------------------------------------------
