@@ -26,11 +26,11 @@ from gateway.depots.links import spawner_launch_entry
 from gateway.hub import api as hubapi
 from gateway.hub import handlers_installed
 from gateway.hub.connections import ConnectionMode, connection_from_state, make_connection
+from gateway.hub.jobspec import job_setup
 from gateway.hub.scheduling import shared
 from gateway.policy.load import PolicyFileError
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, format_duration
-from schedulers.registry import ADAPTERS
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -193,18 +193,6 @@ class BatchSpawner(Spawner):
         except PolicyError as err:
             raise SpawnException(err.message, reason="policy") from err
 
-    def _job_environment(self) -> tuple[str, str, dict[str, str], tuple[str, ...]]:
-        """(python, prologue, environment, extra directives) for the job, from the policy. The
-        scheduler's environment (SLURM_CONF) always reaches the job."""
-        policy = self.site_policy()
-        job = policy.job
-        env = {**policy.cluster.environment, **job.environment, "PATH": job.path}
-        # The policy writes whole header lines; the builder adds its own "#SBATCH "/"#PBS ".
-        prefix = ADAPTERS[policy.cluster.scheduler].directive_prefix
-        directives = tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
-                           if d.startswith(prefix))
-        return job.python, job.prologue, env, directives
-
     # -- progress ---------------------------------------------------------------------------------
 
     def _emit(self, progress: int, message: str) -> None:
@@ -264,12 +252,11 @@ class BatchSpawner(Spawner):
         self._emit(5, "Preparing your job")
         user, home = await self.unix_account()
         fields = await self._request_fields(user)
-        python, prologue, job_env, directives = self._job_environment()
         if self.name and not _SERVER_NAME.match(self.name):
             raise SpawnException(f"Server name {self.name!r} is not allowed.", reason="bad-options")
         policy = self.site_policy()
-        workdir = policy.job.workdir.format(user=user, home=home)
-        server_dir = f"{workdir}/.hpcgate/servers/{self.name or 'default'}"
+        setup = job_setup(policy, user, home, self.name)
+        python, workdir, server_dir = setup.python, setup.workdir, setup.server_dir
         launch_file = f"{server_dir}/launch.json"
         log_file = f"{server_dir}/job.log"
 
@@ -283,7 +270,7 @@ class BatchSpawner(Spawner):
         launch = {"env": env, "home": workdir, "args": self.get_args(),
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
-                  "report_timeout": policy.job.report_timeout}
+                  "report_timeout": setup.report_timeout}
         # The depots the user's groups allow, linked in depots/ by the launcher.
         launch["depots"] = await spawner_launch_entry(self, user, workdir)
         await self.connection.release()  # a start the hub died in may have left a key line
@@ -293,12 +280,12 @@ class BatchSpawner(Spawner):
             launch["tunnel"] = tunnel
         await self._write_launch_file(runner, python, user, launch_file, launch)
 
-        body = [prologue.strip(), f"exec {shlex.quote(python)} -m gateway.job.launcher "
+        body = [setup.prologue.strip(), f"exec {shlex.quote(python)} -m gateway.job.launcher "
                 f"{shlex.quote(launch_file)}"]
         try:
             req = JobRequest(script="\n".join(b for b in body if b) + "\n", name=self._job_name(),
-                             workdir=workdir, output=log_file, environment=job_env,
-                             extra_directives=directives, **fields)
+                             workdir=workdir, output=log_file, environment=setup.environment,
+                             extra_directives=setup.directives, **fields)
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
 

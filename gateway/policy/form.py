@@ -87,7 +87,9 @@ def render_form(policy: SitePolicy, groups: Iterable[str],
         return ('<div class="alert alert-warning">Your account is not in any group that may start '
                 "notebook servers on this cluster. Ask the cluster's administrators for access."
                 "</div>")
-    return _render(rules, _previous_partition(rules, previous))
+    # Each account's option shows what the policy says it is for.
+    labels = {a: f"{a}: {acc.description}" for a, acc in policy.accounts.items() if acc.description}
+    return _render(rules, _previous_partition(rules, previous), labels)
 
 
 def _previous_partition(rules: UserRules, previous: Mapping[str, Any] | None) -> str:
@@ -100,7 +102,7 @@ def _previous_partition(rules: UserRules, previous: Mapping[str, Any] | None) ->
     return rules.default_partition
 
 
-def _render(rules: UserRules, chosen: str) -> str:
+def _render(rules: UserRules, chosen: str, account_labels: Mapping[str, str]) -> str:
     offer = rules.partitions[chosen]
     lim = offer.limits
     out = ['<div class="hpcgate-form">']
@@ -136,7 +138,7 @@ def _render(rules: UserRules, chosen: str) -> str:
                + "</div>")
     if rules.accounts:
         opts = "".join(f'<option value="{_e(a)}"{" selected" if a == rules.default_account else ""}>'
-                       f"{_e(a)}</option>" for a in rules.accounts)
+                       f"{_e(account_labels.get(a) or a)}</option>" for a in rules.accounts)
         out.append('<div class="mb-3"><label class="form-label" for="hpcgate-account">Account</label>'
                    f'<select class="form-select" id="hpcgate-account" name="account">{opts}</select>'
                    + _help("account", "The account this job's time is charged to.") + "</div>")

@@ -1,0 +1,39 @@
+"""What the site policy says about one server's job, as pure functions of the policy.
+
+The spawner calls these; the schema test (tests/unit/test_policy_reaches.py) calls them too, to
+prove each `job` field reaches the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.policy.model import SitePolicy
+from schedulers.registry import ADAPTERS
+
+
+@dataclass(frozen=True)
+class JobSetup:
+    python: str
+    prologue: str
+    environment: dict[str, str]
+    """Exported in the job: the scheduler's variables (SLURM_CONF), the job's own, and PATH."""
+    directives: tuple[str, ...]
+    """The policy's raw header lines without their "#SBATCH "/"#PBS " (the builder adds it)."""
+    workdir: str
+    server_dir: str
+    """Where the server's launch file and job log live."""
+    report_timeout: float
+
+
+def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup:
+    job = policy.job
+    prefix = ADAPTERS[policy.cluster.scheduler].directive_prefix
+    workdir = job.workdir.format(user=user, home=home)
+    return JobSetup(
+        python=job.python, prologue=job.prologue,
+        environment={**policy.cluster.environment, **job.environment, "PATH": job.path},
+        directives=tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
+                         if d.startswith(prefix)),
+        workdir=workdir, server_dir=f"{workdir}/.hpcgate/servers/{server or 'default'}",
+        report_timeout=job.report_timeout)
