@@ -12,13 +12,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from schedulers import slurm
 from schedulers.durations import parse_slurm_time
 from schedulers.errors import SchedulerUnavailable
 from schedulers.model import JobRequest, JobStatus
-from schedulers.runners import Runner
+from schedulers.runners import CommandResult, Runner
+from schedulers.slurm_partitions import (
+    NodeInfo,
+    PartitionLimits,
+    build_nodes_argv,
+    build_partitions_argv,
+    parse_nodes,
+    parse_partitions,
+)
 
 
 class Scheduler(Protocol):
@@ -32,6 +40,15 @@ class Scheduler(Protocol):
 
     async def final_status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         """How jobs that the scheduler no longer lists ended, where a record of it exists."""
+        ...
+
+    async def list_jobs(self) -> dict[str, JobStatus]:
+        """Every job the scheduler lists now, whoever owns it (`hpcgate jobs orphans`)."""
+        ...
+
+    async def queue_limits(self) -> Mapping[str, Any]:
+        """Each partition (queue) by name with the limits the scheduler enforces, for
+        `hpcgate check-config` to compare with the policy; SchedulerError with a sentence."""
         ...
 
     async def cancel(self, job_ids: Iterable[str], user: str | None = None) -> None: ...
@@ -92,12 +109,27 @@ class SlurmScheduler:
                 req = replace(req, partition=self._default_partition)  # name it in the message
         return slurm.parse_submit(res.stdout, res.stderr, res.returncode, req, limit)
 
-    async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
-        wanted = set(job_ids)
-        res = await self.runner.run(slurm.build_status(wanted))
+    async def list_jobs(self) -> dict[str, JobStatus]:
+        res = await self.runner.run(slurm.build_status())
         nodes = await self.node_addresses()
-        parsed = slurm.parse_status(res.stdout, res.stderr, res.returncode, nodes)
-        return {k: v for k, v in parsed.items() if k in wanted}
+        return slurm.parse_status(res.stdout, res.stderr, res.returncode, nodes)
+
+    async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        # `squeue --json` lists every job anyway (one RPC): keep the ones asked for.
+        wanted = set(job_ids)
+        return {k: v for k, v in (await self.list_jobs()).items() if k in wanted}
+
+    async def queue_limits(self) -> dict[str, PartitionLimits]:
+        """`scontrol show partition`: every partition's limits as slurmctld enforces them."""
+        res = await self.runner.run(build_partitions_argv())
+        raise_unless_ok(res, "`scontrol show partition`")
+        return parse_partitions(res.stdout)
+
+    async def node_limits(self) -> dict[str, NodeInfo]:
+        """`scontrol show node`: every node's size and address (node sizes bound the limits)."""
+        res = await self.runner.run(build_nodes_argv())
+        raise_unless_ok(res, "`scontrol show node`")
+        return parse_nodes(res.stdout)
 
     async def final_status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         ids = list(job_ids)
@@ -139,6 +171,13 @@ class SlurmScheduler:
             self._nodes_at = 0.0  # a node added since the last look
             addresses = await self.node_addresses()
         return addresses.get(node)
+
+
+def raise_unless_ok(res: CommandResult, what: str) -> None:
+    """SchedulerUnavailable "WHAT failed: <the last line it printed>." for a failed command."""
+    if res.returncode != 0:
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        raise SchedulerUnavailable(f"{what} failed: {lines[-1] if lines else 'no reason given'}.", res.stderr)
 
 
 def read_text_or_empty(path: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from schedulers import pbs
+from schedulers.backends import raise_unless_ok
 from schedulers.errors import SchedulerError
 from schedulers.model import JobRequest, JobStatus
 from schedulers.runners import Runner
@@ -59,12 +60,13 @@ class PbsScheduler:
     # -- submit -----------------------------------------------------------------------------------
 
     async def queue_limits(self) -> dict[str, pbs.QueueLimits]:
-        """`qstat -Qf -F json`, cached: used to turn a refused qsub into a precise sentence."""
+        """`qstat -Qf -F json`, cached (it also turns a refused qsub into a precise sentence);
+        SchedulerError when qstat fails or prints no JSON."""
         if time.monotonic() - self._queues_at > self.queue_cache_seconds:
             res = await self.runner.run(pbs.build_queues_argv())
-            if res.returncode == 0:
-                self._queues = pbs.parse_queues(res.stdout)
-                self._queues_at = time.monotonic()
+            raise_unless_ok(res, "`qstat -Qf -F json`")
+            self._queues = pbs.parse_queues(res.stdout)
+            self._queues_at = time.monotonic()
         return self._queues
 
     async def submit(self, req: JobRequest, user: str) -> str:
@@ -100,6 +102,11 @@ class PbsScheduler:
             for job_id in silent:
                 found.update((await self._query([job_id]))[0])
         return {job_id: await self._with_address(status) for job_id, status in found.items()}
+
+    async def list_jobs(self) -> dict[str, JobStatus]:
+        # No -x: the server's current jobs, not its whole history.
+        res = await self.runner.run(pbs.build_list_current())
+        return pbs.parse_status(res.stdout, res.stderr, res.returncode)
 
     async def final_status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         # qstat -x keeps finished jobs (while the server's job history lasts).

@@ -1,12 +1,11 @@
 """`hpcgate check-config SITE.yaml`: does this policy work on this cluster, for real users?
 
 Each check runs what the portal will run, the way it will run it: scheduler commands as a real
-user through `sudo -n` with the scheduler's environment passed explicitly (sudo drops it), the
-job's interpreter as that user, a bind with the directory's service account, and (with
-`--submit-test-job`) a tiny job on each partition that checks its own environment and whether it
-can reach the hub. The report has one ✓/✗ line per check and one sentence per problem.
-
-Commands go through the tiny `Run` callable of `probe.py`; the test jobs live in `testjobs.py`.
+user through the hub's own runner (sudo, SSH; the policy's command_path, environment and
+command_timeout) and the site's scheduler adapter, the job's interpreter as that user, a bind with
+the directory's service account, and (with `--submit-test-job`) a tiny job on each partition that
+checks its own environment and whether it can reach the hub. The report has one ✓/✗ line per check
+and one sentence per problem; the test jobs live in `testjobs.py`.
 """
 
 from __future__ import annotations
@@ -19,21 +18,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from gateway.admin.directory import service_connection, uses_ldaps
-from gateway.admin.probe import (
-    Report,
-    Run,
-    RunResult,
-    env_argv,
-    last_line,
-    resolve,
-    subprocess_run,
-    unix_groups_of,
-)
-from gateway.admin.testjobs import ProbeJobs
+from gateway.admin.report import Report, last_line, resolve, unix_groups_of
+from gateway.admin.testjobs import ProbeJobs, TestJobSetup
+from gateway.hub.scheduling import scheduler_settings
 from gateway.policy.live import compare_limits, compare_queue_limits
 from gateway.policy.load import PolicyFileError, load_policy
 from gateway.policy.model import Directory, SitePolicy
@@ -41,71 +32,94 @@ from gateway.policy.rules import rules_for
 from gateway.policy.schema import describe_schema
 from schedulers.durations import format_words
 from schedulers.errors import SchedulerError
-from schedulers.pbs import QueueLimits, build_queues_argv, parse_queues
-from schedulers.slurm_partitions import (
-    NodeInfo,
-    PartitionLimits,
-    build_nodes_argv,
-    build_partitions_argv,
-    parse_nodes,
-    parse_partitions,
-)
+from schedulers.registry import ADAPTERS, make_runner, make_scheduler
+from schedulers.runners import CommandResult, Runner
+from schedulers.slurm_partitions import NodeInfo
 
-__all__ = ["ConfigChecker", "Report", "Run", "main", "subprocess_run"]
+__all__ = ["ConfigChecker", "Report", "main"]
+
+_NAMES = {"slurm": "Slurm", "pbs": "PBS"}
 
 
 # -- the checks ---------------------------------------------------------------------------------
 
 
-class ConfigChecker:
-    """Runs every check for one policy and fills a Report."""
+class AsUser:
+    """A runner whose commands run as one user unless told otherwise: check-config asks, as the
+    test user, what the hub asks as itself (queue limits, the job listing)."""
 
-    def __init__(self, policy: SitePolicy, source: str, run: Run, report: Report, *,
-                 test_user: str | None = None, submit_test_job: bool = False,
-                 poll_interval: float = 1.0):
+    def __init__(self, runner: Runner, user: str | None):
+        self.runner, self.user = runner, user
+        self.timeout = runner.timeout
+
+    async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
+                  timeout: float | None = None) -> CommandResult:
+        return await self.runner.run(argv, user=user or self.user, input=input, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+
+class ConfigChecker:
+    """Runs every check for one policy and fills a Report.
+
+    Commands go through the runner the hub would use (`make_runner` of the policy's cluster
+    section: its command_path, environment, command_timeout and transport), as the test user.
+    """
+
+    def __init__(self, policy: SitePolicy, source: str, report: Report, *,
+                 runner: Runner | None = None, test_user: str | None = None,
+                 submit_test_job: bool = False, poll_interval: float = 1.0):
         self.policy = policy
         self.source = source
-        self.run = run
         self.report = report
+        self.settings = scheduler_settings(policy.cluster)
         self.user = test_user or policy.check.test_user
+        # The local transport runs everything as the hub's own user: there is no one to be.
+        self.runner = AsUser(runner or make_runner(self.settings),
+                             None if self.settings.transport == "local" else self.user)
         self.submit_test_job = submit_test_job
         self.poll_interval = poll_interval
-        self.live: dict[str, PartitionLimits] | None = None
+        self.scheduler: Any = None
+        self.live: Mapping[str, Any] | None = None
+        """The scheduler's partitions (queues) by name, once it answered."""
         self.nodes: dict[str, NodeInfo] | None = None
-        self.slurm_ok = False
         self.home = "/"
         """The test user's home (set by check_test_user): test jobs write their output there."""
 
-    @property
-    def scheduler_env(self) -> dict[str, str]:
-        return {"PATH": self.policy.cluster.command_path, **self.policy.cluster.environment}
+    def job_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv in a clean, job-like environment (the job's PATH, the user's HOME)."""
+        env = {"PATH": self.policy.job.path, "HOME": self.home}
+        return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
 
-    @property
-    def job_env(self) -> dict[str, str]:
-        """What the job script exports before the prologue (as the spawner's script does)."""
-        return {**self.policy.cluster.environment, **self.policy.job.environment,
-                "PATH": self.policy.job.path}
+    async def run(self, argv: Sequence[str]) -> CommandResult:
+        """argv as the test user; a runner that cannot run it at all answers like a failed command
+        (rc 127 and its sentence), so each check words its own failure."""
+        try:
+            return await self.runner.run(argv)
+        except SchedulerError as err:
+            return CommandResult(127, "", err.message)
 
-    def as_user(self, argv: Sequence[str], env: Mapping[str, str] | None = None, clean: bool = False,
-                input: str | None = None) -> RunResult:
-        return self.run(env_argv(env if env is not None else self.scheduler_env, argv, clean),
-                        self.user, input)
-
-    def run_all(self) -> Report:
-        self.check_policy()
-        self.check_hosts()
-        if self.policy.connection.mode == "login-node":
-            self.check_login_node()
-        if self.policy.directory is not None:
-            self.check_directory(self.policy.directory)
-        if not self.check_test_user():
+    async def run_all(self) -> Report:
+        try:
+            self.check_policy()
+            self.check_hosts()
+            if self.policy.connection.mode == "login-node":
+                await self.check_login_node()
+            if self.policy.directory is not None:
+                self.check_directory(self.policy.directory)
+            if not await self.check_test_user():
+                return self.report
+            await self.check_scheduler()
+            self.check_nodes()
+            await self.check_job_environment()
+            if self.submit_test_job:
+                await self.check_test_jobs()
             return self.report
-        self.check_scheduler()
-        self.check_nodes()
-        self.check_job_environment()
-        if self.submit_test_job:
-            self.check_test_jobs()
-        return self.report
+        finally:
+            await self.runner.close()
+            if self.scheduler is not None and hasattr(self.scheduler, "close"):
+                await self.scheduler.close()
 
     # policy -----------------------------------------------------------------------------------
 
@@ -116,9 +130,9 @@ class ConfigChecker:
         self.report.ok(f"{self.source} is valid: cluster {p.cluster.name} ({p.cluster.scheduler} via "
                        f"{p.cluster.transport}), partitions {', '.join(p.partitions)}, "
                        f"{len(p.groups)} group rules{depots}, connection mode {p.connection.mode}.")
-        if p.cluster.transport in ("ssh", "rest"):
-            self.report.skip(f"Transport {p.cluster.transport}: check-config runs scheduler commands "
-                             "through sudo on this host; the transport itself is not exercised.")
+        if p.cluster.transport == "rest":
+            self.report.skip("Transport rest: jobs go through slurmrestd; the other commands run "
+                             "through sudo on this host, as the hub's do.")
 
     # host names ----------------------------------------------------------------------------------
 
@@ -137,7 +151,7 @@ class ConfigChecker:
             hosts.append(("cluster.rest.url", urlsplit(p.cluster.rest.url).hostname or ""))
         return hosts
 
-    def check_login_node(self) -> None:
+    async def check_login_node(self) -> None:
         """Log in to the login node as the hub's forwards will, with the policy's key and
         known_hosts, and open one forward through it."""
         from gateway.tunnel.hubside import TunnelConfigError
@@ -147,7 +161,7 @@ class ConfigChecker:
         c = self.policy.connection  # the policy's checks make login-node mode name all four
         where = f"{c.login_node_user}@{c.ssh_host}:{c.ssh_port}"
         try:  # the settings the hub takes, from the same function
-            unanswered = asyncio.run(probe(settings_from(c)))
+            unanswered = await probe(settings_from(c))
         except (TunnelConfigError, ForwardError) as err:
             self.report.fail(f"The hub cannot open forwards through {where}: {err}")
             return
@@ -223,7 +237,7 @@ class ConfigChecker:
 
     # the test user ---------------------------------------------------------------------------------
 
-    def check_test_user(self) -> bool:
+    async def check_test_user(self) -> bool:
         self.report.section("Test user")
         if not self.user:
             self.report.fail("No test user: set check.test_user in the policy or pass --user; "
@@ -235,83 +249,90 @@ class ConfigChecker:
             self.report.fail(f"The test user {self.user!r} has no account on this machine.")
             return False
         self.home = entry.pw_dir
-        rc, out, err = self.run(["id", "-un"], self.user)
-        if rc != 0 or out.strip() != self.user:
-            self.report.fail(f"Cannot run commands as {self.user} through `sudo -n`: {last_line(err)}. "
-                             "Run check-config as root (or give the hub's user the sudo rule the "
-                             "portal uses).")
-            return False
+        res = await self.run(["id", "-un"])
         rules = rules_for(self.policy, [g.gr_name for g in unix_groups_of(self.user)])
         offered = ", ".join(rules.partitions) or "no partition"
-        self.report.ok(f"Commands run as {self.user} through sudo; the policy offers them {offered}.")
+        if self.runner.user is None:
+            self.report.ok(f"Transport local: commands run as this host's user "
+                           f"{res.stdout.strip() or '?'}; the policy offers {self.user} {offered}.")
+            return res.returncode == 0
+        how = {"ssh": f"over SSH on {self.settings.ssh_host}"}.get(self.settings.transport,
+                                                                    "through `sudo -n`")
+        if res.returncode != 0 or res.stdout.strip() != self.user:
+            advice = ("Check cluster.ssh (host, key_template or service_user) and the login node."
+                      if self.settings.transport == "ssh" else
+                      "Run check-config as root (or give the hub's user the sudo rule the portal "
+                      "uses).")
+            self.report.fail(f"Cannot run commands as {self.user} {how}: {last_line(res.stderr)}. "
+                             f"{advice}")
+            return False
+        self.report.ok(f"Commands run as {self.user} {how}; the policy offers them {offered}.")
         return True
 
     # scheduler -------------------------------------------------------------------------------------
 
-    def check_scheduler(self) -> None:
+    async def check_scheduler(self) -> None:
         self.report.section("Scheduler")
-        if self.policy.cluster.scheduler == "pbs":
-            self._check_pbs()
+        try:
+            self.scheduler = make_scheduler(self.settings, self.runner)
+        except (ValueError, OSError) as err:  # e.g. the REST transport's JWT key is unreadable
+            self.report.fail(f"The hub could not set up its {self.settings.kind} adapter: {err}.")
             return
+        if self.policy.cluster.scheduler == "slurm" and not await self._check_slurm_conf():
+            return
+        word = ADAPTERS[self.settings.kind].queue_word
+        try:
+            self.live = await self.scheduler.queue_limits()
+        except NotImplementedError as err:
+            self.report.skip(getattr(err, "message", str(err)))
+            return
+        except SchedulerError as err:
+            self.report.fail(f"Asked as {self.user}: {err.message}")
+            return
+        name = _NAMES.get(self.settings.kind, self.settings.kind)
+        self.report.ok(f"{name} answers {self.user}: {word}s {', '.join(self.live) or 'none'}.")
+        if self.policy.cluster.scheduler == "pbs":
+            problems = compare_queue_limits(self.policy, self.live)
+            described = _describe_max_times({n: q.max_walltime for n, q in self.live.items()},
+                                            "resources_max.walltime", self.policy)
+        else:
+            await self._read_nodes()
+            problems = compare_limits(self.policy, self.live, self.nodes)
+            described = _describe_max_times({n: p.max_time for n, p in self.live.items()},
+                                            "MaxTime", self.policy)
+        for problem in problems:
+            (self.report.fail if problem.severity == "error" else self.report.warn)(problem.message)
+        if not [p for p in problems if p.severity == "error"]:
+            self.report.ok(f"The policy's limits fit {name}'s {word}s ({described}).")
+
+    async def _check_slurm_conf(self) -> bool:
+        """False when Slurm commands cannot work at all (a missing file makes each retry a minute)."""
         conf = self.policy.cluster.environment.get("SLURM_CONF")
         if conf is None:
-            default = "/etc/slurm/slurm.conf"
-            if not os.path.exists(default):
+            if not await asyncio.to_thread(os.path.exists, "/etc/slurm/slurm.conf"):
                 self.report.fail("cluster.environment sets no SLURM_CONF and /etc/slurm/slurm.conf "
                                  "does not exist: Slurm commands run through sudo (and jobs) cannot "
                                  "find their configuration. Add SLURM_CONF to cluster.environment.")
             else:
                 self.report.warn("cluster.environment sets no SLURM_CONF: commands use "
                                  "/etc/slurm/slurm.conf.")
-        else:
-            rc, _, _ = self.as_user(["test", "-r", conf])
-            if rc != 0:
-                # A missing file makes every Slurm command retry for a minute: stop here.
-                self.report.fail(f"{self.user} cannot read SLURM_CONF={conf} (missing, or a parent "
-                                 "directory is closed to users): no Slurm command can work.")
-                return
-            self.report.ok(f"{self.user} can read SLURM_CONF={conf}.")
-        rc, out, err = self.as_user(["sinfo", "-h", "-o", "%R"])
-        if rc != 0:
-            self.report.fail(f"`sinfo` as {self.user} failed: {last_line(err)}.")
-            return
-        self.report.ok(f"`sinfo` as {self.user} lists partitions {', '.join(out.split())}.")
-        self.slurm_ok = True
-        rc, out, err = self.as_user(build_partitions_argv())
-        if rc != 0:
-            self.report.fail(f"`scontrol show partition` as {self.user} failed: {last_line(err)}.")
-            return
-        self.live = parse_partitions(out)
-        rc, out, err = self.as_user(build_nodes_argv())
-        if rc == 0:
-            self.nodes = parse_nodes(out)
-        else:
-            self.report.warn(f"`scontrol show node` as {self.user} failed ({last_line(err)}): node "
-                             "sizes are not compared.")
-        problems = compare_limits(self.policy, self.live, self.nodes)
-        for problem in problems:
-            (self.report.fail if problem.severity == "error" else self.report.warn)(problem.message)
-        if not [p for p in problems if p.severity == "error"]:
-            self.report.ok(f"The policy's limits fit Slurm's partitions "
-                           f"({_describe_live(self.live, self.policy)}).")
+            return True
+        if (await self.run(["test", "-r", conf])).returncode != 0:
+            self.report.fail(f"{self.user} cannot read SLURM_CONF={conf} (missing, or a parent "
+                             "directory is closed to users): no Slurm command can work.")
+            return False
+        self.report.ok(f"{self.user} can read SLURM_CONF={conf}.")
+        return True
 
-    def _check_pbs(self) -> None:
-        env = self.scheduler_env
-        rc, out, err = self.as_user(build_queues_argv(), env)
-        if rc != 0:
-            self.report.fail(f"`qstat -Qf -F json` as {self.user} failed: {last_line(err)}.")
+    async def _read_nodes(self) -> None:
+        node_limits = getattr(self.scheduler, "node_limits", None)  # the command-line adapter's
+        if node_limits is None:
             return
         try:
-            queues = parse_queues(out)
-        except SchedulerError as error:
-            self.report.fail(f"`qstat -Qf -F json` as {self.user} answered, but: {error.message}")
-            return
-        self.report.ok(f"`qstat -Qf -F json` as {self.user} lists queues {', '.join(queues) or 'none'}.")
-        problems = compare_queue_limits(self.policy, queues)
-        for problem in problems:
-            (self.report.fail if problem.severity == "error" else self.report.warn)(problem.message)
-        if not [p for p in problems if p.severity == "error"]:
-            self.report.ok(f"The policy's limits fit PBS's queues ({_describe_queues(queues, self.policy)}).")
+            self.nodes = await node_limits()
+        except SchedulerError as err:
+            self.report.warn(f"Asked as {self.user}: {err.message[:-1]}; node sizes are not "
+                             "compared.")
 
     # nodes -----------------------------------------------------------------------------------------
 
@@ -352,52 +373,49 @@ class ConfigChecker:
 
     # job environment -------------------------------------------------------------------------------
 
-    def check_job_environment(self) -> None:
+    async def check_job_environment(self) -> None:
         self.report.section("Job environment")
         job = self.policy.job
-        env = {"PATH": job.path, "HOME": self.home}
-        rc, _, _ = self.as_user(["test", "-x", job.python], env, clean=True)
-        if rc != 0:
+        if (await self.run(self.job_argv(["test", "-x", job.python]))).returncode != 0:
             self.report.fail(f"{self.user} cannot execute the job's interpreter {job.python} (missing, "
                              "or it or a parent directory is not readable and executable by "
                              "users): jobs cannot start the notebook server.")
         else:
             code = "import sys, gateway; print(sys.version.split()[0], gateway.__file__)"
-            rc, out, err = self.as_user([job.python, "-c", code], env, clean=True)
-            if rc != 0:
+            res = await self.run(self.job_argv([job.python, "-c", code]))
+            if res.returncode != 0:
                 self.report.fail(f"{self.user} runs {job.python} but it cannot import the gateway: "
-                                 f"{last_line(err)}. Install hpcgate into that environment, "
+                                 f"{last_line(res.stderr)}. Install hpcgate into that environment, "
                                  "readable by users.")
             else:
-                version, _, location = out.strip().partition(" ")
+                version, _, location = res.stdout.strip().partition(" ")
                 self.report.ok(f"{self.user} runs {job.python} (Python {version}) and imports the "
                                f"gateway from {location}.")
-        missing = [d for d in job.path.split(":") if not os.path.isdir(d)]
+        missing = [d for d in job.path.split(":") if not await asyncio.to_thread(os.path.isdir, d)]
         if missing:
             self.report.warn(f"job.path lists directories missing on this host: {', '.join(missing)}.")
         command = "srun" if self.policy.cluster.scheduler == "slurm" else "qstat"
-        rc, out, _ = self.as_user(["sh", "-c", 'command -v "$0"', command], env, clean=True)
-        if rc != 0:
+        res = await self.run(self.job_argv(["sh", "-c", 'command -v "$0"', command]))
+        if res.returncode != 0:
             self.report.warn(f"The job's PATH ({job.path}) has no `{command}` on this host.")
         else:
-            self.report.ok(f"The job's PATH finds {out.strip()} as {self.user}.")
+            self.report.ok(f"The job's PATH finds {res.stdout.strip()} as {self.user}.")
         if not self.submit_test_job:
             self.report.skip("Jobs on the nodes were not tried: add --submit-test-job to check PATH, "
                              "SLURM_CONF and the way back to the hub from inside real jobs.")
 
     # test jobs ---------------------------------------------------------------------------------------
 
-    def check_test_jobs(self) -> None:
-        ProbeJobs(self).check()
-
-
-def _describe_live(live: Mapping[str, PartitionLimits], policy: SitePolicy) -> str:
-    return _describe_max_times({n: p.max_time for n, p in live.items()}, "MaxTime", policy)
-
-
-def _describe_queues(queues: Mapping[str, QueueLimits], policy: SitePolicy) -> str:
-    return _describe_max_times({n: q.max_walltime for n, q in queues.items()},
-                               "resources_max.walltime", policy)
+    async def check_test_jobs(self) -> None:
+        if self.live is None or self.user is None:
+            self.report.section("Test jobs")
+            self.report.skip("The scheduler did not answer above; no test jobs submitted.")
+            return
+        rules = rules_for(self.policy, [g.gr_name for g in unix_groups_of(self.user)])
+        nodes = {name: tuple(getattr(limits, "nodes", ())) for name, limits in self.live.items()}
+        setup = TestJobSetup(self.policy, self.scheduler, self.runner, self.user, self.home, nodes,
+                             account=rules.default_account, poll_interval=self.poll_interval)
+        await ProbeJobs(setup, self.report).check()
 
 
 def _describe_max_times(max_times: Mapping[str, timedelta | None], label: str,
@@ -426,12 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "environment and the way back to the hub")
     parser.add_argument("--schema", action="store_true",
                         help="print every field of the policy file with its help text, and exit")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds one command may take (default 30)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, run: Run | None = None,
+def main(argv: Sequence[str] | None = None, *, runner: Runner | None = None,
          out: TextIO | None = None) -> int:
     """Exit code 0 when every check passes, 1 when any fails (or the file is invalid)."""
     out = out or sys.stdout
@@ -451,8 +467,8 @@ def main(argv: Sequence[str] | None = None, *, run: Run | None = None,
             report.fail(str(problem))
         print(report.summary(), file=out)
         return 1
-    ConfigChecker(policy, args.site, run or subprocess_run(args.timeout), report,
-                  test_user=args.user, submit_test_job=args.submit_test_job).run_all()
+    asyncio.run(ConfigChecker(policy, args.site, report, runner=runner, test_user=args.user,
+                              submit_test_job=args.submit_test_job).run_all())
     print(report.summary(), file=out)
     return 1 if report.failures else 0
 

@@ -8,14 +8,15 @@ state in the hub's database names its id. Orphans burn allocation for nobody: li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from traitlets.config import Config, PyFileConfigLoader
 
 from gateway.hub.scheduling import scheduler_settings
-from schedulers import pbs, slurm
 from schedulers.model import JobStatus
 from schedulers.registry import SchedulerSettings, make_runner, make_scheduler
 
@@ -65,19 +66,28 @@ def orphan_rows(jobs: dict[str, JobStatus], owned: set[str],
     return rows
 
 
-async def find_orphans(settings: SchedulerSettings, db_url: str) -> list[dict[str, Any]]:
-    listing, parse = ((pbs.build_list_current(), pbs.parse_status) if settings.kind == "pbs"
-                      else (slurm.build_status(), slurm.parse_status))
+@contextlib.asynccontextmanager
+async def _scheduler(settings: SchedulerSettings) -> AsyncIterator[Any]:
+    """The site's adapter, its runner's connections closed afterwards."""
     runner = make_runner(settings)
+    scheduler = make_scheduler(settings, runner)
     try:
-        res = await runner.run(listing)
+        yield scheduler
     finally:
         await runner.close()
-    return orphan_rows(parse(res.stdout, res.stderr, res.returncode), owned_job_ids(db_url))
+        if hasattr(scheduler, "close"):  # the REST adapter's HTTP session
+            await scheduler.close()
+
+
+async def find_orphans(settings: SchedulerSettings, db_url: str) -> list[dict[str, Any]]:
+    async with _scheduler(settings) as scheduler:
+        jobs = await scheduler.list_jobs()
+    return orphan_rows(jobs, owned_job_ids(db_url))
 
 
 async def cancel_jobs(settings: SchedulerSettings, job_ids: list[str]) -> None:
-    await make_scheduler(settings).cancel(job_ids)
+    async with _scheduler(settings) as scheduler:
+        await scheduler.cancel(job_ids)
 
 
 def main(config_file: str, cancel: bool, as_json: bool) -> int:

@@ -2,30 +2,33 @@
 real job, what the notebook server will need there: SLURM_CONF, the PATH, the interpreter with the
 gateway, and the way back to the hub (the hub API in direct mode, the tunnel's sshd in reverse mode).
 
-The job script is built like the spawner's: it exports cluster.environment, job.environment and
-PATH, then runs the site's prologue. It is submitted with --export=NONE, so nothing leaks in from
-the submitting shell and the test shows what the script alone provides.
+The job is a `JobRequest` submitted through the site's scheduler adapter as the test user, exactly
+as the spawner submits (the adapter writes the header and exports cluster.environment,
+job.environment and PATH before the body); the body runs the site's prologue, then the checks. A
+`JobWatcher` follows the jobs, as it follows the hub's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shlex
-import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.admin.probe import last_line, unix_groups_of
-from gateway.policy.rules import rules_for
-from schedulers.durations import format_slurm, format_words
-
-if TYPE_CHECKING:
-    from gateway.admin.check import ConfigChecker
+from gateway.admin.report import Report, last_line
+from gateway.hub.jobspec import job_setup
+from gateway.policy.model import SitePolicy
+from schedulers.durations import format_words
+from schedulers.errors import SchedulerError
+from schedulers.model import JobRequest
+from schedulers.runners import Runner
+from schedulers.watcher import JobWatcher
 
 _TEST_WALLTIME = timedelta(minutes=2)
-_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 
 
 @dataclass
@@ -36,17 +39,33 @@ class _TestJob:
     output: str
 
 
-class ProbeJobs:
-    """Submits the test jobs as the checker's test user, waits for them, and reports each."""
+@dataclass(frozen=True)
+class TestJobSetup:
+    """What the checks above found, that the test jobs need."""
 
-    def __init__(self, checker: ConfigChecker):
-        self.checker = checker
-        self.policy = checker.policy
-        self.report = checker.report
-        self.run = checker.run
-        self.user = checker.user
-        self.home = checker.home
-        self.as_user = checker.as_user
+    policy: SitePolicy
+    scheduler: Any
+    """The site's adapter (schedulers.backends.Scheduler), over a runner as the test user."""
+    runner: Runner
+    user: str
+    home: str
+    """The test user's home: the jobs' working directory and where their output goes."""
+    nodes: Mapping[str, Sequence[str]]
+    """The nodes of each partition the scheduler offers (empty: the scheduler picks)."""
+    account: str | None = None
+    poll_interval: float = 1.0
+
+
+class ProbeJobs:
+    """Submits the test jobs as the test user, waits for them, and reports each."""
+
+    def __init__(self, setup: TestJobSetup, report: Report):
+        self.setup = setup
+        self.policy = setup.policy
+        self.scheduler = setup.scheduler
+        self.runner = setup.runner
+        self.user = setup.user
+        self.report = report
 
     def _reach_target(self) -> tuple[str, int, str] | None:
         conn = self.policy.connection
@@ -59,10 +78,9 @@ class ProbeJobs:
         return None
 
     def _test_script(self) -> str:
+        """The body after the adapter's header and exports: the prologue, then the checks."""
         job = self.policy.job
-        lines = ["#!/bin/bash"]
-        lines += [f"export {k}={shlex.quote(v)}" for k, v in self.checker.job_env.items()]
-        lines += [job.prologue, 'echo "hpcgate-check node=${SLURMD_NODENAME:-$(hostname)}"']
+        lines = [job.prologue, 'echo "hpcgate-check node=${SLURMD_NODENAME:-$(hostname)}"']
         if self.policy.cluster.scheduler == "slurm":
             lines.append('if [ -n "${SLURM_CONF:-}" ] && [ -r "$SLURM_CONF" ]; then '
                          'echo "hpcgate-check conf=ok"; else '
@@ -81,82 +99,91 @@ class ProbeJobs:
         lines.append('echo "hpcgate-check end"')
         return "\n".join(lines) + "\n"
 
-    def check(self) -> None:
-        self.report.section("Test jobs")
-        if self.policy.cluster.scheduler != "slurm":
-            self.report.skip("Test jobs are implemented for Slurm only.")
-            return
-        if not self.checker.slurm_ok or self.checker.live is None:
-            self.report.skip("Slurm did not answer above; no test jobs submitted.")
-            return
-        rules = rules_for(self.policy, [g.gr_name for g in unix_groups_of(self.user or "")])
-        script = self._test_script()
-        jobs: list[_TestJob] = []
+    def _request(self, partition: str, node: str | None) -> JobRequest:
+        token = uuid.uuid4().hex[:12]
+        # The environment and working directory the spawner gives a server's job.
+        job = job_setup(self.policy, self.user, self.setup.home, f"check-{token}")
+        return JobRequest(script=self._test_script(), name=f"hpcgate-check-{token}",
+                          partition=partition, node=node, account=self.setup.account,
+                          walltime=_TEST_WALLTIME, workdir=job.workdir, environment=job.environment,
+                          output=f"{job.workdir}/.hpcgate-check-{token}.out")
+
+    def plan(self) -> list[tuple[str, str | None]]:
+        """(partition, node) of each test job: the pinned node, else up to nodes_per_partition
+        of the partition's nodes, else one job wherever the scheduler puts it."""
+        out: list[tuple[str, str | None]] = []
         for name, partition in self.policy.partitions.items():
-            if name not in self.checker.live:
+            if name not in self.setup.nodes:
                 continue
+            per_partition = self.policy.check.nodes_per_partition
             nodes: list[str | None] = ([partition.node] if partition.node else
-                                       list(self.checker.live[name].nodes[:self.policy.check.nodes_per_partition])
-                                       or [None])
-            for node in nodes:
-                jobs.extend(self._submit(name, node, script, rules.default_account))
-        deadline = time.monotonic() + self.policy.check.job_timeout.total_seconds()
-        pending = {j.job_id: j for j in jobs}
-        done: dict[str, list[tuple[str, str]]] = {}
-        last_state: dict[str, str] = {}
-        while pending and time.monotonic() < deadline:
-            rc, out, err = self.as_user(["squeue", "-h", "-j", ",".join(pending), "-o", "%i %T %r"])
-            if rc != 0 and "Invalid job id" in err:
-                rc, out = 0, ""  # every job left the controller's memory: all are finished
-            active = {}
-            for line in out.splitlines() if rc == 0 else []:
-                parts = line.split(None, 2)
-                if len(parts) >= 2:
-                    active[parts[0]] = " ".join(parts[1:])
-            last_state.update(active)
-            ended = [j for j in pending if rc == 0 and (j not in active or active[j].startswith(_FINAL))]
-            for job_id in ended:
-                done[job_id] = self._read_result(pending.pop(job_id))
-            if pending:
-                time.sleep(self.checker.poll_interval)
-        for job in pending.values():
-            self.as_user(["scancel", job.job_id])
-            state = last_state.get(job.job_id, "unknown")
-            done[job.job_id] = [("fail", f"The test job {job.job_id} on {self._where(job)} did not "
-                                         f"finish within {format_words(self.policy.check.job_timeout)}"
-                                         f" (last state: {state}); it was cancelled.")]
-            self._remove(job.output)
-        for job in jobs:  # report in submission order, whatever order the jobs ended in
-            for status, text in done.get(job.job_id, []):
+                                       list(self.setup.nodes[name][:per_partition]) or [None])
+            out += [(name, node) for node in nodes]
+        return out
+
+    @property
+    def timeout(self) -> timedelta:
+        """How long each test job may take from submission to its end."""
+        return self.policy.check.job_timeout
+
+    async def check(self) -> None:
+        self.report.section("Test jobs")
+        jobs: list[_TestJob] = []
+        for name, node in self.plan():
+            job = await self._submit(name, node)
+            if job is not None:
+                jobs.append(job)
+        watcher = JobWatcher(self.scheduler, fast_interval=self.setup.poll_interval,
+                             slow_interval=self.setup.poll_interval)
+        try:
+            results = await asyncio.gather(*(self._follow(watcher, job) for job in jobs))
+        finally:
+            await watcher.stop()
+        for lines in results:  # in submission order, whatever order the jobs ended in
+            for status, text in lines:
                 self.report.add(status, text)
+
+    async def _follow(self, watcher: JobWatcher, job: _TestJob) -> list[tuple[str, str]]:
+        timeout = self.timeout
+        watcher.track(job.job_id)
+        try:
+            await watcher.wait_for(job.job_id, lambda s: s.is_final, timeout.total_seconds())
+        except asyncio.TimeoutError:
+            last = watcher.latest(job.job_id)
+            try:
+                await self.scheduler.cancel([job.job_id], self.user)
+            except SchedulerError as err:
+                return [("fail", f"The test job {job.job_id} on {self._where(job)} did not finish "
+                                 f"within {format_words(timeout)}, and cancelling it failed: "
+                                 f"{err.message}")]
+            await self._remove(job.output)
+            state = last.state.value if last else "unknown"
+            return [("fail", f"The test job {job.job_id} on {self._where(job)} did not finish within "
+                             f"{format_words(timeout)} (last state: {state}); it was cancelled.")]
+        return await self._read_result(job)
 
     def _where(self, job: _TestJob) -> str:
         return f"partition {job.partition}" + (f", node {job.node}" if job.node else "")
 
-    def _submit(self, partition: str, node: str | None, script: str, account: str | None
-                ) -> list[_TestJob]:
-        output = f"{self.home}/.hpcgate-check-{uuid.uuid4().hex[:12]}.out"
-        argv = ["sbatch", "--parsable", "--export=NONE", "-J", "hpcgate-check", "-p", partition,
-                "-N", "1", "-n", "1", "-t", format_slurm(_TEST_WALLTIME), "-o", output,
-                "-D", self.home]
-        if node:
-            argv += ["-w", node]
-        if account:
-            argv += ["-A", account]
-        rc, out, err = self.as_user(argv, input=script)
+    async def _submit(self, partition: str, node: str | None) -> _TestJob | None:
+        req = self._request(partition, node)
         where = f"partition {partition}" + (f", node {node}" if node else "")
-        if rc != 0:
-            self.report.fail(f"Slurm refused a test job on {where} as {self.user}: {last_line(err)}.")
-            return []
-        return [_TestJob(partition, node, out.strip().split(";")[0], output)]
+        try:
+            job_id = await self.scheduler.submit(req, self.user)
+        except (SchedulerError, ValueError) as err:  # ValueError: a name the builder refuses
+            self.report.fail(f"The scheduler refused a test job on {where} as {self.user}: "
+                             f"{getattr(err, 'message', err)}")
+            return None
+        return _TestJob(partition, node, job_id, req.output or "")
 
-    def _remove(self, path: str) -> None:
-        self.run(["rm", "-f", path], self.user)
+    async def _remove(self, path: str) -> None:
+        await self.runner.run(["rm", "-f", path], user=self.user)
 
-    def _read_result(self, job: _TestJob) -> list[tuple[str, str]]:
+    async def _read_result(self, job: _TestJob) -> list[tuple[str, str]]:
         """Report lines (status, sentence) for one finished test job."""
-        rc, text, _ = self.run(["cat", job.output], self.user)
-        self._remove(job.output)
+        res = await self.runner.run(["cat", job.output], user=self.user)
+        rc, text = res.returncode, res.stdout
+        await self._remove(job.output)
         where = self._where(job)
         if rc != 0 or "hpcgate-check end" not in text:
             tail = last_line(text) if text else "no output file"
@@ -187,6 +214,7 @@ class ProbeJobs:
                                   f"{host}:{port}: {advice}."))
         if not lines:
             reach = f", reaches {target[0]}:{target[1]}" if target else ""
-            lines.append(("ok", f"Test job {job.job_id} ran on {ran_on} ({where}): SLURM_CONF, PATH "
+            conf = "SLURM_CONF, " if self.policy.cluster.scheduler == "slurm" else ""
+            lines.append(("ok", f"Test job {job.job_id} ran on {ran_on} ({where}): {conf}PATH "
                                 f"and the interpreter work{reach}."))
         return lines

@@ -1,7 +1,7 @@
 """`hpcgate check-config` on the real lab: the demo policy passes, and each misconfiguration planted
 in a copy of it is found and explained.
 
-Every run is the real thing: sudo to alice, sinfo/scontrol against the lab's slurmctld, a bind to
+Every run is the real thing: the hub's runner (sudo to alice), scontrol through the adapter
 the lab's slapd, the job interpreter executed as alice, and with --submit-test-job real jobs on c1
 and c2 (c2 lives in its own network namespace and cannot reach the hub's loopback).
 """
@@ -203,7 +203,7 @@ def test_missing_slurm_conf(site: Site, lab: dict) -> None:
             "cluster.environment sets no SLURM_CONF and /etc/slurm/slurm.conf does not exist: Slurm "
             "commands run through sudo (and jobs) cannot find their configuration. Add SLURM_CONF to "
             "cluster.environment.")
-    assert any(f.startswith("`sinfo` as alice failed: ") for f in found)
+    assert any(f.startswith("Asked as alice: `scontrol show partition` failed: ") for f in found)
 
     policy["cluster"]["environment"]["SLURM_CONF"] = lab["slurm"]["conf"] + ".missing"
     rc, text = check(site(policy))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from gateway.admin import orphans
 from gateway.admin.orphans import orphan_rows
 from schedulers import pbs
+from schedulers.model import JobState, JobStatus
+from schedulers.registry import SchedulerSettings
 from tests.conftest import SHARED
 
 AURORA = SHARED / "fixtures" / "pbs" / "pbspro2022_aurora_qstat_xf_json_multi_8jobs_Q_H_F.json"
@@ -22,3 +27,19 @@ def test_pbs_jobs_by_name_prefix_unowned_and_unfinished_only() -> None:
 
 def test_the_listing_is_current_jobs_only() -> None:
     assert pbs.build_list_current() == ["qstat", "-f", "-F", "json"]  # no -x: no history
+
+
+async def test_orphans_come_from_the_adapters_job_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = {"7": JobStatus("7", JobState.RUNNING, raw={"name": "hpcgate-alice", "user_name": "alice"}),
+              "8": JobStatus("8", JobState.RUNNING, raw={"name": "hpcgate-bob", "user_name": "bob"}),
+              "9": JobStatus("9", JobState.RUNNING, raw={"name": "other", "user_name": "carol"})}
+
+    class Lister:
+        async def list_jobs(self) -> dict[str, JobStatus]:
+            return listed
+
+    monkeypatch.setattr(orphans, "make_scheduler", lambda settings, runner: Lister())
+    monkeypatch.setattr(orphans, "owned_job_ids", lambda db_url: {"8"})
+    for kind in ("slurm", "pbs"):  # no branch by kind: the adapter lists its jobs
+        rows = await orphans.find_orphans(SchedulerSettings(kind=kind), "sqlite://")
+        assert [(r["job_id"], r["user"]) for r in rows] == [("7", "alice")]

@@ -46,8 +46,10 @@ class FakeRunner:
         self.answers = answers
         self.calls: list[tuple[list[str], str | None, str | None]] = []
 
+    timeout = 30.0
+
     async def run(self, argv: Sequence[str], *, user: str | None = None, input: str | None = None,
-                  timeout: float = 30) -> CommandResult:
+                  timeout: float | None = None) -> CommandResult:
         argv = list(argv)
         self.calls.append((argv, user, input))
         answer = self.answers[argv[0]]
@@ -337,30 +339,20 @@ def test_default_walltime_below_a_queue_minimum() -> None:
         "5 minutes (resources_min.walltime)."]
 
 
-class QueueRun:
-    def __init__(self, rc: int, stdout: str, stderr: str = ""):
-        self.answer = (rc, stdout, stderr)
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: Sequence[str], user: str | None, input: str | None = None
-                 ) -> tuple[int, str, str]:
-        self.calls.append(list(argv))
-        return self.answer
-
-
-def check_pbs(run: QueueRun) -> Report:
+def check_pbs(runner: FakeRunner) -> Report:
     report = Report()
-    ConfigChecker(load_policy_text(PBS_SITE, "pbs-site.yaml"), "pbs-site.yaml", run, report,
-                  test_user="root")._check_pbs()
+    checker = ConfigChecker(load_policy_text(PBS_SITE, "pbs-site.yaml"), "pbs-site.yaml", report,
+                            runner=runner, test_user="root")
+    asyncio.run(checker.check_scheduler())
     return report
 
 
 def test_check_config_compares_the_policy_with_pbs_queues() -> None:
-    run = QueueRun(0, text_of("pbspro2022_polaris_qstat_Qf_json_4queues_ABRIDGED.json"))
-    report = check_pbs(run)
-    assert run.calls[0][-5:] == ["qstat", "-Q", "-f", "-F", "json"]
-    assert "PBS_CONF_FILE=/etc/pbs.conf" in run.calls[0]  # past sudo, inside the argv
-    assert report.lines("ok") == ["`qstat -Qf -F json` as root lists queues run_next, debug, prod, small."]
+    runner = FakeRunner({"qstat": ok(text_of("pbspro2022_polaris_qstat_Qf_json_4queues_ABRIDGED.json"))})
+    report = check_pbs(runner)
+    # Through the adapter's queue_limits, as the test user.
+    assert runner.calls == [(["qstat", "-Q", "-f", "-F", "json"], "root", None)]
+    assert report.lines("ok") == ["PBS answers root: queues run_next, debug, prod, small."]
     assert report.failures == ["PBS has no queue 'workq' (it has: run_next, debug, prod, small)."]
     assert not any("not implemented" in line for line in report.lines())
 
@@ -370,7 +362,7 @@ def test_check_config_passes_when_the_queues_fit() -> None:
     doc, _ = pbs.load_document(text_of("pbspro2022_polaris_qstat_Qf_json_4queues_ABRIDGED.json"))
     workq, _ = pbs.load_document(text_of("pbspro19_qstat_Qf_json_single_queue_workq.json"))
     doc["Queue"]["workq"] = workq["Queue"]["workq"]
-    report = check_pbs(QueueRun(0, json.dumps(doc, indent=4)))
+    report = check_pbs(FakeRunner({"qstat": ok(json.dumps(doc, indent=4))}))
     assert report.failures == [] and report.lines("warn") == []
     assert report.lines("ok")[-1] == ("The policy's limits fit PBS's queues (debug resources_max.walltime "
                                       "1 hour, workq resources_max.walltime unlimited).")
@@ -378,7 +370,15 @@ def test_check_config_passes_when_the_queues_fit() -> None:
 
 def test_check_config_pbs_failures_are_sentences() -> None:
     stderr = text_of("errors", "pbspro2022.1.7_qstat_connection_refused_errno15010.stderr.txt")
-    assert check_pbs(QueueRun(255, "", stderr)).failures == [
-        "`qstat -Qf -F json` as root failed: qstat: cannot connect to server localhost (errno=15010)."]
-    assert check_pbs(QueueRun(0, text_of("torque7_qstat_Qf_text_queue.txt"))).failures == [
-        "`qstat -Qf -F json` as root answered, but: qstat -Qf printed no JSON."]
+    assert check_pbs(FakeRunner({"qstat": ok("", stderr, 255)})).failures == [
+        "Asked as root: `qstat -Qf -F json` failed: qstat: cannot connect to server localhost "
+        "(errno=15010)."]
+    assert check_pbs(FakeRunner({"qstat": ok(text_of("torque7_qstat_Qf_text_queue.txt"))})).failures == [
+        "Asked as root: qstat -Qf printed no JSON."]
+
+
+async def test_list_jobs_is_every_current_job() -> None:
+    runner = FakeRunner({"qstat": ok(text_of(POLARIS))})
+    jobs = await PbsScheduler(runner).list_jobs()
+    assert runner.calls[0][0] == pbs.build_list_current()  # no -x: no history
+    assert {Q, H, R} <= set(jobs)

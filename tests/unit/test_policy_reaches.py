@@ -130,10 +130,14 @@ def depots_view(p: SitePolicy) -> Any:
 
 
 def check_view(p: SitePolicy) -> Any:
-    from gateway.admin.check import ConfigChecker, Report
+    from gateway.admin.check import ConfigChecker
+    from gateway.admin.report import Report
+    from gateway.admin.testjobs import ProbeJobs, TestJobSetup
 
-    checker = ConfigChecker(p, "site.yaml", None, Report())
-    return (checker.user, p.check.job_timeout, p.check.nodes_per_partition)
+    checker = ConfigChecker(p, "site.yaml", Report())
+    nodes = {name: ("n1", "n2", "n3", "n4", "n5", "n6") for name in p.partitions}
+    jobs = ProbeJobs(TestJobSetup(p, None, None, "alice", "/home/alice", nodes), Report())
+    return (checker.user, jobs.timeout, jobs.plan())
 
 
 # -- the table: field -> (a change to the university policy, the consumer that must notice) --------

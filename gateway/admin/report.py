@@ -1,10 +1,4 @@
-"""The small tools `hpcgate check-config` works with: running commands as a user, looking names up,
-and the ✓/✗ report.
-
-Commands go through a tiny `Run` callable (argv, user, input) -> (rc, stdout, stderr). The
-environment a command needs travels inside its argv (`env K=V ...`), because sudo drops the
-caller's. To be unified with `schedulers/runners.py` (async, local/sudo/ssh) once that settles.
-"""
+"""The ✓/✗ report of `hpcgate check-config`, and the small pure helpers its checks share."""
 
 from __future__ import annotations
 
@@ -12,42 +6,8 @@ import concurrent.futures
 import grp
 import pwd
 import socket
-import subprocess
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
-
-RunResult = tuple[int, str, str]
-
-
-class Run(Protocol):
-    def __call__(self, argv: Sequence[str], user: str | None, input: str | None = None
-                 ) -> RunResult: ...
-
-
-def subprocess_run(timeout: float = 30.0) -> Run:
-    """Run argv locally; as `user` through `sudo -n -u` (never prompting for a password)."""
-
-    def run(argv: Sequence[str], user: str | None, input: str | None = None) -> RunResult:
-        full = list(argv)
-        if user is not None:
-            full = ["sudo", "-n", "-u", user, "--", *full]
-        try:
-            proc = subprocess.run(full, input=input, capture_output=True, text=True,
-                                  timeout=timeout, cwd="/",
-                                  stdin=None if input is not None else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return 124, "", f"`{argv[0]}` gave no answer within {timeout:.0f} s"
-        except OSError as err:
-            return 127, "", f"{argv[0]}: {err.strerror or err}"
-        return proc.returncode, proc.stdout, proc.stderr
-
-    return run
-
-
-def env_argv(env: Mapping[str, str], argv: Sequence[str], clean: bool = False) -> list[str]:
-    """`env [-i] K=V ... argv`: the environment travels inside the argv, past sudo."""
-    return ["env", *(["-i"] if clean else []), *(f"{k}={v}" for k, v in env.items()), *argv]
+from typing import TextIO
 
 
 def last_line(text: str) -> str:
