@@ -215,6 +215,10 @@ class JobEnvironment:
         "The interpreter that runs the notebook server in the job: it must be readable and "
         "executable by every user and able to `import gateway`.", AbsPath())
     path: str = setting("PATH inside the job.", SearchPath(), "/usr/local/bin:/usr/bin:/bin")
+    workdir: str = setting(
+        "The job's working directory, the notebook server's root and the parent of its state "
+        "(.hpcgate/servers/NAME): a path with {user} and {home} (the user's home).", Text(),
+        "{home}")
     prologue: str = setting(
         "Shell lines run before the server starts, e.g. `module load python/3.11` or "
         "`source /opt/envs/jupyter/bin/activate`. Site text: users never add to it.",
