@@ -6,6 +6,7 @@ Helpers that tests import live in tests/helpers/; nothing imports this file.
 from __future__ import annotations
 
 import fcntl
+import warnings
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ def lab() -> Any:
 
     A service that cannot start fails the tests that need it (never a skip: a skip would hide a
     missing install step in CI). The lab users' Unix homes are shared by every lab on the
-    machine: the session fails if anything new appeared there (tests use the lab's homes).
+    machine: the session warns when anything new appeared there (tests use the lab's homes).
     """
     test_lab = Lab(TEST_LAB_DIR)
     # Two test sessions on one lab would stop it under each other: the second one waits.
@@ -40,8 +41,10 @@ def lab() -> Any:
             test_lab.down()
         left = new_in_unix_homes(info, homes)
         if left:
-            pytest.fail("the tests left files in the lab users' Unix homes (use the lab's homes, "
-                        f"lab['users'][USER]['workdir']): {left}", pytrace=False)
+            # A warning, not a failure: another lab on the machine (an older checkout, a benchmark)
+            # may have written there meanwhile. test_lab_homes and test_policy_spawn assert it.
+            warnings.warn("new files in the lab users' Unix homes during the session (tests use "
+                          f"the lab's homes, lab['users'][USER]['workdir']): {left}", stacklevel=1)
     finally:
         lock.close()
 
