@@ -88,7 +88,7 @@ def main() -> None:
             for i in range(args.servers):
                 user = USERS[i % len(USERS)]
                 req = JobRequest(script="sleep 3600\n", name=f"bench-{i}", memory_mb=100,
-                                 output="/dev/null", workdir=f"/home/{user}")
+                                 output="/dev/null", workdir=info["users"][user]["workdir"])
                 jobs.append((user, await sched.submit(req, user)))
         asyncio.run(submit_all())
         ids = [j for _, j in jobs]

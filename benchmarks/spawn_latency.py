@@ -75,6 +75,7 @@ def batchspawner_config(info: dict[str, Any]) -> str:
     slurm_env = " ".join(f"{k}={v}" for k, v in info["slurm"]["env"].items())
     venv_bin = Path(sys.executable).parent
     node_addr = info["nodes"][NODE]["address"]
+    workdir = info["users"][USER]["workdir"]
     return f"""
 import batchspawner  # noqa: E402,F401 -- registers its /api/batchspawner handler (README)
 c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
@@ -91,7 +92,12 @@ c.SlurmSpawner.batch_cancel_cmd = "env {slurm_env} scancel {{job_id}}"
 # lab: the job and its srun step get only <keepvars> (--export): srun needs SLURM_CONF, the
 # step needs a PATH that finds batchspawner-singleuser and jupyterhub-singleuser
 c.SlurmSpawner.req_keepvars_extra = "PATH,{",".join(info["slurm"]["env"])}"
-c.SlurmSpawner.req_prologue = "export PATH={venv_bin}:$PATH"
+c.SlurmSpawner.req_prologue = "export PATH={venv_bin}:$PATH HOME={workdir}"
+# lab: the job log and working directory (its {{{{homedir}}}}: req_homedir, the local account's
+# /home, is no setting) in the lab's home for {USER}, as hpcgate's server; /home is every lab's
+from batchspawner import SlurmSpawner  # noqa: E402
+c.SlurmSpawner.batch_script = SlurmSpawner.batch_script.default_value.replace("{{{{homedir}}}}",
+                                                                              {workdir!r})
 # lab: the hub cannot resolve the node name squeue prints; use its NodeAddr
 c.SlurmSpawner.state_exechost_exp = "{node_addr}"
 """
@@ -125,7 +131,7 @@ class Side:
             self.hub = LabHub(info, state_dir, extra_config=extra, policy=hpcgate_policy())
         else:
             self.hub = LabHub(info, state_dir, extra_config=batchspawner_config(info) + extra)
-        self.home = Path(info["users"][USER]["home"])
+        self.home = Path(info["users"][USER]["workdir"])  # the lab's home for USER, not /home
 
     def job_log(self, job_id: str) -> Path:
         if self.name == "hpcgate":
@@ -222,6 +228,8 @@ def run_once(side: Side, logs: Path) -> dict[str, Any]:
     slurmd = read_from(logs / f"slurmd-{NODE}.log", marks[logs / f"slurmd-{NODE}.log"])
     hub_log = read_from(side.hub.log, marks[side.hub.log])
     job_log = side.job_log(job_id).read_text(errors="replace").splitlines()
+    if side.name == "batchspawner":  # one log per job (hpcgate's server reuses its own)
+        side.job_log(job_id).unlink()
     t_submit = first_stamp(ctld, re.compile(rf"_slurm_rpc_submit_batch_job: JobId={job_id}\b"),
                            _SLURM_STAMP)
     t_alloc = first_stamp(ctld, re.compile(rf"(Allocate|Started) JobId={job_id}\b"), _SLURM_STAMP)
@@ -300,9 +308,7 @@ def main() -> None:
     try:
         for side in sides:
             side.hub.start()
-            code, body = side.request("POST", f"/hub/api/users/{USER}", timeout=30)
-            if code not in (201, 409):
-                raise RuntimeError(f"{side.name}: creating {USER} answered {code}: {body}")
+            side.hub.add_users([USER])  # with the directory's identity, this lab's home among it
         phases_of_second = [(k + 0.5) / args.n for k in range(args.n)]
         random.Random(args.seed).shuffle(phases_of_second)
         for i in range(args.n):

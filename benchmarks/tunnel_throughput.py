@@ -251,18 +251,15 @@ def run_bench(args: argparse.Namespace) -> int:
     state = Path("/var/tmp") / f"hpcgate-bench-tunnel-{uuid.uuid4().hex[:8]}"
     hub = LabHub(info, state, policy=with_changes(PINNED_NODES, {"connection": {"mode": "reverse"}}),
                  extra_config="c.JupyterHub.allow_named_servers = True\n")
-    home = Path(f"/home/{USER}")
+    # The lab's home for the user (its directory's homeDirectory): /home is every lab's.
+    home = Path(info["users"][USER]["workdir"])
     wav = home / f"hpcgate-bench-{args.size}.wav"
-    server = f"bench{uuid.uuid4().hex[:6]}"  # its own state dir: other labs share the homes
+    server = f"bench{uuid.uuid4().hex[:6]}"  # its own state dir: a test hub may use the default
     procs: list[subprocess.Popen[bytes]] = []
     cleanup: list[Path] = []
     try:
         hub.start()
-        try:
-            api(hub, "POST", f"/users/{USER}")
-        except urllib.error.HTTPError as err:
-            if err.code != 409:  # 409: the hub made the user already (allowed_users)
-                raise
+        hub.add_users([USER])  # with the directory's identity: the server works in `home`
         api(hub, "POST", f"/users/{USER}/servers/{server}", {"partition": "long"})
         deadline = time.monotonic() + 180
         while not (api(hub, "GET", f"/users/{USER}")["servers"].get(server) or {}).get("ready"):

@@ -267,7 +267,7 @@ class BatchSpawner(Spawner):
             address = await scheduler.node_address(fields["node"])
             if address:
                 node_addresses[fields["node"]] = address
-        launch = {"env": env, "home": workdir, "args": self.get_args(),
+        launch = {"env": env, "home": home, "workdir": workdir, "args": self.get_args(),
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
                   "report_timeout": setup.report_timeout}

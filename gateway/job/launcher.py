@@ -117,8 +117,13 @@ def launch(path: str) -> None:
     os.environ.update(env)
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
     os.environ["JUPYTERHUB_SERVICE_URL"] = f"http://{host}:{port}{prefix}"
-    os.environ.setdefault("HOME", config.get("home", os.path.expanduser("~")))
-    os.chdir(os.environ["HOME"])
+    # HOME is the home the hub resolved (the directory's homeDirectory), not the one sudo carried
+    # over from the local account: where they differ (each lab's own homes), Jupyter's runtime and
+    # settings files follow the directory. The server's root is the policy's job.workdir.
+    if config.get("home"):
+        os.environ["HOME"] = config["home"]
+    os.environ.setdefault("HOME", os.path.expanduser("~"))
+    os.chdir(config.get("workdir") or os.environ["HOME"])
     if config.get("depots") is not None:  # links to the user's depots, and /files/ through them
         from gateway.depots.links import prepare_server
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lab import accounts, cluster, directory, netns, sshd
-from gateway.lab.procs import LabError, free_port, lab_pids, pid_alive, stop_pids
+from gateway.lab.procs import LabError, free_port, lab_pids, pid_alive, port_is_free, stop_pids
 from gateway.lab.tls import make_ca_and_server_cert
 
 __all__ = ["DEFAULT_DIR", "Lab", "LabError"]
@@ -134,9 +134,14 @@ class Lab:
         if "tunnel" not in ports:  # labs made before the tunnel endpoint existed
             ports = {**ports, "tunnel": free_port()}
         pids: dict[str, int] = {k: v for k, v in old.get("pids", {}).items() if pid_alive(v)}
+        if not pids:
+            # Starting from nothing: a port kept from an earlier `up` may since have been taken
+            # (another lab's daemon, a hub): pick a new one rather than fail to start.
+            ports = {name: port if port_is_free(port) else free_port() for name, port in ports.items()}
         passwords = self._secrets()
         accounts.ensure_accounts()
         accounts.ensure_tunnel_account()
+        accounts.ensure_workdirs(self.dir)
 
         namespaces = {}
         if nodes == 2:
@@ -233,8 +238,10 @@ class Lab:
                 "authorized_keys": str(d / "ssh" / "authorized_keys" / accounts.TUNNEL_USER),
                 "known_hosts": str(d / "ssh" / "known_hosts"),
             },
+            # home: the Unix account's (shared by every lab); workdir: this lab's, which the
+            # directory gives as homeDirectory and lab policies as job.workdir.
             "users": {u.name: {"uid": u.uid, "gid": accounts.group_gid(u.groups[0]),
-                               "home": u.home, "groups": list(u.groups)}
+                               "home": u.home, "workdir": u.workdir(d), "groups": list(u.groups)}
                       for u in accounts.USERS},
             "logs": str(d / "log"),
         }

@@ -32,7 +32,18 @@ class LabUser:
 
     @property
     def home(self) -> str:
+        """The Unix account's home, shared by every lab on the machine: nothing of ours writes there."""
         return f"/home/{self.name}"
+
+    def workdir(self, lab_dir: Path | str) -> str:
+        """This lab's home for the user (the directory's homeDirectory, the policy's job.workdir):
+        each lab keeps its users' files apart, so a demo starts clean and labs run side by side."""
+        return workdir_template(lab_dir).format(user=self.name)
+
+
+def workdir_template(lab_dir: Path | str) -> str:
+    """The lab policies' job.workdir: `DIR/home/{user}`."""
+    return f"{Path(lab_dir)}/home/{{user}}"
 
 
 GROUPS = (
@@ -102,3 +113,16 @@ def ensure_accounts() -> None:
         if not home.exists():
             home.mkdir(mode=0o700)
             os.chown(home, user.uid, group_gid(primary))
+
+
+def ensure_workdirs(lab_dir: Path) -> None:
+    """`DIR/home/<user>` for each user: theirs and their primary group's, mode 0700; `DIR/home`
+    traversable (jobs chdir into their own). A directory left with other owners is corrected."""
+    homes = lab_dir / "home"
+    homes.mkdir(mode=0o755, exist_ok=True)
+    homes.chmod(0o755)
+    for user in USERS:
+        path = Path(user.workdir(lab_dir))
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chown(path, user.uid, group_gid(user.groups[0]))
+        path.chmod(0o700)

@@ -37,8 +37,9 @@ def user_dn(name: str) -> str:
     return f"uid={name},{PEOPLE_DN}"
 
 
-def demo_ldif(passwords: dict[str, str]) -> str:
-    """The demo directory; `passwords` maps each user name and 'svc-hpcgate' to a password."""
+def demo_ldif(passwords: dict[str, str], lab_dir: Path) -> str:
+    """The demo directory; `passwords` maps each user name and 'svc-hpcgate' to a password.
+    Each user's homeDirectory is this lab's `DIR/home/<user>` (see accounts.LabUser.workdir)."""
     entries = [
         f"dn: {BASE_DN}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
         "o: hpcgate lab university",
@@ -57,7 +58,7 @@ def demo_ldif(passwords: dict[str, str]) -> str:
             f"dn: {user_dn(u.name)}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\n"
             f"uid: {u.name}\ncn: {u.full_name}\ngivenName: {given}\nsn: {family}\n"
             f"mail: {u.name}@example.org\nuidNumber: {u.uid}\ngidNumber: {group_gid(u.groups[0])}\n"
-            f"homeDirectory: {u.home}\nloginShell: /bin/bash\n"
+            f"homeDirectory: {u.workdir(lab_dir)}\nloginShell: /bin/bash\n"
             f"userPassword: {ssha(passwords[u.name])}"
         )
     for g in GROUPS:
@@ -72,6 +73,12 @@ def demo_ldif(passwords: dict[str, str]) -> str:
             f"description: {g.description}" + "".join(f"\nmember: {user_dn(m)}" for m in members)
         )
     return "\n\n".join(entries) + "\n"
+
+
+def homes_ldif(lab_dir: Path) -> str:
+    """Set each user's homeDirectory to this lab's: directories made before it had one said /home."""
+    return "\n\n".join(f"dn: {user_dn(u.name)}\nchangetype: modify\nreplace: homeDirectory\n"
+                       f"homeDirectory: {u.workdir(lab_dir)}\n-" for u in USERS) + "\n"
 
 
 def slapd_conf(ldap_dir: Path, tls_dir: Path, admin_password: str) -> str:
@@ -116,9 +123,13 @@ def start_slapd(lab_dir: Path, ldap_port: int, ldaps_port: int, admin_password: 
     if not (db / "data.mdb").exists():
         db.mkdir(parents=True, exist_ok=True)
         ldif = ldap_dir / "demo.ldif"
-        ldif.write_text(demo_ldif(passwords))
+        ldif.write_text(demo_ldif(passwords, lab_dir))
         ldif.chmod(0o600)
         run(["slapadd", "-q", "-f", str(conf), "-l", str(ldif)])
+    else:  # slapd is not running here: the database may be edited offline
+        homes = ldap_dir / "homes.ldif"
+        homes.write_text(homes_ldif(lab_dir))
+        run(["slapmodify", "-f", str(conf), "-l", str(homes)])
     log = lab_dir / "log" / "slapd.log"
     urls = f"ldap://127.0.0.1:{ldap_port}/ ldaps://127.0.0.1:{ldaps_port}/"
     pid = start_daemon(["slapd", "-f", str(conf), "-h", urls, "-d", "none"], lab_dir, log)

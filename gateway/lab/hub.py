@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,18 @@ c.JupyterHub.load_roles.append({{
 """
 
 
+def directory_identity(info: dict[str, Any], user: str) -> dict[str, Any]:
+    """The auth_state a login to the lab's directory gives `user` (see auth/directory.py). Hubs
+    without LDAP login (tests, benchmarks) get it through the API (`LabHub.add_users`): the hub
+    keeps it encrypted with the crypt key LabHub always sets."""
+    from gateway.lab.directory import user_dn
+
+    about = info["users"][user]
+    return {"dn": user_dn(user), "uid": user, "uidNumber": about["uid"], "gidNumber": about["gid"],
+            "homeDirectory": about["workdir"], "loginShell": "/bin/bash",
+            "groups": list(about["groups"]), "group_dns": []}
+
+
 def _set_hub_api_url(policy_file: Path, info: dict[str, Any], hub_port: int) -> None:
     """The policy's connection.hub_api_url, pointed at this hub (demo.yaml has a placeholder)."""
     import yaml
@@ -146,6 +159,33 @@ class LabHub:
         failure = hub_failure(self.proc, self.url, timeout)
         if failure:
             raise RuntimeError(f"{failure}; see {self.log}")
+
+    def add_users(self, users: Iterable[str]) -> None:
+        """Create `users` in the running hub (if missing) with the auth_state the lab's directory
+        gives them at login, so that their servers work in this lab's homes, not in /home."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        def call(method: str, path: str, body: Any = None) -> int:
+            req = urllib.request.Request(  # noqa: S310 - the lab hub's own http URL
+                f"{self.url}/hub/api{path}", method=method,
+                data=json.dumps(body).encode() if body is not None else None,
+                headers={"Authorization": f"token {self.service_token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                    return resp.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        for user in users:
+            if call("POST", f"/users/{user}") not in (201, 409):  # 409: there already
+                raise RuntimeError(f"the hub did not create {user}; see {self.log}")
+            if not self.ldap_login:  # LDAP login writes the directory's own at each login
+                status = call("PATCH", f"/users/{user}",
+                              {"auth_state": directory_identity(self.info, user)})
+                if status != 200:
+                    raise RuntimeError(f"the hub refused {user}'s auth_state ({status}); see {self.log}")
 
     def _crypt_key(self) -> str:
         key = self.dir / "crypt_key"

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.lab.procs import run
+from gateway.lab.procs import LabError, run
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ def namespace_for(lab_dir: Path, node: str) -> Namespace:
 def create(ns: Namespace) -> None:
     if ns.exists():
         delete(ns)
+    # The /24 comes from a hash of the directory (200 choices): two labs may meet on one.
+    subnet = ns.host_addr.rsplit(".", 1)[0] + "."
+    taken = run(["ip", "-o", "-4", "addr", "show"]).stdout
+    if f" {subnet}" in taken:
+        raise LabError(f"The address range {subnet}0/24 this lab's directory maps to is already in use "
+                       "on this machine (another lab?): choose another --dir.")
     run(["ip", "netns", "add", ns.name])
     run(["ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.node_if])
     run(["ip", "link", "set", ns.node_if, "netns", ns.name])

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from gateway.lab.accounts import workdir_template
+
 DEMO = Path(str(resources.files("site_configs") / "demo.yaml"))
 DEFAULT_LAB = "/var/tmp/hpcgate-lab"  # noqa: S108 - the path demo.yaml is written for
 DEFAULT_VENV = "/opt/hpcgate/venv"
@@ -46,6 +48,8 @@ def lab_site_policy(info: dict[str, Any], password_file: str | Path,
     text = text.replace(DEFAULT_VENV + "/", sys.prefix.rstrip("/") + "/")
     policy = yaml.safe_load(text)
     policy["cluster"]["environment"]["SLURM_CONF"] = info["slurm"]["conf"]
+    # Whatever the file says: servers work in this lab's homes, never the shared /home.
+    policy["job"]["workdir"] = workdir_template(info["dir"])
     policy["directory"].update(uri=info["ldap"]["uri"], ca_cert=info["ldap"]["ca_cert"],
                                bind_password_file=str(password_file))
     hub_side = info["nodes"]["c2"]["hub_address"] if "c2" in info["nodes"] else "127.0.0.1"

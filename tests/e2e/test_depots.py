@@ -17,20 +17,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.lab.demo_data import LARGE_NAME, TEST_LARGE_BYTES, prepare_lab_depots
-from gateway.lab.hub import LabHub
-from tests.e2e.portal import Portal
-from tests.e2e.test_spawn import Hub
-from tests.labtools import as_user
+from tests.helpers.hub import Hub, running_hub
+from tests.helpers.lab import as_user, passwords, workdir
+from tests.helpers.paths import REPO
+from tests.helpers.portal import Portal
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS = ("alice", "bob", "carol")
 SPAWN = {"partition": "debug", "walltime": "10m", "cpus": "1", "memory": "1G"}
 
@@ -38,7 +38,7 @@ SPAWN = {"partition": "debug", "walltime": "10m", "cpus": "1", "memory": "1G"}
 def hpcgate(*args: str) -> subprocess.CompletedProcess[str]:
     """The `hpcgate` command of this checkout, as an admin runs it (root)."""
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+                          text=True, timeout=120, cwd=REPO)
 
 
 class DepotHub(Hub):
@@ -93,65 +93,56 @@ class DepotHub(Hub):
         return self.contents(user, "GET", path, query="?content=1&format=text&type=file")
 
 
-def _stop_quietly(h: Hub, user: str) -> None:
-    try:
-        if h.server(user) is not None:
-            h.stop(user)
-    except Exception as err:  # teardown: the lab's `down` cancels whatever is left
-        print(f"stopping {user}'s server: {err}")
-
-
 @pytest.fixture(scope="module")
-def depot_hub(lab: dict):
-    state = Path("/var/tmp") / f"hpcgate-hub-depots-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, ldap_login=True)
-    h = DepotHub(lab, labhub)
-    h.policy = labhub.policy_file
-    h.lab_depot = Path(lab["dir"]) / "depots" / "soundscape-lab"
-    h.ref_depot = Path(lab["dir"]) / "depots" / "reference-calls"
-    carol_links = [Path("/home/carol/sneaky-depot"), Path("/home/carol/sneaky-clip.wav")]
-    passwords = json.loads(Path(lab["ldap"]["passwords_file"]).read_text())
+def depot_hub(lab: dict) -> Iterator[DepotHub]:
+    lab_depot = Path(lab["dir"]) / "depots" / "soundscape-lab"
+    ref_depot = Path(lab["dir"]) / "depots" / "reference-calls"
+    bob_depots, carol_home = workdir(lab, "bob") / "depots", workdir(lab, "carol")
+    carol_links = [carol_home / "sneaky-depot", carol_home / "sneaky-clip.wav"]
+    secrets = passwords(lab)
     try:
-        # Provisioned from nothing each run, by the admin's command.
-        shutil.rmtree(h.lab_depot.parent, ignore_errors=True)
-        for name in ("soundscape-lab", "reference-calls"):
-            created = hpcgate("depot", "create", name, "--policy", str(h.policy))
-            assert created.returncode == 0, created.stdout + created.stderr
-            assert f"{name}: created " in created.stdout and f"{name}: in order" in created.stdout
-        prepare_lab_depots(h.policy, large_bytes=TEST_LARGE_BYTES)  # the demo's recordings
-        (h.ref_depot / "README.txt").write_text("Reference calls, curated by the admins.\n")
-        # bob's depots/ has a link the policy no longer gives, and a file of his own.
-        for argv in (["mkdir", "-p", "/home/bob/depots"],
-                     ["ln", "-sfn", "/var/tmp/retired-project", "/home/bob/depots/old-project"]):
-            assert as_user(lab, "bob", argv).returncode == 0
-        as_user(lab, "bob", ["tee", "/home/bob/depots/my-notes.txt"], input="mine\n")
-        # carol plants symlinks into the lab's depot in her own home.
-        as_user(lab, "carol", ["ln", "-sfn", str(h.lab_depot), str(carol_links[0])])
-        as_user(lab, "carol", ["ln", "-sfn", str(h.lab_depot / "recordings" / "wren-trill.wav"),
-                               str(carol_links[1])])
-        labhub.start()
-        h.portals, h.tokens = {}, {}
-        for user in USERS:  # log in through the directory: the groups come from LDAP
-            portal = Portal(labhub.url)
-            status, url, body = portal.login(user, passwords[user])
-            assert status == 200 and "/hub/login" not in url, Portal.login_error(body)
-            h.portals[user] = portal
-            status, token = h.api("POST", f"/users/{user}/tokens", {"note": "depots e2e"})
-            assert status == 201, token
-            h.tokens[user] = token["token"]
-        for user in USERS:
-            status, body = h.spawn(user, SPAWN)
-            assert status in (201, 202), (user, body)
-        for user in USERS:
-            h.wait_ready(user, timeout=120)
-        yield h
+        with running_hub(lab, "depots", hub_class=DepotHub, ldap_login=True) as h:
+            h.policy, h.lab_depot, h.ref_depot = h.hub.policy_file, lab_depot, ref_depot
+            # Provisioned from nothing each run, by the admin's command.
+            shutil.rmtree(h.lab_depot.parent, ignore_errors=True)
+            for name in ("soundscape-lab", "reference-calls"):
+                created = hpcgate("depot", "create", name, "--policy", str(h.policy))
+                assert created.returncode == 0, created.stdout + created.stderr
+                assert f"{name}: created " in created.stdout and f"{name}: in order" in created.stdout
+            prepare_lab_depots(h.policy, large_bytes=TEST_LARGE_BYTES)  # the demo's recordings
+            (h.ref_depot / "README.txt").write_text("Reference calls, curated by the admins.\n")
+            # bob's depots/ has a link the policy no longer gives, and a file of his own.
+            for argv in (["mkdir", "-p", str(bob_depots)],
+                         ["ln", "-sfn", "/var/tmp/retired-project", str(bob_depots / "old-project")]):
+                assert as_user(lab, "bob", argv).returncode == 0
+            as_user(lab, "bob", ["tee", str(bob_depots / "my-notes.txt")], input="mine\n")
+            # carol plants symlinks into the lab's depot in her own home.
+            as_user(lab, "carol", ["ln", "-sfn", str(h.lab_depot), str(carol_links[0])])
+            as_user(lab, "carol", ["ln", "-sfn", str(h.lab_depot / "recordings" / "wren-trill.wav"),
+                                   str(carol_links[1])])
+            h.portals, h.tokens = {}, {}
+            for user in USERS:  # log in through the directory: the groups come from LDAP
+                portal = Portal(h.hub.url)
+                status, url, body = portal.login(user, secrets[user])
+                assert status == 200 and "/hub/login" not in url, Portal.login_error(body)
+                h.portals[user] = portal
+                status, token = h.api("POST", f"/users/{user}/tokens", {"note": "depots e2e"})
+                assert status == 201, token
+                h.tokens[user] = token["token"]
+            try:
+                for user in USERS:
+                    status, body = h.spawn(user, SPAWN)
+                    assert status in (201, 202), (user, body)
+                for user in USERS:
+                    h.wait_ready(user, timeout=120)
+                yield h
+            finally:
+                for user in USERS:
+                    h.stop_quietly(user)
     finally:
-        for user in USERS:
-            _stop_quietly(h, user)
-        labhub.stop()
         for link in carol_links:
             link.unlink(missing_ok=True)
-        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(bob_depots, ignore_errors=True)
 
 
 def test_each_server_links_exactly_the_depots_of_its_users_groups(depot_hub: DepotHub) -> None:
@@ -161,7 +152,7 @@ def test_each_server_links_exactly_the_depots_of_its_users_groups(depot_hub: Dep
     assert depot_hub.names("bob", "depots") == {"soundscape-lab", "reference-calls", "my-notes.txt"}
     # Links, nothing copied: the entries point at the depots themselves.
     for user in USERS:
-        folder = Path(f"/home/{user}/depots")
+        folder = workdir(depot_hub.lab, user) / "depots"
         links = {p.name: os.readlink(p) for p in folder.iterdir() if p.is_symlink()}
         expected = {"reference-calls": str(depot_hub.ref_depot)}
         if user != "carol":

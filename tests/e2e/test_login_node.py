@@ -8,44 +8,38 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.lab.hub import LabHub
 from gateway.lab.site import PINNED_NODES, with_changes
-from tests.e2e.test_spawn import Hub
-from tests.e2e.test_tunnel import fetch, job_log, tunnel_port, user_token
+from tests.helpers.hub import Hub, fetch, job_log, running_hub, tunnel_port, user_token
 
 LOGIN_USER = "carol"  # the account the hub's forwards log in as on the login node
 
 
+pytestmark = pytest.mark.lab
+
+
 @pytest.fixture(scope="module")
-def login_hub(lab: dict):
+def login_hub(lab: dict) -> Iterator[Hub]:
     ssh = lab["ssh"]
-    state = Path("/var/tmp") / f"hpcgate-hub-loginnode-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, policy=with_changes(PINNED_NODES, {"connection": {
-        "mode": "login-node", "ssh_host": ssh["host"], "ssh_port": ssh["port"],
-        "known_hosts": ssh["known_hosts"], "login_node_user": LOGIN_USER,
-        "login_node_key": ssh["user_keys"][LOGIN_USER]}}),
-        extra_config='c.BatchSpawner.poll_interval = 2\n')
-    h = Hub(lab, labhub)
     try:
-        labhub.start()
-        for user in ("alice", "bob"):
-            h.api("POST", f"/users/{user}")
-        yield h
+        with running_hub(lab, "loginnode", ("alice", "bob"), policy=with_changes(PINNED_NODES, {
+                "connection": {"mode": "login-node", "ssh_host": ssh["host"],
+                               "ssh_port": ssh["port"], "known_hosts": ssh["known_hosts"],
+                               "login_node_user": LOGIN_USER,
+                               "login_node_key": ssh["user_keys"][LOGIN_USER]}}),
+                extra_config='c.BatchSpawner.poll_interval = 2\n') as h:
+            yield h
     finally:
-        labhub.stop()
         # The forwards die with the hub (PR_SET_PDEATHSIG); should one not, it is ended here.
         for pid in forward_pids(known_hosts=ssh["known_hosts"]):
             os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +84,9 @@ def listeners(port: int) -> list[str]:
     return [line.split()[3] for line in out.splitlines() if line.strip()]
 
 
-def server_address(user: str) -> tuple[str, int]:
-    m = re.search(r"JupyterLab for \w+ on ([\d.]+):(\d+)", job_log(user))
-    assert m, job_log(user)
+def server_address(lab: dict, user: str) -> tuple[str, int]:
+    m = re.search(r"JupyterLab for \w+ on ([\d.]+):(\d+)", job_log(lab, user))
+    assert m, job_log(lab, user)
     return m.group(1), int(m.group(2))
 
 
@@ -121,7 +115,7 @@ def test_server_on_c2_reached_through_the_hubs_forward(alice_up: Hub) -> None:
     assert status == 200 and "started" in json.loads(body)
 
     # The server binds c2's own address (as in direct mode); the proxy routes to 127.0.0.1:P.
-    node, server_port = server_address("alice")
+    node, server_port = server_address(hub.lab, "alice")
     assert node == hub.lab["nodes"]["c2"]["address"]
     port = tunnel_port(hub, "alice")
     assert 40000 <= port <= 49999

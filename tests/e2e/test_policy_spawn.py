@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from pathlib import Path
+import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
-from gateway.lab.hub import LabHub
-from tests.e2e.test_spawn import Hub
+from tests.helpers.hub import Hub, running_hub, server_dir
+from tests.helpers.lab import new_in_unix_homes, unix_homes, workdir
+
+pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def policy_hub(lab: dict):
-    state = Path("/var/tmp") / f"hpcgate-hub-policy-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state)
-    h = Hub(lab, labhub)
-    try:
-        labhub.start()
-        for user in ("alice", "bob", "carol"):
-            h.api("POST", f"/users/{user}")
+def policy_hub(lab: dict) -> Iterator[Hub]:
+    with running_hub(lab, "policy", ("alice", "bob", "carol")) as h:
         yield h
-    finally:
-        labhub.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_over_limit_and_hostile_values_are_refused_in_words(policy_hub: Hub) -> None:
@@ -46,4 +38,28 @@ def test_policy_spawn_runs_with_the_policy_environment(policy_hub: Hub) -> None:
     assert policy_hub.get("/user/alice/api")[0] == 200
     [job] = policy_hub.active_jobs("alice")
     assert job["cpus"] == 2 and job["time_limit"] == 10 and job["partition"] == "debug"
+    # job.workdir: the job works in the lab's home for alice, its state inside it.
+    assert job["current_working_directory"] == str(workdir(policy_hub.lab, "alice"))
+    assert (server_dir(policy_hub.lab, "alice") / "job.log").exists()
     policy_hub.stop("alice")
+
+
+def test_a_server_run_leaves_nothing_in_the_unix_home(policy_hub: Hub) -> None:
+    """Lab users' Unix homes are shared by every lab on the machine: a server started, used (a
+    kernel: IPython's profile, Jupyter's runtime files) and stopped writes nothing there."""
+    before = unix_homes(policy_hub.lab)
+    status, body = policy_hub.spawn("bob", {"partition": "debug", "walltime": "10m"})
+    assert status in (201, 202), body
+    try:
+        policy_hub.wait_ready("bob")
+        status, body = policy_hub.api("POST", "/users/bob/tokens", {"note": "homes"})
+        assert status == 201, body
+        req = urllib.request.Request(f"{policy_hub.hub.url}/user/bob/api/kernels", data=b"{}",
+                                     method="POST", headers={"Authorization": f"token {body['token']}",
+                                                             "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 201
+    finally:
+        policy_hub.stop_quietly("bob")
+    assert new_in_unix_homes(policy_hub.lab, before) == {}
+    assert (workdir(policy_hub.lab, "bob") / ".hpcgate" / "servers" / "default").is_dir()

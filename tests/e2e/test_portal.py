@@ -7,35 +7,28 @@ driven through its HTML pages with cookies and _xsrf like a browser.
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
-import uuid
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from gateway.lab.hub import LabHub
-from tests.e2e.portal import Portal
-from tests.e2e.test_spawn import Hub
+from tests.helpers.hub import Hub, running_hub
+from tests.helpers.lab import passwords as lab_passwords
+from tests.helpers.portal import Portal
+
+pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def portal_hub(lab: dict):
-    state = Path("/var/tmp") / f"hpcgate-hub-portal-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, ldap_login=True)
-    h = Hub(lab, labhub)
-    try:
-        labhub.start()
+def portal_hub(lab: dict) -> Iterator[Hub]:
+    with running_hub(lab, "portal", ldap_login=True) as h:
         yield h
-    finally:
-        labhub.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def passwords(lab: dict) -> dict[str, str]:
-    return json.loads(Path(lab["ldap"]["passwords_file"]).read_text())
+    return lab_passwords(lab)
 
 
 def logged_in(hub: Hub, user: str, password: str) -> Portal:

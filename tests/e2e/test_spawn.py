@@ -4,114 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.lab.hub import LabHub
 from gateway.lab.site import PINNED_NODES, with_changes
+from tests.helpers.hub import Hub, running_hub, server_dir
 
-
-class Hub:
-    """The running LabHub plus a small API client with the test service's token."""
-
-    def __init__(self, lab: dict, hub: LabHub):
-        self.lab, self.hub = lab, hub
-
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.hub.url}/hub/api{path}", data=data, method=method,
-                                     headers={"Authorization": f"token {self.hub.service_token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                text = resp.read().decode()
-                return resp.status, json.loads(text) if text else None
-        except urllib.error.HTTPError as err:
-            text = err.read().decode()
-            try:
-                return err.code, json.loads(text)
-            except ValueError:
-                return err.code, text
-
-    def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
-        req = urllib.request.Request(f"{self.hub.url}{path}",
-                                     headers={"Authorization": f"token {self.hub.service_token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    def server(self, user: str, name: str = "") -> dict | None:
-        _, model = self.api("GET", f"/users/{user}")
-        return model["servers"].get(name)
-
-    def wait_ready(self, user: str, name: str = "", timeout: float = 90) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            server = self.server(user, name)
-            if server and server["ready"]:
-                return server
-            if server is None:
-                raise AssertionError(f"{user}'s server went away while starting")
-            time.sleep(0.2)
-        raise AssertionError(f"{user}'s server not ready after {timeout} s: {self.server(user, name)}")
-
-    def spawn(self, user: str, options: dict | None = None, name: str = "") -> tuple[int, Any]:
-        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
-        return self.api("POST", path, options or {})
-
-    def stop(self, user: str, name: str = "") -> None:
-        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
-        status, _ = self.api("DELETE", path)
-        assert status in (202, 204)
-        deadline = time.monotonic() + 60
-        while self.server(user, name) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert self.server(user, name) is None
-
-    def jobs(self, user: str) -> list[dict]:
-        out = subprocess.run(["squeue", "--json"], env={**os.environ, **self.lab["slurm"]["env"]},
-                             capture_output=True, text=True, check=True).stdout
-        return [j for j in json.loads(out)["jobs"]
-                if j["user_name"] == user and j["name"].startswith("hpcgate-")]
-
-    def job(self, job_id: int) -> dict:
-        return next(j for j in self.jobs_all() if j["job_id"] == job_id)
-
-    def jobs_all(self) -> list[dict]:
-        out = subprocess.run(["squeue", "--json"], env={**os.environ, **self.lab["slurm"]["env"]},
-                             capture_output=True, text=True, check=True).stdout
-        return json.loads(out)["jobs"]
-
-    def active_jobs(self, user: str) -> list[dict]:
-        return [j for j in self.jobs(user)
-                if j["job_state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
-def hub(lab: dict):
-    state = Path("/var/tmp") / f"hpcgate-hub-test-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, policy=with_changes(PINNED_NODES, {"connection": {"mode": "direct"}}))
-    h = Hub(lab, labhub)
-    try:
-        labhub.start()
-        for user in ("alice", "bob", "carol"):
-            h.api("POST", f"/users/{user}")
+def hub(lab: dict) -> Iterator[Hub]:
+    with running_hub(lab, "test", ("alice", "bob", "carol"),
+                     policy=with_changes(PINNED_NODES, {"connection": {"mode": "direct"}})) as h:
         yield h
-    finally:
-        labhub.stop()
-        if os.environ.get("HPCGATE_KEEP_HUB") is None:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -> None:
@@ -124,9 +36,10 @@ def test_alice_spawns_on_c1_reachable_through_proxy_and_stop_cancels(hub: Hub) -
     assert len(jobs) == 1, [(j["job_id"], j["job_state"], j["name"]) for j in jobs]
     job = jobs[0]
     assert job["job_state"] == "RUNNING" and job["batch_host"] == "c1"
-    # The server process itself runs as alice.
-    ps = subprocess.run(["pgrep", "-u", "alice", "-f", "gateway.job.launcher"], capture_output=True,
-                        text=True)
+    # The server process itself runs as alice (this lab's: its launch file is in the lab's home).
+    ps = subprocess.run(["pgrep", "-u", "alice", "-f",
+                         f"gateway.job.launcher {server_dir(hub.lab, 'alice')}/"],
+                        capture_output=True, text=True)
     assert ps.returncode == 0 and ps.stdout.split()
     # The token is in no argv and not in the environment Slurm keeps for the job.
     for pid in ps.stdout.split():

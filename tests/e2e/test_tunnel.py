@@ -6,72 +6,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.lab.hub import LabHub
 from gateway.lab.site import PINNED_NODES, with_changes
-from tests.e2e.test_spawn import Hub
+from tests.helpers.hub import Hub, fetch, job_log, running_hub, server_dir, tunnel_port, user_token
+from tests.helpers.lab import workdir
 
 WAV_SIZE = 2 * 1024**3
 
 
+pytestmark = pytest.mark.lab
+
+
 @pytest.fixture(scope="module")
-def tunnel_hub(lab: dict):
-    state = Path("/var/tmp") / f"hpcgate-hub-tunnel-{uuid.uuid4().hex[:8]}"
-    labhub = LabHub(lab, state, policy=with_changes(
-        PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 8}}), extra_config=(
-        'c.BatchSpawner.poll_interval = 2\n'
-        'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n'))
-    h = Hub(lab, labhub)
-    try:
-        labhub.start()
-        for user in ("alice", "bob"):
-            h.api("POST", f"/users/{user}")
+def tunnel_hub(lab: dict) -> Iterator[Hub]:
+    with running_hub(lab, "tunnel", ("alice", "bob"), policy=with_changes(
+            PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 8}}), extra_config=(
+            'c.BatchSpawner.poll_interval = 2\n'
+            'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n')) as h:
         yield h
-    finally:
-        labhub.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-def user_token(hub: Hub, user: str) -> str:
-    status, body = hub.api("POST", f"/users/{user}/tokens", {"expires_in": 900, "note": "tests"})
-    assert status in (200, 201), body
-    return body["token"]
-
-
-def fetch(hub: Hub, path: str, token: str, method: str = "GET", headers: dict | None = None,
-          body: bytes | None = None, timeout: float = 10) -> tuple[int, Any, bytes]:
-    req = urllib.request.Request(f"{hub.hub.url}{path}", method=method, data=body,
-                                 headers={"Authorization": f"token {token}", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read()  # headers: case-insensitive
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
-
-
-def tunnel_port(hub: Hub, user: str) -> int:
-    _, routes = hub.api("GET", "/proxy")
-    [target] = [r["target"] for spec, r in routes.items() if spec.endswith(f"/user/{user}/")]
-    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)", target.rstrip("/"))
-    assert m, target
-    return int(m.group(1))
-
-
-def job_log(user: str) -> str:
-    return Path(f"/home/{user}/.hpcgate/servers/default/job.log").read_text()
 
 
 def ssh_client_pids(user: str, lab: dict) -> list[int]:
@@ -109,8 +70,8 @@ def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up:
     assert status == 200 and "started" in json.loads(body)
 
     # The server listens on 127.0.0.1 inside c2's namespace, nowhere else.
-    m = re.search(r"JupyterLab for alice on 127\.0\.0\.1:(\d+)", job_log("alice"))
-    assert m, job_log("alice")
+    m = re.search(r"JupyterLab for alice on 127\.0\.0\.1:(\d+)", job_log(hub.lab, "alice"))
+    assert m, job_log(hub.lab, "alice")
     server_port = int(m.group(1))
     ns = hub.lab["nodes"]["c2"]["namespace_path"]
     probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])),"
@@ -141,7 +102,7 @@ def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up:
 def test_job_key_cannot_forward_another_port(alice_up: Hub, tmp_path: Path) -> None:
     hub = alice_up
     port = tunnel_port(hub, "alice")
-    launch = json.loads(Path("/home/alice/.hpcgate/servers/default/launch.json").read_text())
+    launch = json.loads((server_dir(hub.lab, "alice") / "launch.json").read_text())
     key = tmp_path / "key"
     key.write_text(launch["tunnel"]["private_key"])
     key.chmod(0o600)
@@ -221,7 +182,7 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
     assert kernel_id in [k["id"] for k in json.loads(body)]
     [new] = ssh_client_pids("alice", hub.lab)
     assert new != old
-    assert "reconnecting in" in job_log("alice")
+    assert "reconnecting in" in job_log(hub.lab, "alice")
     fetch(hub, f"/user/alice/api/kernels/{kernel_id}", alice, method="DELETE")
 
 
@@ -244,7 +205,7 @@ def make_wav(path: Path, size: int, marker_at: int, marker: bytes, tail: bytes =
 def test_range_into_the_middle_of_a_2gb_wav(alice_up: Hub) -> None:
     hub = alice_up
     alice = user_token(hub, "alice")
-    home = Path("/home/alice")
+    home = workdir(hub.lab, "alice")  # the server's root
     wav, flac, mp3 = home / "field-2g.wav", home / "dawn.flac", home / "dusk.mp3"
     marker_at = WAV_SIZE // 2 + 12345
     marker = os.urandom(65536)

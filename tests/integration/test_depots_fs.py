@@ -121,6 +121,7 @@ def _admin(lab: dict[str, Any]) -> ldap3.Connection:
     return conn
 
 
+@pytest.mark.lab
 def test_gid_comes_from_the_directorys_gidnumber(lab: dict[str, Any], lab_policy: Path) -> None:
     # A group only the directory knows, with a number this host's group database has never seen.
     dn = f"cn=depot-probe,{lab['ldap']['posix_groups_dn']}"
@@ -140,6 +141,7 @@ def test_gid_comes_from_the_directorys_gidnumber(lab: dict[str, Any], lab_policy
     assert (lab_group.gid, lab_group.source, lab_group.local_gid) == (5101, DIRECTORY, 5101)
 
 
+@pytest.mark.lab
 def test_without_a_directory_the_local_group_database_answers(lab: dict[str, Any],
                                                             lab_policy: Path) -> None:
     text = lab_policy.read_text()
@@ -153,6 +155,7 @@ def test_without_a_directory_the_local_group_database_answers(lab: dict[str, Any
             resolver.resolve("depot-probe")
 
 
+@pytest.mark.lab
 def test_a_wrong_service_password_is_a_sentence(lab: dict[str, Any], lab_policy: Path,
                                                 tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.password"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import socket
 import ssl
@@ -18,27 +17,28 @@ import pytest
 
 from gateway.lab import Lab
 from gateway.lab.procs import lab_pids, pid_alive
-from tests.labtools import submit_as, wait_for_file
+from tests.helpers.lab import job_output, passwords, submit_as, wait_for_file
 
-
-def passwords(info: dict) -> dict[str, str]:
-    return json.loads(Path(info["ldap"]["passwords_file"]).read_text())
+pytestmark = pytest.mark.lab
 
 
 def test_job_as_alice_runs_under_her_uid_on_c1(lab: dict) -> None:
-    out = f"/home/alice/lab-test-{uuid.uuid4().hex}.out"
-    submit_as(lab, "alice", "c1", "#!/bin/bash\nid -u; id -un; echo SLURMD_NODENAME=$SLURMD_NODENAME\n", out)
+    out = job_output(lab, "alice")
+    submit_as(lab, "alice", "c1", "#!/bin/bash\nid -u; id -un; echo SLURMD_NODENAME=$SLURMD_NODENAME\n",
+              str(out))
     text = wait_for_file(out, "SLURMD_NODENAME=")
     uid, name, node = text.split()
     assert (uid, name, node) == ("5001", "alice", "SLURMD_NODENAME=c1")
-    assert Path(out).stat().st_uid == 5001
+    assert out.stat().st_uid == 5001
+    out.unlink()
 
 
 def test_job_on_c2_reports_hostname_c2(lab: dict) -> None:
-    out = f"/home/bob/lab-test-{uuid.uuid4().hex}.out"
-    submit_as(lab, "bob", "c2", "#!/bin/bash\necho HOST=$(hostname)\nid -un\n", out)
+    out = job_output(lab, "bob")
+    submit_as(lab, "bob", "c2", "#!/bin/bash\necho HOST=$(hostname)\nid -un\n", str(out))
     text = wait_for_file(out, "bob")
     assert "HOST=c2\n" in text
+    out.unlink()
 
 
 def _listen(host: str) -> tuple[socket.socket, int]:
@@ -62,7 +62,7 @@ def test_c2_cannot_reach_hub_loopback_but_reaches_its_veth_address(lab: dict) ->
     loopback_srv, loopback_port = _listen("127.0.0.1")
     veth_srv, veth_port = _listen(hub_addr)
     try:
-        out = f"/home/alice/lab-test-{uuid.uuid4().hex}.out"
+        out = job_output(lab, "alice")
         script = (
             "#!/bin/bash\n"
             f"timeout 3 bash -c 'echo > /dev/tcp/127.0.0.1/{loopback_port}' 2>/dev/null "
@@ -70,8 +70,9 @@ def test_c2_cannot_reach_hub_loopback_but_reaches_its_veth_address(lab: dict) ->
             f"timeout 3 bash -c 'echo > /dev/tcp/{hub_addr}/{veth_port}' 2>/dev/null "
             "&& echo VETH=open || echo VETH=closed\n"
         )
-        submit_as(lab, "alice", "c2", script, out)
+        submit_as(lab, "alice", "c2", script, str(out))
         text = wait_for_file(out, "VETH=")
+        out.unlink()
         # The positive control shows the probe works; only the hub's loopback is out of reach.
         assert "VETH=open" in text
         assert "LOOPBACK=closed" in text
@@ -161,8 +162,8 @@ def test_down_leaves_no_process_namespace_or_mount(tmp_path_factory: pytest.Temp
     try:
         info = lab.up(nodes=2)
         namespace = info["nodes"]["c2"]["namespace"]
-        out = f"/home/carol/lab-test-{uuid.uuid4().hex}.out"
-        submit_as(info, "carol", "c2", "#!/bin/bash\necho started\nsleep 600\n", out)
+        out = job_output(info, "carol")  # in that lab's own homes: removed with it
+        submit_as(info, "carol", "c2", "#!/bin/bash\necho started\nsleep 600\n", str(out))
         wait_for_file(out, "started")
         assert lab_pids(lab_dir), "a running lab must be found in the process table"
     finally:

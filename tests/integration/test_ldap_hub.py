@@ -19,7 +19,7 @@ import pytest
 from auth.authenticator import NOT_ALLOWED, THROTTLED, UNAVAILABLE, WRONG_CREDENTIALS
 from gateway.lab.procs import LabError
 from gateway.lab.replica import HubProcess, StalledListener
-from tests.integration.test_ldap_login import passwords
+from tests.helpers.lab import passwords
 
 pytestmark = pytest.mark.lab
 
@@ -138,7 +138,7 @@ async def test_carol_is_admin_and_her_identity_is_in_auth_state(lab: dict[str, A
     assert user["admin"] is True
     state = user["auth_state"]
     assert (state["uid"], state["uidNumber"], state["gidNumber"], state["homeDirectory"]) == (
-        "carol", 5003, 5100, "/home/carol")
+        "carol", 5003, 5100, lab["users"]["carol"]["workdir"])  # this lab's home, not /home
     assert state["groups"] == ["hpc-users", "hub-admins"]
 
 

@@ -2,65 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado import web
 
-from auth.authenticator import NOT_ALLOWED, UNAVAILABLE, WRONG_CREDENTIALS, LDAPAuthenticator
-from auth.directory import (
-    DirectoryClient,
-    DirectorySettings,
-    DirectoryUnavailable,
-    LoginRefused,
-    ServerSpec,
-)
+from auth.authenticator import NOT_ALLOWED, UNAVAILABLE, WRONG_CREDENTIALS
+from auth.directory import DirectoryUnavailable, LoginRefused
+from tests.helpers.ldap import client, login, make, passwords, refused
 
 pytestmark = pytest.mark.lab
-
-
-def passwords(lab: dict[str, Any]) -> dict[str, str]:
-    return json.loads(Path(lab["ldap"]["passwords_file"]).read_text())
-
-
-def site_config(lab: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """The authenticator configured as a real site would: search-then-bind, StartTLS, CA verified."""
-    ldap = lab["ldap"]
-    config: dict[str, Any] = {
-        "server_urls": [ldap["uri"]],
-        "tls_ca_file": ldap["ca_cert"],
-        "service_dn": ldap["service_dn"],
-        "service_password": passwords(lab)["svc-hpcgate"],
-        "user_search_base": ldap["people_dn"],
-        "group_search_base": ldap["groups_dn"],
-        "allowed_groups": {"hpc-users"},
-        "admin_groups": {"hub-admins"},
-        "enable_auth_state": False,  # the hub's encryption of auth_state is not under test here
-        "failed_logins_per_user": 0,
-        "failed_logins_per_address": 0,
-    }
-    config.update(overrides)
-    return config
-
-
-def make(lab: dict[str, Any], **overrides: Any) -> LDAPAuthenticator:
-    return LDAPAuthenticator(**site_config(lab, **overrides))
-
-
-async def login(auth: LDAPAuthenticator, username: str, password: str) -> dict[str, Any]:
-    """The hub's own path: authenticate, normalize, validate, check_allowed, is_admin."""
-    model = await auth.get_authenticated_user(None, {"username": username, "password": password})
-    assert model is not None
-    return model
-
-
-async def refused(auth: LDAPAuthenticator, username: str, password: str) -> web.HTTPError:
-    with pytest.raises(web.HTTPError) as err:
-        await auth.get_authenticated_user(None, {"username": username, "password": password})
-    return err.value
 
 
 @pytest.mark.parametrize("url_key", ["uri", "ldaps_uri"])
@@ -71,7 +23,7 @@ async def test_alice_logs_in_over_starttls_and_ldaps(lab: dict[str, Any], url_ke
     assert model["name"] == "alice" and model["admin"] is False
     assert {k: state[k] for k in ("dn", "uid", "uidNumber", "gidNumber", "homeDirectory", "loginShell")} == {
         "dn": f"uid=alice,{lab['ldap']['people_dn']}", "uid": "alice", "uidNumber": 5001,
-        "gidNumber": 5100, "homeDirectory": "/home/alice", "loginShell": "/bin/bash"}
+        "gidNumber": 5100, "homeDirectory": lab["users"]["alice"]["workdir"], "loginShell": "/bin/bash"}
     assert state["groups"] == ["hpc-users", "soundscape-lab"]
     assert f"cn=soundscape-lab,{lab['ldap']['named_groups_dn']}" in state["group_dns"]
     assert f"cn=soundscape-lab,{lab['ldap']['posix_groups_dn']}" in state["group_dns"]
@@ -176,17 +128,6 @@ async def test_insecure_only_when_asked(lab: dict[str, Any], tmp_path: Path) -> 
     assert (err.status_code, err.log_message) == (503, UNAVAILABLE)
     lax = make(lab, tls_ca_file=str(tmp_path / "ca.crt"), tls_verify=False)
     assert (await login(lax, "alice", passwords(lab)["alice"]))["name"] == "alice"
-
-
-def client(lab: dict[str, Any], url: str, **overrides: Any) -> DirectoryClient:
-    ldap = lab["ldap"]
-    settings: dict[str, Any] = {
-        "servers": [ServerSpec.parse(url)], "user_search_base": ldap["people_dn"],
-        "service_dn": ldap["service_dn"], "service_password": passwords(lab)["svc-hpcgate"],
-        "tls_ca_file": ldap["ca_cert"], "group_search_base": ldap["groups_dn"], "receive_timeout": 2.0,
-    }
-    settings.update(overrides)
-    return DirectoryClient(DirectorySettings(**settings))
 
 
 def test_server_and_setting_disagreements_are_explained(lab: dict[str, Any], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tornado import web
 from auth.authenticator import NOT_ALLOWED, UNAVAILABLE, WRONG_CREDENTIALS
 from auth.directory import DirectoryUnavailable
 from gateway.lab.replica import DirectoryCopy, StalledListener, start_directory_copy
-from tests.integration.test_ldap_login import client, login, make, passwords, refused
+from tests.helpers.ldap import client, login, make, passwords, refused
 
 pytestmark = pytest.mark.lab
 

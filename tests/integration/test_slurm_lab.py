@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,8 +20,12 @@ from schedulers.model import JobRequest, JobState
 from schedulers.runners import SSHRunner, SudoRunner
 from schedulers.slurmrest import SlurmRestScheduler
 from schedulers.watcher import JobWatcher
+from tests.helpers.lab import job_output, workdir
+
+pytestmark = pytest.mark.lab
 
 SLEEP = "sleep 600\n"
+Outputs = Callable[[str], str]  # user -> a fresh output path in their lab home
 
 
 def cli(lab: dict) -> SlurmScheduler:
@@ -37,21 +41,33 @@ async def wait_until(watcher: JobWatcher, job_id: str, predicate, timeout: float
                              f"last error: {watcher.last_error!r}") from None
 
 
-def output_path(user: str) -> str:
-    return f"/home/{user}/sched-test-{uuid.uuid4().hex[:8]}.out"
+@pytest.fixture(scope="module")
+def outputs(lab: dict) -> Iterator[Outputs]:
+    """Job output files in the users' lab homes (never /home), removed after the module."""
+    made: list[Path] = []
+
+    def output_path(user: str) -> str:
+        made.append(job_output(lab, user, "sched-test"))
+        return str(made[-1])
+
+    try:
+        yield output_path
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
-async def timeout_job(lab: dict) -> str:
+async def timeout_job(lab: dict, outputs: Outputs) -> str:
     """A job with a one-minute walltime, submitted early: Slurm kills it about 60-90 s later."""
     req = JobRequest(script=SLEEP, name="walltime-test", walltime=timedelta(minutes=1), node="c1",
-                     output=output_path("alice"))
+                     output=outputs("alice"), workdir=str(workdir(lab, "alice")))
     return await cli(lab).submit(req, "alice")
 
 
-async def test_submit_as_alice_runs_and_completes(lab: dict, timeout_job: str) -> None:
+async def test_submit_as_alice_runs_and_completes(lab: dict, timeout_job: str, outputs: Outputs) -> None:
     sched = cli(lab)
-    out = output_path("alice")
+    out = outputs("alice")
     req = JobRequest(script="id -un\nsleep 1\n", name="complete-test", node="c2", output=out,
                      environment={"GREETING": "it's a 'quoted' $value"}, cpus=2, memory_mb=500,
                      walltime=timedelta(minutes=5))
@@ -76,10 +92,10 @@ async def test_submit_as_alice_runs_and_completes(lab: dict, timeout_job: str) -
     assert Path(out).stat().st_uid == lab["users"]["alice"]["uid"]
 
 
-async def test_cancel_gives_cancelled(lab: dict) -> None:
+async def test_cancel_gives_cancelled(lab: dict, outputs: Outputs) -> None:
     sched = cli(lab)
     job_id = await sched.submit(JobRequest(script=SLEEP, name="cancel-test", node="c1",
-                                           output=output_path("bob")), "bob")
+                                           output=outputs("bob")), "bob")
     watcher = JobWatcher(sched, fast_interval=0.2)
     watcher.track(job_id)
     try:
@@ -94,9 +110,9 @@ async def test_cancel_gives_cancelled(lab: dict) -> None:
     await sched.cancel([job_id], user="bob")
 
 
-async def test_another_user_cannot_cancel_a_job(lab: dict) -> None:
+async def test_another_user_cannot_cancel_a_job(lab: dict, outputs: Outputs) -> None:
     sched = cli(lab)
-    job_id = await sched.submit(JobRequest(script=SLEEP, node="c1", output=output_path("bob")), "bob")
+    job_id = await sched.submit(JobRequest(script=SLEEP, node="c1", output=outputs("bob")), "bob")
     try:
         with pytest.raises(Exception, match="could not cancel"):
             await sched.cancel([job_id], user="carol")
@@ -104,19 +120,19 @@ async def test_another_user_cannot_cancel_a_job(lab: dict) -> None:
         await sched.cancel([job_id], user="bob")
 
 
-async def test_over_limit_request_is_refused_in_words(lab: dict) -> None:
+async def test_over_limit_request_is_refused_in_words(lab: dict, outputs: Outputs) -> None:
     req = JobRequest(script="true\n", partition="debug", walltime=timedelta(hours=3),
-                     output=output_path("alice"))
+                     output=outputs("alice"))
     with pytest.raises(SubmitError) as err:
         await cli(lab).submit(req, "alice")
     assert err.value.message == "Partition 'debug' allows at most 30 minutes; you asked for 3 hours."
     assert "time limit" in err.value.raw
 
 
-async def test_pending_reason_in_plain_words(lab: dict) -> None:
+async def test_pending_reason_in_plain_words(lab: dict, outputs: Outputs) -> None:
     sched = cli(lab)
     # The whole of c2 for one job, then a second that must wait for it (c1 holds the walltime job).
-    big = JobRequest(script=SLEEP, node="c2", cpus=16, memory_mb=8000, output=output_path("carol"))
+    big = JobRequest(script=SLEEP, node="c2", cpus=16, memory_mb=8000, output=outputs("carol"))
     first = await sched.submit(big, "carol")
     second = await sched.submit(big, "carol")
     watcher = JobWatcher(sched, fast_interval=0.2)
@@ -133,12 +149,12 @@ async def test_pending_reason_in_plain_words(lab: dict) -> None:
     assert not waiting.reason_is_permanent
 
 
-async def test_ssh_runner_submits_on_the_login_node(lab: dict) -> None:
+async def test_ssh_runner_submits_on_the_login_node(lab: dict, outputs: Outputs) -> None:
     ssh = lab["ssh"]
     runner = SSHRunner(ssh["host"], ssh["port"], known_hosts=ssh["known_hosts"],
                        key_for_user=lambda user: ssh["user_keys"][user], env=lab["slurm"]["env"])
     sched = SlurmScheduler(runner, jobcomp_file=lab["slurm"]["jobcomp"])
-    out = output_path("alice")
+    out = outputs("alice")
     try:
         ids = [await sched.submit(JobRequest(script="id -un\n", node="c1", output=out,
                                              name=f"ssh-{i}"), "alice") for i in range(3)]
@@ -159,13 +175,13 @@ async def test_ssh_runner_submits_on_the_login_node(lab: dict) -> None:
     assert set(Path(out).read_text().split()) == {"alice"}
 
 
-async def test_rest_transport_submits_watches_and_cancels(lab: dict) -> None:
+async def test_rest_transport_submits_watches_and_cancels(lab: dict, outputs: Outputs) -> None:
     rest = SlurmRestScheduler(lab["slurm"]["rest_url"], lab["slurm"]["jwt_key"],
                               jobcomp_file=lab["slurm"]["jobcomp"])
-    out = output_path("bob")
+    out = outputs("bob")
     try:
         job_id = await rest.submit(JobRequest(script="id -un\nsleep 600\n", partition="debug",
-                                              output=out, workdir="/home/bob",
+                                              output=out, workdir=str(workdir(lab, "bob")),
                                               walltime=timedelta(minutes=5)), "bob")
         watcher = JobWatcher(rest, fast_interval=0.2)
         watcher.track(job_id)
@@ -187,9 +203,9 @@ async def test_rest_transport_submits_watches_and_cancels(lab: dict) -> None:
     assert Path(out).read_text().startswith("bob")
 
 
-async def test_controller_down_reads_unknown_not_gone_then_recovers(lab: dict) -> None:
+async def test_controller_down_reads_unknown_not_gone_then_recovers(lab: dict, outputs: Outputs) -> None:
     sched = cli(lab)
-    job_id = await sched.submit(JobRequest(script=SLEEP, node="c2", output=output_path("alice")),
+    job_id = await sched.submit(JobRequest(script=SLEEP, node="c2", output=outputs("alice")),
                                 "alice")
     watcher = JobWatcher(sched, fast_interval=0.2, max_backoff=1)
     watcher.track(job_id)
@@ -222,7 +238,7 @@ async def test_controller_down_reads_unknown_not_gone_then_recovers(lab: dict) -
         await sched.cancel([job_id], user="alice")
 
 
-async def test_walltime_kill_reads_timeout_with_reason(lab: dict, timeout_job: str) -> None:
+async def test_walltime_kill_reads_timeout_with_reason(lab: dict, timeout_job: str, outputs: Outputs) -> None:
     watcher = JobWatcher(cli(lab), fast_interval=0.5)
     watcher.track(timeout_job)
     try:

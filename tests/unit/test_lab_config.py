@@ -46,14 +46,24 @@ def test_ssha_is_verifiable() -> None:
 
 def test_demo_ldif_has_people_and_both_group_shapes() -> None:
     names = ["alice", "bob", "carol", "svc-hpcgate"]
-    ldif = directory.demo_ldif({n: "pw" for n in names})
+    ldif = directory.demo_ldif({n: "pw" for n in names}, Path("/var/tmp/lab-a"))
     assert "dn: uid=alice,ou=people,dc=example,dc=org" in ldif
+    # Each lab's own homes, never the Unix accounts' /home shared by every lab on the machine.
+    assert "homeDirectory: /var/tmp/lab-a/home/alice\n" in ldif and "/home/alice\n" not in \
+        ldif.replace("/var/tmp/lab-a/home/alice\n", "")
     soundscape = ldif.split("dn: cn=soundscape-lab,ou=posix")[1].split("\n\n")[0]
     assert "memberUid: alice" in soundscape and "memberUid: bob" in soundscape
     assert "memberUid: carol" not in soundscape
     admins = ldif.split("dn: cn=hub-admins,ou=names")[1].split("\n\n")[0]
     assert "member: uid=carol,ou=people,dc=example,dc=org" in admins
     assert "userPassword: pw" not in ldif  # only hashes
+
+
+def test_homes_ldif_moves_an_older_directory_to_this_labs_homes() -> None:
+    ldif = directory.homes_ldif(Path("/var/tmp/lab-a"))
+    assert ldif.count("changetype: modify\nreplace: homeDirectory\n") == 3
+    assert "dn: uid=carol,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: homeDirectory\n" \
+           "homeDirectory: /var/tmp/lab-a/home/carol\n-" in ldif
 
 
 def test_missing_packages_are_named_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

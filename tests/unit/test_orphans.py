@@ -9,7 +9,7 @@ from gateway.admin.orphans import orphan_rows
 from schedulers import pbs
 from schedulers.model import JobState, JobStatus
 from schedulers.registry import SchedulerSettings
-from tests.conftest import SHARED
+from tests.helpers.paths import SHARED
 
 AURORA = SHARED / "fixtures" / "pbs" / "pbspro2022_aurora_qstat_xf_json_multi_8jobs_Q_H_F.json"
 HOST = "aurora-pbs-0001.hostmgmt.cm.aurora.alcf.anl.gov"

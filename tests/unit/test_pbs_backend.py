@@ -21,7 +21,7 @@ from schedulers.model import JobRequest, JobState
 from schedulers.pbs_backend import PbsScheduler, resolve_host
 from schedulers.registry import SchedulerSettings, make_scheduler
 from schedulers.runners import CommandResult
-from tests.conftest import SHARED
+from tests.helpers.paths import SHARED
 
 PBS = SHARED / "fixtures" / "pbs"
 ROOT = Path(__file__).resolve().parents[2]

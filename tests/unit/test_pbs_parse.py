@@ -17,7 +17,7 @@ import pytest
 from schedulers import pbs
 from schedulers.errors import SchedulerUnavailable
 from schedulers.model import JobState, UnsafeValue
-from tests.conftest import SHARED
+from tests.helpers.paths import SHARED
 
 PBS = SHARED / "fixtures" / "pbs"
 ERRORS = PBS / "errors"

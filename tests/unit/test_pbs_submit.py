@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from schedulers import pbs
 from schedulers.errors import CancelError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, UnsafeValue
-from tests.conftest import SHARED
+from tests.helpers.paths import SHARED
 
 PBS = SHARED / "fixtures" / "pbs"
 
