@@ -26,7 +26,7 @@ from tornado import web
 from gateway.hub.api import same_host
 from gateway.tunnel import hubside, loginnode
 
-log = logging.getLogger("hpcgate.connections")
+Log = logging.Logger | logging.LoggerAdapter
 
 
 class ConnectionMode:
@@ -34,9 +34,11 @@ class ConnectionMode:
 
     mode: ClassVar[str] = "direct"
 
-    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0):
+    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, log: Log | None = None):
         self.who = who
         """The server, as the hub's log names it."""
+        self.log = log or logging.getLogger("hpcgate.connections")
+        """The spawner's logger: lines go through the hub's own log format."""
         self.conn = conn
         """The policy's `connection` section (None for a server re-adopted from the database)."""
         self.down_timeout = down_timeout
@@ -81,16 +83,16 @@ class TunnelledMode(ConnectionMode):
         now = asyncio.get_running_loop().time()
         if await hubside.port_answers(self.port):
             if self._down_since is not None:
-                log.info("The tunnel of %s is back", self.who)
+                self.log.info("The tunnel of %s is back", self.who)
             self._down_since = None
             return True
         if self._down_since is None:
             self._down_since = now
-            log.warning("The SSH tunnel of %s (port %s) is down; its ssh is reconnecting",
+            self.log.warning("The SSH tunnel of %s (port %s) is down; its ssh is reconnecting",
                         self.who, self.port)
         down = now - self._down_since
         if self.down_timeout and down >= self.down_timeout:
-            log.error("The SSH tunnel of %s has been down for %.0f s: the server is unreachable "
+            self.log.error("The SSH tunnel of %s has been down for %.0f s: the server is unreachable "
                       "and is treated as stopped (its job will be cancelled)", self.who, down)
             return False
         return True
@@ -108,8 +110,9 @@ class ReverseMode(TunnelledMode):
 
     mode: ClassVar[str] = "reverse"
 
-    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, hub_api_url: str = ""):
-        super().__init__(who, conn, down_timeout)
+    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, log: Log | None = None,
+                 hub_api_url: str = ""):
+        super().__init__(who, conn, down_timeout, log)
         self.hub_api_url = hub_api_url
         self.tag = ""
         """Which line of authorized_keys is this server's."""
@@ -153,7 +156,7 @@ class ReverseMode(TunnelledMode):
         try:
             await asyncio.to_thread(hubside.release, self.keys_file, self.tag, self.port)
         except (OSError, ValueError) as err:
-            log.error("Could not remove the tunnel key %s of %s from %s: %s", self.tag, self.who,
+            self.log.error("Could not remove the tunnel key %s of %s from %s: %s", self.tag, self.who,
                       self.keys_file, err)
             return
         self.tag = ""
@@ -172,8 +175,8 @@ class LoginNodeMode(TunnelledMode):
 
     mode: ClassVar[str] = "login-node"
 
-    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0):
-        super().__init__(who, conn, down_timeout)
+    def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, log: Log | None = None):
+        super().__init__(who, conn, down_timeout, log)
         self._supervisor: loginnode.ForwardSupervisor | None = None
         self._target: tuple[str, int] | None = None
 
@@ -199,7 +202,7 @@ class LoginNodeMode(TunnelledMode):
     def _forward(self, host: str, port: int) -> loginnode.ForwardSupervisor:
         if self._supervisor is None or self._target != (host, port):
             argv = self._settings().argv(self.port, host, port)
-            who = self.who
+            who, log = self.who, self.log
             self._supervisor = loginnode.ForwardSupervisor(
                 argv, self.port, log=lambda line: log.info("login node %s: %s", who, line))
             self._target = (host, port)
@@ -225,7 +228,7 @@ class LoginNodeMode(TunnelledMode):
         try:
             await self._forward(host, port).start().wait_ready(30)
         except (loginnode.ForwardError, SpawnException) as err:  # the hub's start-up must go on
-            log.error("The forward of %s through the login node is not up yet (still "
+            self.log.error("The forward of %s through the login node is not up yet (still "
                       "retrying): %s", self.who, err)
         return "127.0.0.1", self.port
 
@@ -240,19 +243,20 @@ _MODES: dict[str, type[ConnectionMode]] = {m.mode: m for m in (ConnectionMode, R
                                                                LoginNodeMode)}
 
 
-def make_connection(who: str, conn: Any, hub_api_url: str) -> ConnectionMode:
+def make_connection(who: str, conn: Any, hub_api_url: str, log: Log | None = None) -> ConnectionMode:
     """The mode the policy's `connection` section asks for, for a new server."""
     cls = _MODES[conn.mode]
     if cls is ReverseMode:
-        return ReverseMode(who, conn, conn.down_timeout, hub_api_url)
-    return cls(who, conn, conn.down_timeout)
+        return ReverseMode(who, conn, conn.down_timeout, log, hub_api_url)
+    return cls(who, conn, conn.down_timeout, log)
 
 
-def connection_from_state(who: str, state: dict[str, Any], conn: Any = None) -> ConnectionMode:
+def connection_from_state(who: str, state: dict[str, Any], conn: Any = None,
+                          log: Log | None = None) -> ConnectionMode:
     """The mode a server was started with, from the hub's database (the policy may have changed
     since: a running server keeps its mode). `conn` is the current policy section, if any."""
     cls = _MODES.get(state.get("connect", "direct"), ConnectionMode)
     down_timeout = conn.down_timeout if conn is not None else 0
-    made = cls(who, conn, down_timeout)
+    made = cls(who, conn, down_timeout, log)
     made.restore(state)
     return made

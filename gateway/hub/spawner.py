@@ -70,7 +70,7 @@ class BatchSpawner(Spawner):
     def connection(self) -> ConnectionMode:
         """This server's connection mode (direct until start() or load_state() says otherwise)."""
         if self._connection is None:
-            self._connection = ConnectionMode(self._log_name)
+            self._connection = ConnectionMode(self._log_name, log=self.log)
         return self._connection
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -80,7 +80,8 @@ class BatchSpawner(Spawner):
         self.job_port = state.get("port", 0)
         self.token_digest = state.get("token_digest", "")
         if "connect" in state:
-            self._connection = connection_from_state(self._log_name, state, self._policy_section())
+            self._connection = connection_from_state(self._log_name, state, self._policy_section(),
+                                                     self.log)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -274,7 +275,8 @@ class BatchSpawner(Spawner):
         # The depots the user's groups allow, linked in depots/ by the launcher.
         launch["depots"] = await spawner_launch_entry(self, user, workdir)
         await self.connection.release()  # a start the hub died in may have left a key line
-        self._connection = make_connection(self._log_name, policy.connection, self.hub.api_url)
+        self._connection = make_connection(self._log_name, policy.connection, self.hub.api_url,
+                                           self.log)
         tunnel = await self.connection.prepare(self.user.name, self.name, self._save_state_now)
         if tunnel is not None:
             launch["tunnel"] = tunnel
