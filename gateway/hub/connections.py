@@ -33,6 +33,8 @@ class ConnectionMode:
     """Direct: the proxy reaches the server on its node's address."""
 
     mode: ClassVar[str] = "direct"
+    checks_node_address: ClassVar[bool] = True
+    """Whether check_report() needs the job's node address (reverse: the tunnel's end instead)."""
 
     def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, log: Log | None = None):
         self.who = who
@@ -109,6 +111,7 @@ class ReverseMode(TunnelledMode):
     """The job opens an SSH tunnel back to the hub host; the proxy routes to its loopback end."""
 
     mode: ClassVar[str] = "reverse"
+    checks_node_address: ClassVar[bool] = False
 
     def __init__(self, who: str, conn: Any = None, down_timeout: float = 0, log: Log | None = None,
                  hub_api_url: str = ""):

@@ -412,7 +412,7 @@ class BatchSpawner(Spawner):
         if status is None or not status.node or status.is_final:
             raise web.HTTPError(409, "the job of this server is not running")
         node_address = status.node_address
-        if node_address is None and self.connection.mode != "reverse":
+        if node_address is None and self.connection.checks_node_address:
             node_address = await scheduler.node_address(status.node)
         self.connection.check_report(host, port, node_address)
         address = getattr(self, "_address", None)
