@@ -75,7 +75,7 @@ async def test_reverse_mode_without_its_settings_is_a_sentence() -> None:
     mode = make_connection("alice", section(mode="reverse", ssh_host="hub"), API)
     with pytest.raises(SpawnException) as err:
         await mode.prepare("alice", "", lambda: None)
-    said = err.value.jupyterhub_message  # what the user reads; the log gets the details
+    said = err.value.message  # what the user reads; the log gets the details
     assert "not fully configured" in said and "administrator" in said
     assert "authorized_keys" in str(err.value)
 
