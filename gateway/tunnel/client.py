@@ -10,26 +10,22 @@ never notice, apart from requests made while the tunnel is down.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import collections
-import subprocess
+import contextlib
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.job.private import write_private
 from gateway.tunnel.sshargs import (
     Backoff,
-    ForwardWatch,
     ReverseTunnel,
     free_loopback_port,
     known_hosts_text,
     reverse_argv,
 )
-
-Log = Callable[[str], None]
+from gateway.tunnel.supervisor import Log, SshSupervisor
 
 
 class TunnelError(RuntimeError):
@@ -41,87 +37,49 @@ def _print(line: str) -> None:
 
 
 class TunnelSupervisor:
-    """Keep one ssh process running; `up` is set while all its forwards are confirmed."""
+    """The job's reverse tunnel: an `SshSupervisor` on an event loop in a thread of its own, so
+    the synchronous launcher (and the Jupyter server it becomes) keeps it running."""
 
     def __init__(self, argv: list[str], expect: set[tuple[str, int]], log: Log = _print,
                  first_delay: float = 0.2, max_delay: float = 30.0, stable_after: float = 30.0):
-        self.argv = argv
-        self.expect = expect  # {("remote-ok", P), ("local-ok", L)}
-        self.log = log
-        self.first_delay, self.max_delay, self.stable_after = first_delay, max_delay, stable_after
-        self.up = threading.Event()
-        self.proc: subprocess.Popen[str] | None = None
-        self.attempts = 0
-        self.connects = 0
-        self.tail: collections.deque[str] = collections.deque(maxlen=12)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hpcgate-tunnel", daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hpcgate-tunnel",
+                                        daemon=True)
+        self.supervisor = SshSupervisor(argv, expect, log, Backoff(first_delay, max_delay,
+                                                                   stable_after),
+                                        error=TunnelError, what="the SSH tunnel to the hub")
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self) -> None:
+        self.supervisor.start()
 
     def start(self) -> TunnelSupervisor:
         self._thread.start()
+        self._call(self._start())
         atexit.register(self.stop)
         return self
 
     def wait_ready(self, timeout: float, give_up_after: int = 4) -> None:
         """Return once the forwards are confirmed; TunnelError after `timeout` seconds or after
         `give_up_after` failed attempts without ever being up (bad key, unknown host key...)."""
-        deadline = time.monotonic() + timeout
-        while not self.up.wait(0.05):
-            if time.monotonic() > deadline or (self.connects == 0 and self.attempts >= give_up_after
-                                               and self.proc is not None
-                                               and self.proc.poll() is not None):
-                said = " | ".join(self.tail) or "nothing"
-                raise TunnelError(f"the SSH tunnel to the hub could not be opened after "
-                                  f"{self.attempts} attempts; ssh said: {said}")
+        self._call(self.supervisor.wait_ready(timeout, give_up_after))
 
     def stop(self) -> None:
-        self._stopping.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):  # at exit: the ssh must go, whatever else happens
+            self._call(self.supervisor.stop(), 15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
-    def _run(self) -> None:
-        backoff = Backoff(self.first_delay, self.max_delay, self.stable_after)
-        while not self._stopping.is_set():
-            self.attempts += 1
-            started = time.monotonic()
-            was_up = self._run_once()
-            self.up.clear()
-            if self._stopping.is_set():
-                return
-            delay = backoff.after_exit(was_up, time.monotonic() - started)
-            self.log(f"ssh exited ({self.proc.returncode if self.proc else '?'}); "
-                     f"reconnecting in {delay:.1f} s")
-            self._stopping.wait(delay)
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.supervisor.proc
 
-    def _run_once(self) -> bool:
-        """Run one ssh until it exits; True if it was ever fully up."""
-        watch = ForwardWatch(self.expect)
-        try:
-            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
-        except OSError as err:
-            self.tail.append(f"cannot run ssh: {err}")
-            self.log(self.tail[-1])
-            return False
-        self.proc = proc
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.rstrip()
-            seen = watch.feed(line)
-            if seen == "up":
-                self.connects += 1
-                self.up.set()
-                self.log(f"up (connection {self.connects}, ssh pid {proc.pid})")
-            elif seen == "said":
-                self.tail.append(line)
-                self.log(line)
-        proc.wait()
-        return watch.up
+    @property
+    def connects(self) -> int:
+        return self.supervisor.connects
 
 
 def rewrite_hub_urls(env: dict[str, str], api_port: int) -> dict[str, str]:

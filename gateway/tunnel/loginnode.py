@@ -14,12 +14,10 @@ dies. The ssh dies with the hub (PR_SET_PDEATHSIG): a restarted hub makes a new 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +26,12 @@ from gateway.tunnel.hubside import TunnelConfigError
 from gateway.tunnel.sshargs import (
     DEFAULT_CIPHERS,
     Backoff,
-    ForwardWatch,
     LoginNodeForward,
     free_loopback_port,
     login_node_argv,
 )
+from gateway.tunnel.supervisor import Log, SshSupervisor
 
-Log = Callable[[str], None]
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child only calls prctl
 
@@ -104,116 +101,19 @@ def _die_with_parent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class ForwardSupervisor:
-    """Keep one `ssh -L` running for one server; `up` is set while its forward listens."""
+class ForwardSupervisor(SshSupervisor):
+    """Keep one `ssh -L` running for one server; `up` is set while its forward listens. The ssh
+    dies with the hub (PR_SET_PDEATHSIG): a restarted hub makes a new one on the same port."""
 
     def __init__(self, argv: list[str], local_port: int, log: Log,
                  backoff: Backoff | None = None):
-        self.argv = argv
+        super().__init__(argv, {("local-ok", local_port)}, log, backoff, error=ForwardError,
+                         what="the SSH forward through the login node", preexec=_die_with_parent)
         self.local_port = local_port
-        self.log = log
-        self.backoff = backoff or Backoff()
-        self.up = asyncio.Event()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.attempts = 0
-        self.connects = 0
-        self.tail: collections.deque[str] = collections.deque(maxlen=12)
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> ForwardSupervisor:
-        if not self.running:
-            self._stopping = False
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    async def wait_ready(self, timeout: float, give_up_after: int = 4) -> None:
-        """Return once the forward listens; ForwardError after `timeout` seconds, or after
-        `give_up_after` attempts that never came up (refused key, unknown host key...)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.up.is_set():
-            failed = self.connects == 0 and self.attempts >= give_up_after and not self._alive()
-            if loop.time() > deadline or failed or not self.running:
-                said = " | ".join(self.tail) or "nothing"
-                raise ForwardError(f"the SSH forward through the login node could not be opened "
-                                   f"after {self.attempts} attempts; ssh said: {said}")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.up.wait(), 0.05)
-
-    async def stop(self) -> None:
-        """End the supervision and the ssh process (terminate, then kill after 5 s)."""
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._end_process()
-        self.up.clear()
-
-    def _alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def _end_process(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while not self._stopping:
-                self.attempts += 1
-                started = loop.time()
-                was_up = await self._run_once()
-                self.up.clear()
-                if self._stopping:
-                    return
-                delay = self.backoff.after_exit(was_up, loop.time() - started)
-                code = self.proc.returncode if self.proc else "?"
-                self.log(f"ssh exited ({code}); reconnecting in {delay:.1f} s")
-                await asyncio.sleep(delay)
-        finally:
-            await asyncio.shield(self._end_process())
-
-    async def _run_once(self) -> bool:
-        """Run one ssh until it exits; True if its forward was ever up."""
-        watch = ForwardWatch({("local-ok", self.local_port)})
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
-        except OSError as err:
-            self.tail.append(f"cannot run ssh: {err}")
-            self.log(self.tail[-1])
-            return False
-        self.proc = proc
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            seen = watch.feed(line)
-            if seen == "up":
-                self.connects += 1
-                self.up.set()
-                self.log(f"forward 127.0.0.1:{self.local_port} up (connection {self.connects}, "
-                         f"ssh pid {proc.pid})")
-            elif seen == "said":
-                self.tail.append(line)
-                self.log(line)
-        await proc.wait()
-        return watch.up
+    def _up_line(self, pid: int) -> str:
+        return (f"forward 127.0.0.1:{self.local_port} up (connection {self.connects}, "
+                f"ssh pid {pid})")
 
 
 async def open_forward(settings: LoginNodeSettings, local_port: int, node: str, node_port: int,
