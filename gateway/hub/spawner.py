@@ -479,10 +479,7 @@ class BatchSpawner(Spawner):
         scheduler, _, watcher = self._shared()
         user, _ = await self.unix_account()
         watcher.track(self.job_id)
-        try:
-            await scheduler.cancel([self.job_id], user=user)
-        except SchedulerError as err:
-            self.log.warning("Cancelling job %s failed: %s", self.job_id, err)
+        await self._cancel_quietly(scheduler, user)
         watcher.poke()
         await self.connection.release()
         if not now:
