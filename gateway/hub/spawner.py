@@ -441,7 +441,12 @@ class BatchSpawner(Spawner):
     async def poll(self) -> int | None:
         if not self.job_id:
             return 0
-        _, _, watcher = self._shared()
+        try:
+            _, _, watcher = self._shared()
+        except SpawnException as err:  # no policy was ever readable: say so, never "gone"
+            self.log.error("Cannot ask the scheduler about job %s of %s: %s", self.job_id,
+                           self._log_name, err.log_message)
+            return None
         if watcher.latest(self.job_id) is None:
             watcher.track(self.job_id, starting=not self.job_port)
         status = watcher.latest(self.job_id)
