@@ -326,8 +326,9 @@ class BatchSpawner(Spawner):
         res = await runner.run([python, "-m", "gateway.job.launcher", "--write", path],
                                user=user, input=json.dumps(launch), timeout=30)
         if res.returncode != 0:
+            workdir = path.rsplit("/.hpcgate/", 1)[0]
             raise SpawnException(
-                "Your server's files could not be prepared in your home directory.",
+                f"Your server's files could not be prepared in your working directory {workdir}.",
                 reason="launch-file", log_message=f"writing {path} as {user}: {res.stderr.strip()}")
 
     async def _follow(self, watcher: Any, runner: Any, user: str, log_file: str) -> tuple[str, int]:

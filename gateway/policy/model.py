@@ -461,9 +461,16 @@ class SitePolicy:
             sentence = unsupported_version(c.rest.api_version)
             if sentence:
                 yield ("cluster", "rest", "api_version"), sentence
-        if "{user}" not in self.job.workdir and "{home}" not in self.job.workdir:
-            yield (("job", "workdir"), "every user would share one working directory: put "
-                   "{user} or {home} in it")
+        try:
+            probe = self.job.workdir.format(user="u", home="/h")
+        except (KeyError, IndexError, ValueError):
+            yield (("job", "workdir"), "only {user} and {home} may stand in braces here")
+        else:
+            if "{user}" not in self.job.workdir and "{home}" not in self.job.workdir:
+                yield (("job", "workdir"), "every user would share one working directory: put "
+                       "{user} or {home} in it")
+            elif not probe.startswith("/"):
+                yield ("job", "workdir"), "must be an absolute path (or start with {home})"
         prefix = ADAPTERS[c.scheduler].directive_prefix
         for i, line in enumerate(self.job.extra_directives):
             if not line.startswith(prefix):

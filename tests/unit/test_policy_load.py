@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.policy.load import PolicyFileError, load_policy, load_policy_text
 from gateway.policy.model import SitePolicy
@@ -198,3 +200,15 @@ def test_lab_site_policy_fills_in_a_labs_endpoints(tmp_path: Path) -> None:
     assert (policy.connection.ssh_host, policy.connection.ssh_port) == ("10.213.99.1", 40001)
     assert policy.directory is not None and policy.directory.uri == "ldap://127.0.0.1:40000"
     assert "/var/tmp/hpcgate-lab" not in path.read_text()
+
+
+@pytest.mark.parametrize(("workdir", "sentence"), [
+    ("/scratch/{uid}", "only {user} and {home} may stand in braces here"),
+    ("/scratch/shared", "every user would share one working directory"),
+    ("scratch/{user}", "must be an absolute path"),
+])
+def test_a_workdir_template_that_cannot_work_is_refused_in_words(workdir: str, sentence: str) -> None:
+    doc = yaml.safe_load((SITES / "pbs-site.yaml").read_text())
+    doc["job"]["workdir"] = workdir
+    with pytest.raises(PolicyFileError, match=re.escape(sentence)):
+        load_policy_text(yaml.safe_dump(doc), "site.yaml")
