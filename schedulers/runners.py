@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,41 @@ def _env_args(env: Mapping[str, str]) -> list[str]:
         if not SAFE_ENV_NAME.match(name) or any(c in value for c in "\0\n"):
             raise ValueError(f"environment entry {name!r} is not safe to pass")
     return [f"{k}={v}" for k, v in env.items()]
+
+
+def _missing(command: str, path: str, user: str | None = None) -> str:
+    """The sentence for a command that is not there, naming where it was looked for."""
+    where = f"for {user}" if user else "on the hub host"
+    if "/" in command:
+        return f"The command `{command}` does not exist {where}."
+    return (f"The command `{command}` is not in the scheduler's PATH {where} ({path}): set "
+            "cluster.command_path in the site policy to include the directory that holds it.")
+
+
+# What `env` prints when it cannot find (127) or may not run (126) the command it was given.
+_ENV_FAILED = re.compile(
+    r"^env: ['\"‘]?(?P<cmd>.+?)['\"’]?: (?P<why>No such file or directory|Permission denied)$")
+
+
+def check_found(result: CommandResult, argv: Sequence[str], path: str, user: str | None) -> CommandResult:
+    """`result`, unless `env` could not run argv[0] at all (sudo and ssh run commands through it).
+
+    That is the site's PATH or file modes, not the scheduler's answer: a refused-job sentence such
+    as "PBS refused the job: env: 'qsub': No such file or directory" would mislead. Only bare
+    names: callers that run an absolute path (the job's python) word its absence themselves.
+    """
+    if result.returncode not in (126, 127) or "/" in argv[0]:
+        return result
+    for line in result.stderr.splitlines():
+        match = _ENV_FAILED.match(line.strip())
+        if match is None or match.group("cmd") != argv[0]:
+            continue
+        if match.group("why") == "Permission denied":
+            raise SchedulerUnavailable(
+                f"The command `{argv[0]}` is in the scheduler's PATH ({path}), but {user or 'the hub'} "
+                "may not run it: check the modes of the file and its directories.", result.stderr)
+        raise SchedulerUnavailable(_missing(argv[0], path, user), result.stderr)
+    return result
 
 
 async def _communicate(proc: asyncio.subprocess.Process, input: str | None, timeout: float,
@@ -82,8 +118,7 @@ class LocalRunner:
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=dict(env), cwd="/")
         except FileNotFoundError as err:
-            raise SchedulerUnavailable(f"The command `{argv[0]}` is not installed on the hub host.",
-                                       str(err)) from err
+            raise SchedulerUnavailable(_missing(argv[0], env.get("PATH", "")), str(err)) from err
         return await _communicate(proc, input, timeout, argv)
 
     async def close(self) -> None:
@@ -104,7 +139,8 @@ class SudoRunner(LocalRunner):
         check_name("user name", user)
         # sudo looks the command up in the PATH given to `env`: the policy's command_path.
         full = ["sudo", "-n", "-u", user, "env", *_env_args(self.env), *argv]
-        return await self._exec(full, input, timeout or self.timeout, {"PATH": DEFAULT_PATH})
+        result = await self._exec(full, input, timeout or self.timeout, {"PATH": DEFAULT_PATH})
+        return check_found(result, argv, self.env["PATH"], user)
 
 
 def _current_user() -> str:
@@ -191,7 +227,8 @@ class SSHRunner:
             self._connections.pop(login, None)
             raise SchedulerUnavailable(f"The SSH connection to {self.host} failed.", str(err)) from err
         rc = result.exit_status if result.exit_status is not None else 255
-        return CommandResult(rc, str(result.stdout or ""), str(result.stderr or ""))
+        return check_found(CommandResult(rc, str(result.stdout or ""), str(result.stderr or "")), argv,
+                           self.env.get("PATH", "the login node's default"), user or login)
 
     async def close(self) -> None:
         for conn in self._connections.values():
