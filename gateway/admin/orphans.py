@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from traitlets.config import Config, PyFileConfigLoader
 
 from gateway.hub.scheduling import scheduler_settings
+from schedulers.errors import SchedulerError
 from schedulers.model import JobStatus
 from schedulers.registry import SchedulerSettings, make_runner, make_scheduler
 
@@ -95,12 +97,19 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
     db_url = config.JupyterHub.get("db_url", "sqlite:///jupyterhub.sqlite")
     if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
         db_url = "sqlite:///" + str(Path(config_file).resolve().parent / db_url[len("sqlite:///"):])
-    from gateway.policy import load_policy
+    from gateway.policy import PolicyFileError, load_policy
 
     # The scheduler and how to reach it come from the site policy, as in the hub.
     policy_file = config.BatchSpawner.get("policy_file", "/etc/hpcgate/site.yaml")
-    settings = scheduler_settings(load_policy(policy_file).cluster)
-    orphans = asyncio.run(find_orphans(settings, db_url))
+    try:
+        settings = scheduler_settings(load_policy(policy_file).cluster)
+        orphans = asyncio.run(find_orphans(settings, db_url))
+    except PolicyFileError as err:
+        print(f"hpcgate jobs orphans: the site policy cannot be read:\n{err}", file=sys.stderr)
+        return 2
+    except SchedulerError as err:
+        print(f"hpcgate jobs orphans: {err.message}", file=sys.stderr)
+        return 2
     if as_json:
         print(json.dumps(orphans, indent=2))
     elif not orphans:
@@ -111,6 +120,10 @@ def main(config_file: str, cancel: bool, as_json: bool) -> int:
             print(f"  job {o['job_id']:<8} {o['user']:<12} {o['state']:<9} {o['node'] or '-':<8} "
                   f"{o['name']}")
     if cancel and orphans:
-        asyncio.run(cancel_jobs(settings, [o["job_id"] for o in orphans]))
+        try:
+            asyncio.run(cancel_jobs(settings, [o["job_id"] for o in orphans]))
+        except SchedulerError as err:
+            print(f"hpcgate jobs orphans: cancelling failed: {err.message}", file=sys.stderr)
+            return 2
         print(f"Cancelled {len(orphans)} job(s).")
     return 1 if orphans and not cancel else 0

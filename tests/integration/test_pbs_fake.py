@@ -275,6 +275,14 @@ async def test_without_the_fake_directory_on_command_path_nothing_finds_qsub(fak
         await scheduler.status([f"1.{SERVER}"])
     assert err.value.message.startswith("The command `qstat` is not in the scheduler's PATH on the hub")
     assert len(fake.calls("qsub")) == submitted  # no fake ran
+    # The admin's command says the same in a sentence, not a traceback.
+    config = fake.root / "jupyterhub_config-without-fakes.py"
+    config.write_text(f"c = get_config()  # noqa\nc.BatchSpawner.policy_file = "
+                      f"{str(fake.root / 'site-without-fakes.yaml')!r}\n"
+                      f"c.JupyterHub.db_url = 'sqlite:///{fake.root / 'empty.sqlite'}'\n")
+    said = orphans_cli(config)
+    assert said.returncode == 2 and "Traceback" not in said.stderr, said.stderr
+    assert "The command `qstat` is not in the scheduler's PATH" in said.stderr
 
     # On the PATH but out of the users' reach: said as such, not as PBS refusing the job.
     _, scheduler, _ = hub_objects(fake.policy(f"{fake.bin}:{SITE_PATH}"))
