@@ -153,8 +153,9 @@ class SSHRunner:
     """Runs commands on a login node over SSH, one reused connection per remote user.
 
     The remote side is a shell, so argv is joined with shlex quoting: every element arrives as
-    one literal word. `key_for_user` names the private key to log in as a user with (or a
-    service account's key when `login_user` is set and sudo is used on the login node).
+    one literal word. With `key_for_user`, a user's commands log in as that user with the key it
+    names; without it they log in as `service_user` and go through sudo on the login node. The
+    hub's own queries (no user) always log in as `service_user`.
     """
 
     def __init__(self, host: str, port: int = 22, known_hosts: str | None = None,
@@ -205,15 +206,20 @@ class SSHRunner:
         timeout = timeout or self.timeout
         if user is not None:
             check_name("user name", user)
-        if self.service_user:
-            login = self.service_user
-            prefix = ["sudo", "-n", "-u", user] if user and user != self.service_user else []
-        else:
-            if user is None:
+        if user is None or user == self.service_user:  # the hub's own queries
+            if not self.service_user:
                 raise SchedulerUnavailable(
                     "The scheduler's SSH transport has no service account for queries: set "
                     "cluster.ssh.service_user in the site policy.", "")
+            login, prefix = self.service_user, []
+        elif self.key_for_user is not None:  # the user's own key: the login node sees the user
             login, prefix = user, []
+        elif self.service_user:  # one account for all, sudo on the login node
+            login, prefix = self.service_user, ["sudo", "-n", "-u", user]
+        else:
+            raise SchedulerUnavailable(
+                f"The scheduler's SSH transport cannot act as {user}: set cluster.ssh.key_template "
+                "or service_user in the site policy.", "")
         command = shlex.join([*prefix, "env", *_env_args(self.env), *argv])
         conn = await self._connection(login)
         try:

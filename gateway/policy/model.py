@@ -167,8 +167,8 @@ class SshTransport:
         "The private key the hub logs in to the login node with as each user, `{user}` standing "
         "for the name, e.g. /etc/hpcgate/keys/{user}_ed25519.", Text(), None)
     service_user: str | None = setting(
-        "Log in as this one account instead, and run commands as each user through sudo on the "
-        "login node (also the account the watcher's status queries run as).", Name(), None)
+        "The account the hub's status queries log in as (required). Without key_template, each "
+        "user's commands also log in as it and run through sudo on the login node.", Name(), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,10 +451,11 @@ class SitePolicy:
             yield (("cluster", "transport"),
                    f"transport {c.transport} does not work with {c.scheduler} (use "
                    f"{', '.join(ADAPTERS[c.scheduler].transports)})")
-        if c.transport == "ssh" and c.ssh is not None and not (c.ssh.key_template
-                                                               or c.ssh.service_user):
-            yield (("cluster", "ssh"), "transport ssh needs key_template (a key per user) or "
-                   "service_user (one account that uses sudo on the login node)")
+        if c.transport == "ssh" and c.ssh is not None and not c.ssh.service_user:
+            # The watcher's one query per tick is nobody's in particular: it needs an account.
+            yield (("cluster", "ssh", "service_user"), "transport ssh needs service_user: the "
+                   "account the hub's status queries log in to the login node as (without "
+                   "key_template it also runs each user's commands there through sudo)")
         if c.rest is not None:
             from schedulers.slurmrest import unsupported_version
 

@@ -152,14 +152,18 @@ async def test_pending_reason_in_plain_words(lab: dict, outputs: Outputs) -> Non
 async def test_ssh_runner_submits_on_the_login_node(lab: dict, outputs: Outputs) -> None:
     ssh = lab["ssh"]
     runner = SSHRunner(ssh["host"], ssh["port"], known_hosts=ssh["known_hosts"],
-                       key_for_user=lambda user: ssh["user_keys"][user], env=lab["slurm"]["env"])
+                       key_for_user=lambda user: ssh["user_keys"][user], env=lab["slurm"]["env"],
+                       service_user="carol")
     sched = SlurmScheduler(runner, jobcomp_file=lab["slurm"]["jobcomp"])
     out = outputs("alice")
     try:
         ids = [await sched.submit(JobRequest(script="id -un\n", node="c1", output=out,
                                              name=f"ssh-{i}"), "alice") for i in range(3)]
-        # One connection carried all three submissions.
-        assert len(runner._connections) == 1
+        # One connection, alice's own, carried all three submissions.
+        assert list(runner._connections) == ["alice"]
+        # The batched query is nobody's: it logs in as the service account.
+        assert set(await sched.status(ids)) <= set(ids)
+        assert list(runner._connections) == ["alice", "carol"]
     finally:
         await runner.close()
     watcher = JobWatcher(cli(lab), fast_interval=0.2)
