@@ -140,6 +140,31 @@ def check_view(p: SitePolicy) -> Any:
     return (checker.user, jobs.timeout, jobs.plan())
 
 
+def policy_report(p: SitePolicy) -> Any:
+    """check-config's first section, which names the cluster."""
+    from gateway.admin.check import ConfigChecker
+    from gateway.admin.report import Report
+
+    checker = ConfigChecker(p, "site.yaml", Report())
+    checker.check_policy()
+    return checker.report.lines()
+
+
+def server_counts(p: SitePolicy) -> Any:
+    """Whether a member of each group may start one more server with 0-4 running."""
+    from gateway.policy import PolicyError, check_server_count
+
+    out = []
+    for group_name in p.groups:
+        for running in range(5):
+            try:
+                check_server_count(p, [group_name], running)
+                out.append(True)
+            except PolicyError as err:
+                out.append(err.message)
+    return out
+
+
 # -- the table: field -> (a change to the university policy, the consumer that must notice) --------
 
 Change = Callable[[dict[str, Any]], None]
@@ -213,7 +238,7 @@ def depot(field: str, value: Any) -> Change:
 
 
 REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
-    "cluster.name": (setter("cluster.name", "other"), lambda p: [p.cluster.name]),  # check-config's line
+    "cluster.name": (setter("cluster.name", "other"), lambda p: policy_report(p)),
     "cluster.scheduler": (lambda d: d["cluster"].update(scheduler="pbs"), scheduler_view),
     "cluster.transport": (setter("cluster.transport", "sudo"), scheduler_view),
     "cluster.environment.*": (env("cluster"), scheduler_view),
@@ -245,8 +270,7 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "groups.*.accounts": (group("accounts", []), offer_view),
     "groups.*.default_account": (lambda d: d["groups"]["astro"].update(
         accounts=["astro-2025", "teaching"], default_account="teaching"), offer_view),
-    "groups.*.max_servers": (group("max_servers", 7), lambda p: [r.max_servers for r in
-                                                               p.groups.values()]),
+    "groups.*.max_servers": (group("max_servers", 3), lambda p: server_counts(p)),
     "depots.*.path": (depot("path", "/depots/elsewhere"), depots_view),
     "depots.*.group": (depot("group", "teaching"), depots_view),
     "depots.*.access": (depot("access", "ro"), depots_view),
