@@ -37,6 +37,7 @@ from jupyterhub.auth import Authenticator
 from tornado import web
 from traitlets import Bool, Float, Integer, List, Set, Unicode, default, validate
 
+from auth.addresses import networks, request_address
 from auth.directory import (
     DEFAULT_USERNAME_PATTERN,
     DirectoryClient,
@@ -254,6 +255,25 @@ class LDAPAuthenticator(Authenticator):
         300.0, help="Seconds over which failed logins are counted."
     ).tag(config=True)
 
+    trusted_proxies = List(
+        Unicode(), ["127.0.0.0/8", "::1"],
+        help="Addresses or networks of the proxies in front of the hub (configurable-http-proxy, "
+             "nginx). Only a request from one of them has its client address taken from "
+             "X-Forwarded-For; any other peer is the client itself.",
+    ).tag(config=True)
+
+    trusted_proxy_hops = Integer(
+        1, help="How many trusted proxies append to X-Forwarded-For before the hub (1: the hub's "
+                "own proxy). The client's address is that many entries from the right: entries "
+                "further left were written by the client and are never believed.",
+    ).tag(config=True)
+
+    trust_x_real_ip = Bool(
+        False, help="Believe X-Real-Ip from a trusted proxy. Only where that proxy overwrites it "
+                    "(nginx: proxy_set_header X-Real-IP $remote_addr); configurable-http-proxy "
+                    "passes a client's own X-Real-Ip through.",
+    ).tag(config=True)
+
     # -- auth_state ----------------------------------------------------------------------------------
 
     @default("enable_auth_state")
@@ -279,6 +299,7 @@ class LDAPAuthenticator(Authenticator):
         self._directory: DirectoryClient | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._username_re = re.compile(self.valid_username_pattern)
+        self._trusted_proxies = networks(self.trusted_proxies)
         self._throttle = LoginThrottle(self.failed_logins_per_user, self.failed_logins_per_address,
                                        self.failed_login_window)
         if not self.tls_verify:
@@ -347,7 +368,8 @@ class LDAPAuthenticator(Authenticator):
         raw = str(data.get("username") or "")
         password = str(data.get("password") or "")
         request = getattr(handler, "request", None)
-        address = getattr(request, "remote_ip", None)
+        address = request_address(request, trusted=self._trusted_proxies,
+                                   hops=self.trusted_proxy_hops, trust_real_ip=self.trust_x_real_ip)
         name = self.normalize_username(raw)
         valid = self.valid_login_name(name)
 

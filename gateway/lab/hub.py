@@ -67,6 +67,8 @@ OPERATOR_SCOPES = ["admin-ui", "users", "read:roles:users", "admin:servers", "li
 def ldap_config(info: dict[str, Any]) -> str:
     """Log in against the lab's directory: search-then-bind over StartTLS, CA verified."""
     ldap = info["ldap"]
+    nodes = info["nodes"]
+    hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
     return f"""
 c.JupyterHub.authenticator_class = "hpcgate-ldap"
 c.LDAPAuthenticator.server_urls = [{ldap["uri"]!r}]
@@ -75,6 +77,8 @@ c.LDAPAuthenticator.service_dn = {ldap["service_dn"]!r}
 c.LDAPAuthenticator.user_search_base = {ldap["people_dn"]!r}
 c.LDAPAuthenticator.group_search_base = {ldap["groups_dn"]!r}
 c.LDAPAuthenticator.allowed_groups = {{"hpc-users"}}
+# The proxy reaches the hub on the lab's hub address: its X-Forwarded-For entry names the client.
+c.LDAPAuthenticator.trusted_proxies = ["127.0.0.0/8", "::1", {hub_ip!r}]
 c.Authenticator.enable_auth_state = True
 # JupyterHub's admin role cannot be edited and includes access:servers (opening any user's
 # server, and through it their files and depots). The portal's operators get every admin power

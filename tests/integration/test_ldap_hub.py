@@ -70,6 +70,18 @@ def directory_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
+def address_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    # No per-name limit: only the per-address one can stop a spray over many names.
+    config = hub_config(lab, [lab["ldap"]["uri"]], allow_all=True, failed_logins_per_user=0,
+                        failed_logins_per_address=5)
+    hub = start_hub(lab, tmp_path_factory.mktemp("hub-address"), config)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="module")
 def stalled_hub(lab: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, StalledListener]]:
     with StalledListener() as stalled:
@@ -153,6 +165,30 @@ async def test_repeated_failures_are_throttled_on_the_page(lab: dict[str, Any],
     message = login_error(page)
     assert re.fullmatch(THROTTLED.replace("{seconds}", r"\d+").replace(".", r"\.").replace("(", r"\(")
                         .replace(")", r"\)"), message), message
+
+
+async def test_forged_forwarding_headers_do_not_escape_the_per_address_throttle(
+        address_hub: HubProcess) -> None:
+    """A password spray over many names from one machine, each attempt claiming another address
+    in the headers a client can send: the proxy's own X-Forwarded-For entry still names the one
+    machine, and that is the address the throttle and the log go by."""
+    statuses = []
+    async with session() as s:
+        for i in range(7):
+            forged = {"X-Real-Ip": f"203.0.113.{i + 1}", "X-Forwarded-For": f"198.51.100.{i + 1}"}
+            async with s.get(f"{address_hub.url}/hub/login", headers=forged) as page:
+                token = re.search(r'name="_xsrf" value="([^"]+)"', await page.text())
+            assert token
+            async with s.post(f"{address_hub.url}/hub/login", allow_redirects=False, headers=forged,
+                              data={"username": f"nobody{i}", "password": "guess",
+                                    "_xsrf": token.group(1)}) as resp:
+                statuses.append(resp.status)
+    assert statuses[:5] == [403] * 5
+    assert statuses[5:] == [429, 429], statuses
+    # hpcgate's own lines name the machine (JupyterHub's access log still repeats the header).
+    ours = [line for line in address_hub.log.read_text().splitlines()
+            if "Failed login" in line or "throttled" in line]
+    assert len(ours) == 7 and all("from 127.0.0.1" in line for line in ours), ours
 
 
 async def test_hub_keeps_answering_while_logins_stall(stalled_hub: tuple[HubProcess, StalledListener],
