@@ -49,6 +49,7 @@ from auth.directory import (
     ServerSpec,
     valid_username,
 )
+from auth.hublog import follow_hub_log
 from auth.throttle import LoginThrottle
 
 WRONG_CREDENTIALS = "Wrong username or password."
@@ -285,6 +286,7 @@ class LDAPAuthenticator(Authenticator):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        follow_hub_log(self.log)
         if self.enable_auth_state and not self._have_crypt_key():
             message = (
                 "LDAPAuthenticator keeps each user's POSIX identity (uidNumber, gidNumber, home, groups) in "

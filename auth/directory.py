@@ -50,7 +50,7 @@ __all__ = [
     "valid_username",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hpcgate.ldap")
 
 # POSIX-style account names (what a uid must look like to become a Unix user on the cluster).
 DEFAULT_USERNAME_PATTERN = r"[a-z_][a-z0-9_.-]{0,31}"

@@ -27,7 +27,7 @@ from traitlets.config import Configurable
 from gateway.depots.access import READ_WRITE, UserDepot, depots_for
 
 PAGE_PATH = "/depots"
-log = logging.getLogger(__name__)
+log = logging.getLogger("hpcgate.depots")
 
 
 @dataclass(frozen=True)

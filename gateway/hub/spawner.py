@@ -22,6 +22,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from tornado import web
 from traitlets import Float, Unicode, default
 
+from auth.hublog import follow_hub_log
 from gateway.depots.links import spawner_launch_entry
 from gateway.hub import api as hubapi
 from gateway.hub import handlers_installed
@@ -57,6 +58,10 @@ class BatchSpawner(Spawner):
     @default("http_timeout")
     def _default_http_timeout(self) -> int:
         return 120
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        follow_hub_log(self.log)  # the watcher's and tunnels' lines in the hub's own format
 
     # -- state ------------------------------------------------------------------------------------
 
