@@ -1,7 +1,11 @@
 """One watcher per hub: one scheduler query per tick for every tracked job.
 
 - The tick adapts: fast while any job is starting (pending, held, just submitted, unknown), slow
-  when every job runs steadily, backing off while the scheduler errors.
+  when every job runs steadily (at most 5 s: an end is noticed within that), backing off while the
+  scheduler errors (up to 5 s: a controller that returns is noticed within that, and one query
+  per 5 s does not hammer one that is down).
+- Nothing ends the loop: a failure of any kind makes the tracked jobs UNKNOWN, is counted and
+  logged, and the next tick tries again. `health()` says how the last queries went.
 - A failed query makes the tracked jobs UNKNOWN; it never makes them gone (batchspawner #315).
 - A job missing from a good answer is looked up in the final-state source; only if that knows
   nothing either, and the job stays missing for a grace period, is it declared vanished.
@@ -37,8 +41,8 @@ def _changed(old: JobStatus | None, new: JobStatus) -> bool:
 class JobWatcher:
     """Tracks jobs of one scheduler; `track()`, then `updates()` or `latest()`."""
 
-    def __init__(self, scheduler: Scheduler, fast_interval: float = 0.5, slow_interval: float = 15.0,
-                 max_backoff: float = 60.0, missing_grace: float = 10.0,
+    def __init__(self, scheduler: Scheduler, fast_interval: float = 0.5, slow_interval: float = 4.0,
+                 max_backoff: float = 5.0, missing_grace: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):
         self.scheduler = scheduler
         self.fast_interval = fast_interval
@@ -53,9 +57,13 @@ class JobWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
+        """Failed queries in a row (0 after a good answer)."""
         self.queries = 0
         self.query_seconds = 0.0
         self.last_error: str = ""
+        self.last_ok: float | None = None
+        """Wall-clock time of the last good answer."""
+        self._down_since: float | None = None
 
     # -- tracking ---------------------------------------------------------------------------------
 
@@ -135,6 +143,14 @@ class JobWatcher:
                 await self._task
             self._task = None
 
+    def health(self) -> dict[str, object]:
+        """For operators: whether the last query worked, since when it fails, and why."""
+        return {"ok": self.failures == 0 and self.last_ok is not None,
+                "failures_in_a_row": self.failures, "last_error": self.last_error,
+                "last_ok": self.last_ok, "queries": self.queries,
+                "tracked": len(self._latest), "running": self._task is not None
+                and not self._task.done()}
+
     def _interval(self) -> float:
         if self.failures:
             return min(self.fast_interval * 2 ** self.failures, self.max_backoff)
@@ -161,10 +177,16 @@ class JobWatcher:
         started = time.perf_counter()
         try:
             found = await self.scheduler.status(ids)
-        except (SchedulerError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - nothing may end the loop: counted, logged, retried
             self.failures += 1
-            self.last_error = getattr(err, "message", str(err))
-            log.warning("Scheduler query failed (%d in a row): %s", self.failures, err)
+            self.last_error = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
+            if self._down_since is None:
+                self._down_since = time.time()
+            if isinstance(err, (SchedulerError, OSError)):
+                log.warning("Scheduler query failed (%d in a row): %s", self.failures, err)
+            else:  # a bug or a surprise: the traceback once, then one line per failure
+                log.error("Scheduler query failed (%d in a row) with %s", self.failures,
+                          self.last_error, exc_info=self.failures == 1)
             for job_id in ids:
                 old = self._latest.get(job_id)
                 if old is None or old.is_final or old.reason == UNAVAILABLE:
@@ -175,7 +197,10 @@ class JobWatcher:
             return
         finally:
             self.query_seconds += time.perf_counter() - started
-        self.failures = 0
+        if self.failures:
+            log.info("The scheduler answers again after %d failed queries (%.0f s)", self.failures,
+                     time.time() - (self._down_since or time.time()))
+        self.failures, self._down_since, self.last_ok = 0, None, time.time()
         now = self._clock()
         missing = [j for j in ids if j not in found and not self._latest[j].is_final]
         for job_id, status in found.items():
@@ -185,7 +210,7 @@ class JobWatcher:
             return
         try:
             finals = await self.scheduler.final_status(missing)
-        except (SchedulerError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - the jobs stay missing; the grace period decides
             log.warning("Final-state lookup failed: %s", err)
             finals = {}
         for job_id in missing:

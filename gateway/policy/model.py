@@ -213,8 +213,10 @@ class Cluster:
         "Seconds between the hub's scheduler queries while any server is starting.",
         Seconds(0.1, 60), 0.5)
     poll_steady: float = setting(
-        "Seconds between the hub's scheduler queries while every server runs steadily.",
-        Seconds(1, 600), 15.0)
+        "Seconds between the hub's scheduler queries while every server runs steadily: a job "
+        "that ends (walltime, scancel, node failure) is noticed within about this long. One "
+        "query names only the hub's own jobs, so its cost does not grow with the queue.",
+        Seconds(1, 600), 4.0)
 
 
 @dataclass(frozen=True, kw_only=True)

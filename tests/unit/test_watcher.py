@@ -78,7 +78,7 @@ async def test_failed_query_makes_jobs_unknown_never_gone_and_recovers() -> None
     assert status.state is JobState.UNKNOWN and not status.is_final
     assert "not answering" in status.reason_text
     assert sched.final_calls == []  # a failed query is never a reason to look for an ending
-    assert watcher._interval() == pytest.approx(min(0.5 * 2**5, 60))
+    assert watcher._interval() == pytest.approx(min(0.5 * 2**5, 5))  # backs off, but to 5 s at most
 
     sched.down = False
     await watcher.tick()
@@ -172,3 +172,54 @@ async def test_repeated_failures_keep_the_last_known_words() -> None:
     for _ in range(3):
         await watcher.tick()
     assert watcher.latest("4").reason_text == "The scheduler is not answering; last known: Queued"
+
+
+class SurprisingScheduler(ScriptedScheduler):
+    """Raises what no one planned for (a ValueError from a runner, a KeyError in a parser)."""
+
+    surprise: Exception | None = None
+
+    async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        if self.surprise is not None:
+            self.status_calls.append(sorted(job_ids))
+            raise self.surprise
+        return await super().status(job_ids)
+
+
+async def test_a_surprise_in_the_query_never_ends_the_watchers_loop() -> None:
+    sched = SurprisingScheduler()
+    sched.surprise = ValueError("SSHRunner without a service_user needs the user to log in as")
+    sched.jobs["7"] = running("7")
+    watcher = JobWatcher(sched, fast_interval=0.01, max_backoff=0.02)
+    watcher.track("7")
+    try:
+        await asyncio.sleep(0.2)
+        assert watcher._task is not None and not watcher._task.done()  # still looping
+        health = watcher.health()
+        assert health["failures_in_a_row"] >= 3 and "service_user" in health["last_error"]
+        assert health["last_ok"] is None and not health["ok"]
+        assert watcher.latest("7").state is JobState.UNKNOWN  # not "gone", not "running"
+        sched.surprise = None
+        status = await watcher.wait_for("7", lambda s: s.state is JobState.RUNNING, 2)
+        assert status.node == "c1"
+        health = watcher.health()
+        assert health["ok"] and health["failures_in_a_row"] == 0 and health["last_ok"] is not None
+    finally:
+        await watcher.stop()
+
+
+async def test_a_controller_back_is_noticed_within_five_seconds_and_logged(caplog) -> None:
+    sched = ScriptedScheduler()
+    watcher = JobWatcher(sched)  # the defaults a hub runs with
+    watcher.failures = 50  # down for a long time
+    assert watcher._interval() <= 5.0
+    sched.jobs["1"] = running("1")
+    watcher._latest["1"] = JobStatus("1", JobState.UNKNOWN)
+    with caplog.at_level("INFO", logger="hpcgate.watcher"):
+        await watcher.tick()
+    assert watcher.failures == 0
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_steady_tick_notices_an_end_within_five_seconds() -> None:
+    assert JobWatcher(ScriptedScheduler()).slow_interval <= 5.0
