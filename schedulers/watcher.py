@@ -121,8 +121,9 @@ class JobWatcher:
             self.unsubscribe(job_id, queue)
 
     async def wait_for(self, job_id: str, predicate: Callable[[JobStatus], bool],
-                       timeout: float) -> JobStatus:
-        """The first status of the job that satisfies `predicate`, or TimeoutError."""
+                       timeout: float | None) -> JobStatus:
+        """The first status of the job that satisfies `predicate`, or TimeoutError (None: wait
+        as long as it takes)."""
         async def first() -> JobStatus:
             async for status in self.updates(job_id):
                 if predicate(status):

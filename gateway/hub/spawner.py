@@ -318,7 +318,26 @@ class BatchSpawner(Spawner):
             raise
         watcher.settled(self.job_id)
         self._emit(95, f"JupyterLab is listening on {watcher.latest(self.job_id).node}")
+        self._watch_for_end(watcher)
         return host, port
+
+    def _watch_for_end(self, watcher: Any) -> None:
+        """Tell the hub the moment the watcher sees this server's job end (walltime, scancel, a
+        node lost), instead of at JupyterHub's next poll (every poll_interval, 30 s)."""
+        task = getattr(self, "_end_watch", None)
+        if task is None or task.done():
+            self._end_watch = asyncio.ensure_future(self._notify_end(watcher, self.job_id))
+
+    async def _notify_end(self, watcher: Any, job_id: str) -> None:
+        status = await watcher.wait_for(job_id, lambda s: s.is_final, None)
+        if self.job_id != job_id or getattr(self, "_stop_pending", False):
+            return  # stopped through the hub meanwhile: stop() says so
+        self.log.warning("The job %s of %s ended: %s", job_id, self._log_name,
+                         self._describe(status))
+        # JupyterHub's periodic poll is running once the server is up (its callbacks mark the
+        # server stopped); before that, the next poll reads the same final state.
+        if getattr(self, "_poll_callback", None) is not None:
+            await self.poll_and_notify()
 
     async def _node_addresses(self, scheduler: Any, known: dict[str, str]) -> dict[str, str]:
         # All nodes' addresses, so the launcher binds the address the hub will route to.
@@ -465,6 +484,8 @@ class BatchSpawner(Spawner):
                 await self._cancel_quietly(scheduler, user)
                 await self.connection.release()
                 return 1
+            if self.job_port:  # a hub restarted: learn of the job's end as it happens again
+                self._watch_for_end(watcher)
             return None  # running, queued, or the scheduler cannot say: never "gone"
         await self.connection.release()
         return status.exit_code if status.exit_code else (0 if status.state is JobState.COMPLETED
@@ -485,6 +506,9 @@ class BatchSpawner(Spawner):
         return await super().get_url()
 
     async def stop(self, now: bool = False) -> None:
+        task = getattr(self, "_end_watch", None)
+        if task is not None:
+            task.cancel()  # an end the hub asked for is not news
         if not self.job_id:
             return
         scheduler, _, watcher = self._shared()

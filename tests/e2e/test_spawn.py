@@ -75,6 +75,22 @@ def test_spawn_on_c2_direct_to_its_address(hub: Hub) -> None:
     hub.stop("bob")
 
 
+def test_a_job_cancelled_outside_the_portal_ends_the_server_within_five_seconds(hub: Hub) -> None:
+    status, _ = hub.spawn("carol", {"partition": "debug"})
+    assert status in (201, 202), _
+    hub.wait_ready("carol")
+    [job] = hub.active_jobs("carol")
+    subprocess.run(["scancel", str(job["job_id"])], env={**os.environ, **hub.lab["slurm"]["env"]},
+                   check=True)
+    cancelled_at = time.monotonic()
+    while hub.server("carol") is not None:
+        # JupyterHub's own poll comes every 30 s: only the watcher's push can make this.
+        assert time.monotonic() - cancelled_at < 5, "the hub still thinks the server runs"
+        time.sleep(0.1)
+    log = hub.hub.log.read_text()
+    assert f"The job {job['job_id']} of carol ended: The job was cancelled" in log
+
+
 def test_scancel_while_starting_fails_spawn_within_two_seconds(hub: Hub) -> None:
     # The spawn request returns only when the server is up (or after 10 s): send it aside.
     spawn = threading.Thread(target=hub.spawn, args=("carol",), daemon=True)
