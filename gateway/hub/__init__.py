@@ -3,8 +3,8 @@
 JupyterHub builds its routes once, from its handler lists, when it starts. hpcgate's own routes
 are added by one explicit call in the hub's configuration (never as a side effect of an import):
 
-    from gateway.hub import install_handlers
-    install_handlers()
+    from gateway.hub import configure
+    configure(c, "/etc/hpcgate/site.yaml")  # the spawner, its policy (checked), hpcgate's routes
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ from typing import Any
 def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     from jupyterhub import apihandlers, handlers
 
-    from gateway.hub.api import REPORT_PATH, ServerAddressHandler
+    from gateway.hub.api import HEALTH_PATH, REPORT_PATH, ServerAddressHandler, WatcherHealthHandler
     from gateway.hub.depots_page import PAGE_PATH, DepotsHandler
 
     return ((apihandlers.default_handlers, REPORT_PATH, ServerAddressHandler),
+            (apihandlers.default_handlers, HEALTH_PATH, WatcherHealthHandler),
             (handlers.default_handlers, PAGE_PATH, DepotsHandler))
 
 
 def install_handlers() -> None:
-    """Add the launcher's report API (/hub/api/hpcgate/report) and the depots page (/hub/depots)
-    to JupyterHub's handlers. Call it from jupyterhub_config.py; calling it twice is harmless."""
+    """Add the launcher's report API (/hub/api/hpcgate/report), the scheduler health API for
+    operators (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
+    handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):
             table.append((path, handler))
@@ -35,3 +37,22 @@ def handlers_installed() -> bool:
     its launcher could never report where the server listens)."""
     return all(any(route[0] == path and route[1] is handler for route in table)
                for table, path, handler in _routes())
+
+
+def configure(c: Any, policy_file: str) -> None:
+    """jupyterhub_config.py's hpcgate part in one call: the spawner, its site policy, and
+    hpcgate's routes. A policy the hub cannot work with (it does not load, or names a scheduler
+    and transport that cannot be built, such as transport ssh without a service account for the
+    status queries, or a slurmrestd key it cannot read) stops the hub here, with the reason."""
+    from gateway.hub.scheduling import scheduler_settings
+    from gateway.policy.load import PolicyFileError, load_policy
+    from schedulers.registry import make_scheduler
+
+    try:
+        make_scheduler(scheduler_settings(load_policy(policy_file).cluster))
+    except (PolicyFileError, ValueError, OSError) as err:
+        raise SystemExit(f"hpcgate: the hub cannot start with the site policy {policy_file}:"
+                         f"\n{err}") from None
+    c.JupyterHub.spawner_class = "hpcgate"
+    c.BatchSpawner.policy_file = policy_file
+    install_handlers()

@@ -16,9 +16,11 @@ import re
 from typing import Any
 
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.scopes import needs_scope
 from tornado import web
 
 REPORT_PATH = "/api/hpcgate/report"
+HEALTH_PATH = "/api/hpcgate/health"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -66,3 +68,15 @@ class ServerAddressHandler(APIHandler):
         await spawner.address_reported(host, port)
         self.set_status(200)
         self.write({"ok": True})
+
+
+class WatcherHealthHandler(APIHandler):
+    """GET /hub/api/hpcgate/health: for operators (read:hub), whether the hub's scheduler
+    queries work, since when they fail and why."""
+
+    @needs_scope("read:hub")
+    async def get(self) -> None:
+        from gateway.hub.scheduling import health
+
+        watchers = health()
+        self.write({"ok": all(w["ok"] for w in watchers), "watchers": watchers})

@@ -54,3 +54,10 @@ def shared(cluster: Cluster) -> tuple[Any, Runner, JobWatcher]:
         entry = (scheduler, runner, watcher, loop)
         _shared[key] = entry
     return entry[0], entry[1], entry[2]
+
+
+def health() -> list[dict[str, object]]:
+    """Each of the hub's watchers: which scheduler, and how its last queries went."""
+    loop = asyncio.get_running_loop()
+    return [{"scheduler": key[0], "transport": key[1], **watcher.health()}
+            for key, (_, _, watcher, on) in _shared.items() if on is loop]

@@ -19,8 +19,9 @@ from typing import Any
 from gateway.lab.procs import free_port, hub_failure, pid_alive, stop_pids
 
 
-def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port: int,
-               api_port: int, service_token: str | None = None, extra: str = "") -> str:
+def hub_config(info: dict[str, Any], state_dir: Path, policy_file: Path, proxy_port: int,
+               hub_port: int, api_port: int, service_token: str | None = None,
+               extra: str = "") -> str:
     """The text of a jupyterhub_config.py for the lab."""
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
@@ -31,7 +32,8 @@ def hub_config(info: dict[str, Any], state_dir: Path, proxy_port: int, hub_port:
 c.JupyterHub.services = [{{"name": "hpcgate-tests", "api_token": {service_token!r}}}]
 c.JupyterHub.load_roles = [{{
     "name": "hpcgate-tests",
-    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "tokens", "proxy"],
+    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "tokens", "proxy",
+               "read:hub"],
     "services": ["hpcgate-tests"],
 }}]
 """
@@ -49,9 +51,8 @@ c.JupyterHub.pid_file = "{state_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.cleanup_proxy = False
 c.Authenticator.allowed_users = {set(users)!r}
-c.JupyterHub.spawner_class = "hpcgate"  # the entry point, as a site writes it
-from gateway.hub import install_handlers  # noqa: E402 - the launcher's report API, /hub/depots
-install_handlers()
+from gateway.hub import configure  # noqa: E402 - as a site writes it
+configure(c, {str(policy_file)!r})  # the spawner, its policy (checked here), hpcgate's routes
 c.BatchSpawner.default_url = "/lab"
 {service}
 {extra}
@@ -139,12 +140,12 @@ class LabHub:
         self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                           self.dir / "site.yaml", overrides=policy)
         _set_hub_api_url(self.policy_file, info, self.hub_port)
-        extra_config = f"c.BatchSpawner.policy_file = {str(self.policy_file)!r}\n" + extra_config
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"
-        self.config.write_text(hub_config(info, self.dir, self.proxy_port, self.hub_port,
-                                          self.api_port, self.service_token, extra_config))
+        self.config.write_text(hub_config(info, self.dir, self.policy_file, self.proxy_port,
+                                          self.hub_port, self.api_port, self.service_token,
+                                          extra_config))
         self.config.chmod(0o600)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"

@@ -8,13 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.lab.site import PINNED_NODES, with_changes
-from tests.helpers.hub import Hub, running_hub, server_dir
+from tests.helpers.hub import Hub, running_hub, server_dir, user_token
 
 pytestmark = pytest.mark.lab
 
@@ -89,6 +91,22 @@ def test_a_job_cancelled_outside_the_portal_ends_the_server_within_five_seconds(
         time.sleep(0.1)
     log = hub.hub.log.read_text()
     assert f"The job {job['job_id']} of carol ended: The job was cancelled" in log
+
+
+def test_operators_see_the_schedulers_health_and_users_do_not(hub: Hub) -> None:
+    status, body = hub.api("GET", "/hpcgate/health")  # the test service holds read:hub
+    assert status == 200, body
+    assert body["ok"] is True
+    [watcher] = body["watchers"]
+    assert (watcher["scheduler"], watcher["transport"], watcher["failures_in_a_row"]) == (
+        "slurm", "sudo", 0)
+    assert watcher["running"] and watcher["last_ok"] is not None
+    token = user_token(hub, "bob")
+    req = urllib.request.Request(f"{hub.hub.url}/hub/api/hpcgate/health",
+                                 headers={"Authorization": f"token {token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310 - the lab hub's own http URL
+    assert refused.value.code == 403
 
 
 def test_scancel_while_starting_fails_spawn_within_two_seconds(hub: Hub) -> None:
