@@ -7,6 +7,7 @@ users through sudo.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -133,8 +134,7 @@ class LabHub:
         self.ldap_login = ldap_login
         if ldap_login:
             extra_config = ldap_config(info) + extra_config
-        self.proxy_port = proxy_port or free_port()
-        self.hub_port, self.api_port = free_port(), free_port()
+        self.proxy_port, self.hub_port, self.api_port = self._ports(proxy_port)
         from gateway.lab.site import write_lab_site
 
         self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
@@ -149,6 +149,21 @@ class LabHub:
         self.config.chmod(0o600)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"
+
+    def _ports(self, proxy_port: int) -> tuple[int, int, int]:
+        """(proxy, hub, proxy API) ports, the same for every hub made on this state directory: a
+        running job's launcher and tunnel point at the hub API's port, and a proxy left running
+        by a killed hub is found on its own. `proxy_port` (the demo's 8000) wins when given."""
+        saved_file = self.dir / "ports.json"
+        try:
+            saved = {k: int(v) for k, v in json.loads(saved_file.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            saved = {}
+        ports = {"proxy": proxy_port or saved.get("proxy") or free_port(),
+                 "hub": saved.get("hub") or free_port(), "api": saved.get("api") or free_port()}
+        if ports != saved:
+            saved_file.write_text(json.dumps(ports))
+        return ports["proxy"], ports["hub"], ports["api"]
 
     def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": self._crypt_key(),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.lab.hub import LabHub
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, fetch, job_log, running_hub, server_dir, tunnel_port, user_token
 from tests.helpers.lab import workdir
@@ -26,12 +27,15 @@ WAV_SIZE = 2 * 1024**3
 pytestmark = pytest.mark.lab
 
 
+TUNNEL_POLICY = with_changes(PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 8}})
+TUNNEL_CONFIG = ('c.BatchSpawner.poll_interval = 2\n'
+                 'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n')
+
+
 @pytest.fixture(scope="module")
 def tunnel_hub(lab: dict) -> Iterator[Hub]:
-    with running_hub(lab, "tunnel", ("alice", "bob"), policy=with_changes(
-            PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 8}}), extra_config=(
-            'c.BatchSpawner.poll_interval = 2\n'
-            'c.BatchSpawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n')) as h:
+    with running_hub(lab, "tunnel", ("alice", "bob"), policy=TUNNEL_POLICY,
+                     extra_config=TUNNEL_CONFIG) as h:
         yield h
 
 
@@ -286,6 +290,24 @@ def test_stop_removes_the_key_and_a_tunnel_that_stays_down_is_reported(tunnel_hu
     while [j for j in hub.active_jobs("bob") if j["job_id"] == job["job_id"]]:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_a_hub_made_anew_on_its_state_like_a_restarted_demo_keeps_alice_working(alice_up: Hub) -> None:
+    """`hpcgate demo` started again makes a new hub on the same state directory. alice's job
+    keeps its tunnel and its forward to the hub API: the new hub must be where they point."""
+    old = alice_up.hub
+    old.kill()
+    alice_up.hub = LabHub(old.info, old.dir, policy=TUNNEL_POLICY, extra_config=TUNNEL_CONFIG)
+    alice_up.hub.start()
+    token = user_token(alice_up, "alice")
+    deadline = time.monotonic() + 60
+    while True:  # the server checks the token with the hub API, through its own tunnel
+        status, _, _ = fetch(alice_up, "/user/alice/api/contents", token)
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, f"alice's server answers {status} after the restart"
+        time.sleep(0.5)
+    assert alice_up.server("alice")["ready"]
 
 
 def test_stop_removes_alice_key(alice_up: Hub) -> None:

@@ -79,3 +79,23 @@ def test_missing_packages_are_named_with_the_install_command(monkeypatch: pytest
 def test_node_count_is_one_or_two() -> None:
     with pytest.raises(LabError, match="one or two"):
         Lab("/var/tmp/never-started").up(nodes=3)
+
+
+def test_a_hub_made_again_on_its_state_directory_keeps_every_port(tmp_path: Path) -> None:
+    # A restarted demo: jobs still running point their launcher and tunnel at the hub API port.
+    from gateway.lab.hub import LabHub
+
+    lab = tmp_path / "lab"
+    info = {"dir": str(lab), "users": {"alice": {}, "bob": {}},
+            "slurm": {"conf": f"{lab}/etc/slurm.conf", "env": {"SLURM_CONF": f"{lab}/etc/slurm.conf"}},
+            "ldap": {"uri": "ldap://127.0.0.1:1", "ca_cert": f"{lab}/tls/ca.crt",
+                     "service_password_file": f"{lab}/secrets/pw"},
+            "nodes": {"c1": {}}, "ssh": {"port": 2, "known_hosts": f"{lab}/ssh/known_hosts"}}
+    first = LabHub(info, tmp_path / "hub")
+    again = LabHub(info, tmp_path / "hub")
+    assert (again.proxy_port, again.hub_port, again.api_port) == (
+        first.proxy_port, first.hub_port, first.api_port)
+    assert f":{first.hub_port}/hub/api" in (tmp_path / "hub" / "site.yaml").read_text()
+    other = LabHub(info, tmp_path / "other-hub")  # another hub's state: its own ports
+    assert other.hub_port != first.hub_port
+    assert LabHub(info, tmp_path / "hub", proxy_port=8000).hub_port == first.hub_port
