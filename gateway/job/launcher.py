@@ -13,15 +13,15 @@ Jupyter server: no bind-close-rebind race with other jobs on the node.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from gateway.job.private import write_private
 
@@ -45,6 +45,41 @@ def bind_address(config: dict[str, Any]) -> str:
         return probe.getsockname()[0]
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: the hub API's end of the reverse tunnel on the node."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def post_json(url: str, body: bytes, token: str, timeout: float = 10) -> tuple[int, bytes]:
+    """POST to the hub API: over TCP, or over the tunnel's Unix socket (`http+unix://<quoted
+    path>/...`, reverse mode). (status, body); OSError when nothing answers."""
+    parts = urlsplit(url)
+    headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+    if parts.scheme == "http+unix":
+        conn: http.client.HTTPConnection = UnixHTTPConnection(unquote(parts.netloc), timeout)
+    elif parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("POST", parts.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except http.client.HTTPException as err:
+        raise OSError(str(err)) from err
+    finally:
+        conn.close()
+
+
 def report(config: dict[str, Any], host: str, port: int, deadline: float) -> None:
     """Tell the hub where the server listens, retrying while the hub is away (restarts)."""
     env = config["env"]
@@ -53,17 +88,13 @@ def report(config: dict[str, Any], host: str, port: int, deadline: float) -> Non
                        "port": port}).encode()
     delay = 0.2
     while True:
-        request = urllib.request.Request(url, data=body, method="POST", headers={  # noqa: S310
-            "Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}",
-            "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - hub URL
-                if resp.status == 200:
-                    return
-        except urllib.error.HTTPError as err:
-            if err.code in (400, 403):  # refused for good: no retry can fix it
+            status, answer = post_json(url, body, env["JUPYTERHUB_API_TOKEN"])
+            if status == 200:
+                return
+            if status in (400, 403):  # refused for good: no retry can fix it
                 raise SystemExit(f"hpcgate: the hub refused this server's address: "
-                                 f"{err.read().decode(errors='replace')}") from err
+                                 f"{answer.decode(errors='replace')}")
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -79,10 +110,10 @@ def open_tunnel(config: dict[str, Any], state_dir: Path, server_port: int) -> tu
 
     tunnel = config["tunnel"]
     try:
-        _, api_port = open_reverse_tunnel(tunnel, state_dir, server_port)
+        _, api_socket = open_reverse_tunnel(tunnel, state_dir, server_port)
     except TunnelError as err:
         raise SystemExit(f"hpcgate: {err}") from err
-    config["env"] = rewrite_hub_urls(config["env"], api_port)
+    config["env"] = rewrite_hub_urls(config["env"], api_socket)
     os.environ.update(config["env"])
     return "127.0.0.1", int(tunnel["remote_port"])
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,6 @@ from gateway.job.private import write_private
 from gateway.tunnel.sshargs import (
     Backoff,
     ReverseTunnel,
-    free_loopback_port,
     known_hosts_text,
     reverse_argv,
 )
@@ -82,10 +83,11 @@ class TunnelSupervisor:
         return self.supervisor.connects
 
 
-def rewrite_hub_urls(env: dict[str, str], api_port: int) -> dict[str, str]:
-    """The server's environment with every URL under the hub API moved to the tunnel's local end
-    (http://127.0.0.1:api_port/...): the API URL itself and the activity URL."""
-    from urllib.parse import urlsplit, urlunsplit
+def rewrite_hub_urls(env: dict[str, str], api_socket: str) -> dict[str, str]:
+    """The server's environment with every URL under the hub API moved to the tunnel's end on the
+    node, a Unix socket: `http+unix://<quoted path>/...` (JupyterHub's own HTTP client, which the
+    single-user server uses for the API and activity, speaks it)."""
+    from urllib.parse import quote, urlsplit, urlunsplit
 
     api = env.get("JUPYTERHUB_API_URL", "")
     base = urlsplit(api)
@@ -93,27 +95,31 @@ def rewrite_hub_urls(env: dict[str, str], api_port: int) -> dict[str, str]:
     for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL"):
         url = urlsplit(env.get(name, ""))
         if url.netloc and url.netloc == base.netloc:
-            out[name] = urlunsplit(("http", f"127.0.0.1:{api_port}", url.path, url.query, ""))
+            out[name] = urlunsplit(("http+unix", quote(api_socket, safe=""), url.path, url.query, ""))
     return out
 
 
 def open_reverse_tunnel(config: dict[str, Any], state_dir: Path, server_port: int,
-                        log: Log = _print, timeout: float = 60) -> tuple[TunnelSupervisor, int]:
+                        log: Log = _print, timeout: float = 60) -> tuple[TunnelSupervisor, str]:
     """Start the supervised tunnel described by the launch file's `tunnel` section; return it and
-    the node-local port where the hub API now answers. Raises TunnelError when it cannot open."""
+    the Unix socket where the hub API now answers on the node (in a fresh 0700 directory, removed
+    at exit). Raises TunnelError when it cannot open."""
     key_file, known_hosts = state_dir / "tunnel_key", state_dir / "tunnel_known_hosts"
     write_private(key_file, config["private_key"].encode())  # ssh refuses keys others read
     atexit.register(lambda: key_file.unlink(missing_ok=True))
     write_private(known_hosts, known_hosts_text(config["host_keys"]).encode())
-    api_port = free_loopback_port()
+    # A short path of its own (sockets allow 108 bytes; homes can be long), 0700 from mkdtemp.
+    api_dir = Path(tempfile.mkdtemp(prefix="hpcgate-hubapi-"))
+    atexit.register(shutil.rmtree, api_dir, ignore_errors=True)
+    api_socket = str(api_dir / "hub.sock")
     spec = ReverseTunnel(
         ssh_host=config["ssh_host"], ssh_port=int(config["ssh_port"]), ssh_user=config["ssh_user"],
-        remote_port=int(config["remote_port"]), server_port=server_port, api_local_port=api_port,
+        remote_port=int(config["remote_port"]), server_port=server_port, api_local_socket=api_socket,
         hub_api_host=config["hub_api_host"], hub_api_port=int(config["hub_api_port"]),
         ciphers=config.get("ciphers") or ReverseTunnel.ciphers,
         alive_interval=int(config.get("alive_interval", 5)))
     argv = reverse_argv(spec, str(key_file), str(known_hosts), ssh=config.get("ssh", "ssh"))
-    supervisor = TunnelSupervisor(argv, {("remote-ok", spec.remote_port), ("local-ok", api_port)},
+    supervisor = TunnelSupervisor(argv, {("remote-ok", spec.remote_port), ("local-ok", api_socket)},
                                   log=log).start()
     supervisor.wait_ready(timeout)
-    return supervisor, api_port
+    return supervisor, api_socket

@@ -24,7 +24,7 @@ class ReverseTunnel:
     ssh_user: str
     remote_port: int  # P: the loopback port on the hub host the proxy routes to
     server_port: int  # the notebook server's port on the node's loopback
-    api_local_port: int  # where the hub API appears on the node's loopback
+    api_local_socket: str  # where the hub API appears on the node: a Unix socket in a 0700 dir
     hub_api_host: str  # the hub API as seen from the hub host
     hub_api_port: int
     ciphers: str = DEFAULT_CIPHERS
@@ -84,13 +84,19 @@ def common_options(key_file: str, known_hosts: str, ciphers: str, alive_interval
 
 
 def reverse_argv(t: ReverseTunnel, key_file: str, known_hosts: str, ssh: str = "ssh") -> list[str]:
-    """`ssh -N -R 127.0.0.1:P:127.0.0.1:server -L 127.0.0.1:api:hub_api ...` run in the job."""
+    """`ssh -N -R 127.0.0.1:P:127.0.0.1:server -L SOCKET:hub_api ...` run in the job.
+
+    The hub API's end on the node is a Unix socket, not a loopback port: any user on a shared
+    node can open a port on 127.0.0.1, but only the job's user can enter the socket's 0700
+    directory (and ssh makes the socket itself 0600). A socket left by an ssh that died is
+    replaced (StreamLocalBindUnlink), so a reconnect does not fail on it."""
     return [
         ssh, *common_options(key_file, known_hosts, t.ciphers, t.alive_interval, t.alive_count,
                              t.connect_timeout),
+        "-o", "StreamLocalBindUnlink=yes",
         "-p", str(t.ssh_port), "-l", t.ssh_user,
         "-R", f"127.0.0.1:{t.remote_port}:127.0.0.1:{t.server_port}",
-        "-L", f"127.0.0.1:{t.api_local_port}:{_bracket(t.hub_api_host)}:{t.hub_api_port}",
+        "-L", f"{t.api_local_socket}:{_bracket(t.hub_api_host)}:{t.hub_api_port}",
         "--", t.ssh_host,
     ]
 
@@ -135,6 +141,7 @@ _REMOTE_OK = re.compile(r"remote forward success for: listen (?:[^ ]*:)?(\d+), c
 _REMOTE_FAIL = re.compile(r"(?:remote forward failure for: listen (?:[^ ]*:)?(\d+)|"
                           r"remote port forwarding failed for listen port (\d+))")
 _LOCAL_OK = re.compile(r"Local forwarding listening on \S+ port (\d+)\.")
+_LOCAL_PATH_OK = re.compile(r"Local forwarding listening on path (\S+)\.$")
 _LOCAL_FAIL = re.compile(r"(?:bind \[?[^ ]*\]?:(\d+): |"
                          r"Could not request local forwarding|cannot listen to port: (\d+))")
 
@@ -142,7 +149,7 @@ _LOCAL_FAIL = re.compile(r"(?:bind \[?[^ ]*\]?:(\d+): |"
 @dataclass(frozen=True)
 class SshEvent:
     kind: str  # "remote-ok", "remote-failed", "local-ok", "local-failed"
-    port: int
+    port: int | str  # a port, or the path of a Unix socket
 
 
 def parse_line(line: str) -> SshEvent | None:
@@ -151,6 +158,8 @@ def parse_line(line: str) -> SshEvent | None:
         return SshEvent("remote-ok", int(m.group(1)))
     if m := _REMOTE_FAIL.search(line):
         return SshEvent("remote-failed", int(m.group(1) or m.group(2)))
+    if m := _LOCAL_PATH_OK.search(line):
+        return SshEvent("local-ok", m.group(1))
     if m := _LOCAL_OK.search(line):
         return SshEvent("local-ok", int(m.group(1)))
     if m := _LOCAL_FAIL.search(line):
@@ -164,9 +173,9 @@ def parse_line(line: str) -> SshEvent | None:
 class ForwardWatch:
     """Follows what one ssh process prints: up once every expected forward is confirmed."""
 
-    def __init__(self, expect: set[tuple[str, int]]):
-        self.expect = frozenset(expect)  # {("remote-ok", P), ("local-ok", L)}
-        self.confirmed: set[tuple[str, int]] = set()
+    def __init__(self, expect: set[tuple[str, int | str]]):
+        self.expect = frozenset(expect)  # {("remote-ok", P), ("local-ok", L or a socket path)}
+        self.confirmed: set[tuple[str, int | str]] = set()
         self.up = False
 
     def feed(self, line: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 from gateway.lab.hub import LabHub
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, fetch, job_log, running_hub, server_dir, tunnel_port, user_token
-from tests.helpers.lab import workdir
+from tests.helpers.lab import as_user, workdir
 
 WAV_SIZE = 2 * 1024**3
 
@@ -101,6 +101,28 @@ def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up:
     # The private key is in no argv.
     for pid in ssh_client_pids("alice", hub.lab):
         assert "PRIVATE KEY" not in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def test_the_hub_api_on_the_node_is_a_socket_only_the_jobs_user_can_open(alice_up: Hub) -> None:
+    """Another user on the same node must not reach the hub through alice's tunnel: its end is a
+    Unix socket in a 0700 directory of alice's, not a port on the node's loopback."""
+    [pid] = ssh_client_pids("alice", alice_up.lab)
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    local = argv[argv.index("-L") + 1]
+    path = Path(local.split(":", 1)[0])
+    assert path.is_absolute() and path.is_socket(), local
+    assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o700, 0o600)
+    assert path.parent.owner() == "alice"
+    # Not among the TCP ports the node's loopback listens on.
+    ns = alice_up.lab["nodes"]["c2"]["namespace_path"]
+    listening = subprocess.run(["nsenter", f"--net={ns}", "ss", "-ltnpH"], capture_output=True,
+                               text=True, timeout=10).stdout
+    assert f"pid={pid}," not in listening, listening
+    probe = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint('in')"
+    bob = as_user(alice_up.lab, "bob", ["python3", "-c", probe, str(path)])
+    assert bob.returncode != 0 and "PermissionError" in bob.stderr, (bob.stdout, bob.stderr)
+    alice = as_user(alice_up.lab, "alice", ["python3", "-c", probe, str(path)])
+    assert alice.stdout.strip() == "in", alice.stderr
 
 
 def test_job_key_cannot_forward_another_port(alice_up: Hub, tmp_path: Path) -> None:

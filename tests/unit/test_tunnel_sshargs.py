@@ -14,7 +14,8 @@ from gateway.tunnel.sshargs import (
 )
 
 SPEC = ReverseTunnel(ssh_host="10.0.0.1", ssh_port=2222, ssh_user="hpcgate-tunnel",
-                     remote_port=41234, server_port=35001, api_local_port=36002,
+                     remote_port=41234, server_port=35001,
+                     api_local_socket="/tmp/hpcgate-hubapi-x1/hub.sock",
                      hub_api_host="10.0.0.1", hub_api_port=8081)
 
 
@@ -25,11 +26,13 @@ def option(argv: list[str], name: str) -> str:
     return values[0]
 
 
-def test_reverse_argv_forwards_exactly_the_two_ports() -> None:
+def test_reverse_argv_forwards_the_port_and_the_hub_api_to_a_private_socket() -> None:
     argv = reverse_argv(SPEC, "/home/a/.hpcgate/k", "/home/a/.hpcgate/kh")
     assert argv[0] == "ssh" and argv[-2:] == ["--", "10.0.0.1"]
     assert argv[argv.index("-R") + 1] == "127.0.0.1:41234:127.0.0.1:35001"
-    assert argv[argv.index("-L") + 1] == "127.0.0.1:36002:10.0.0.1:8081"
+    # Not a port on the node's loopback, which every user of a shared node can open.
+    assert argv[argv.index("-L") + 1] == "/tmp/hpcgate-hubapi-x1/hub.sock:10.0.0.1:8081"
+    assert option(argv, "StreamLocalBindUnlink") == "yes"
     assert argv.count("-R") == 1 and argv.count("-L") == 1
     assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-l") + 1] == "hpcgate-tunnel"
     assert "-N" in argv and "-T" in argv and argv[argv.index("-F") + 1] == "/dev/null"
@@ -53,7 +56,7 @@ def test_reverse_argv_is_batch_pinned_and_fast() -> None:
 def test_reverse_argv_brackets_ipv6_hub_api() -> None:
     spec = ReverseTunnel(**{**SPEC.__dict__, "hub_api_host": "::1"})
     argv = reverse_argv(spec, "/k", "/kh")
-    assert argv[argv.index("-L") + 1] == "127.0.0.1:36002:[::1]:8081"
+    assert argv[argv.index("-L") + 1] == "/tmp/hpcgate-hubapi-x1/hub.sock:[::1]:8081"
 
 
 def test_no_secret_shaped_argument() -> None:
@@ -84,6 +87,8 @@ def test_parse_ssh_v_lines() -> None:
     assert (ok_r.kind, ok_r.port) == ("remote-ok", 41234)
     ok_l = parse_line("debug1: Local forwarding listening on 127.0.0.1 port 36002.")
     assert (ok_l.kind, ok_l.port) == ("local-ok", 36002)
+    ok_path = parse_line("debug1: Local forwarding listening on path /tmp/hpcgate-hubapi-x1/hub.sock.")
+    assert (ok_path.kind, ok_path.port) == ("local-ok", "/tmp/hpcgate-hubapi-x1/hub.sock")
     bad = parse_line("Error: remote port forwarding failed for listen port 41234")
     assert (bad.kind, bad.port) == ("remote-failed", 41234)
     bad = parse_line("debug1: remote forward failure for: listen 127.0.0.1:41234, connect x:1")
@@ -101,7 +106,8 @@ def test_rewrite_hub_urls_moves_api_and_activity_to_the_tunnel() -> None:
     env = {"JUPYTERHUB_API_URL": "http://10.0.0.1:8081/hub/api",
            "JUPYTERHUB_ACTIVITY_URL": "http://10.0.0.1:8081/hub/api/users/alice/activity",
            "JUPYTERHUB_BASE_URL": "/", "JUPYTERHUB_USER": "alice"}
-    out = rewrite_hub_urls(env, 36002)
-    assert out["JUPYTERHUB_API_URL"] == "http://127.0.0.1:36002/hub/api"
-    assert out["JUPYTERHUB_ACTIVITY_URL"] == "http://127.0.0.1:36002/hub/api/users/alice/activity"
+    out = rewrite_hub_urls(env, "/tmp/hpcgate-hubapi-x1/hub.sock")
+    sock = "http+unix://%2Ftmp%2Fhpcgate-hubapi-x1%2Fhub.sock"
+    assert out["JUPYTERHUB_API_URL"] == f"{sock}/hub/api"
+    assert out["JUPYTERHUB_ACTIVITY_URL"] == f"{sock}/hub/api/users/alice/activity"
     assert out["JUPYTERHUB_BASE_URL"] == "/" and env["JUPYTERHUB_API_URL"].startswith("http://10.")
