@@ -240,10 +240,10 @@ async def test_download_and_websocket_survive_20_route_changes(env: Env, proxy: 
         received = 0
         for i in range(20):
             received += len(await download.content.readexactly(BIG // 20))
-            t0 = time.monotonic()
             spec = f"/user/g{i}/"
             if i % 2:
                 await proxy.delete_route(f"/user/g{i - 1}/")
+            t0 = time.monotonic()
             await proxy.add_route(spec, env.target(i % 3), {})
             timings.append(time.monotonic() - t0)
             # A request right after add_route returns reaches the new route, never a 5xx.
@@ -258,7 +258,7 @@ async def test_download_and_websocket_survive_20_route_changes(env: Env, proxy: 
             await proxy.delete_route(spec)
     await proxy.delete_route("/user/frank/")
     timings.sort()
-    print(f"route change to served, with a download open: p50 {1000 * timings[10]:.0f} ms, "
+    print(f"add_route to served, with a download open: p50 {1000 * timings[10]:.0f} ms, "
           f"max {1000 * timings[-1]:.0f} ms")
 
 
@@ -291,3 +291,65 @@ async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: Ngin
     assert proxy._running_pid() is None
     with pytest.raises(aiohttp.ClientConnectionError):
         await get(env, "/user/gina/x")
+
+
+async def test_tls_with_http2_towards_browsers(env: Env) -> None:
+    import ssl
+
+    from gateway.lab.tls import make_ca_and_server_cert
+
+    tls = env.dir / "tls"
+    make_ca_and_server_cert(tls, ["localhost"], ["127.0.0.1"])
+    port = _free_port()
+    p = env.proxy("tls", public_url=f"https://127.0.0.1:{port}/", ssl_cert=str(tls / "server.crt"),
+                  ssl_key=str(tls / "server.key"))
+    await p.start()
+    try:
+        await p.add_route("/", env.target(0), {"hub": True})
+        context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context) as r:
+            assert r.status == 200 and (await r.json())["port"] == env.upstreams[0]
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        writer.close()
+    finally:
+        await p.stop()
+
+
+@pytest.mark.parametrize("knows_pid", [True, False])
+async def test_a_sites_own_nginx_through_include_file_and_reload_command(env: Env, knows_pid: bool) -> None:
+    """should_start = False: the site's nginx includes our file (a glob, so that it starts before
+    the hub wrote it) and the hub runs the site's reload command."""
+    site = env.dir / f"site-{knows_pid}"
+    site.mkdir()
+    port = _free_port()
+    include = site / "hpcgate-routes.conf"
+    conf = site / "nginx.conf"
+    conf.write_text(f"""daemon off; pid {site}/nginx.pid; error_log {site}/error.log;
+events {{}}
+http {{
+    client_body_temp_path {site}/body; proxy_temp_path {site}/proxy; fastcgi_temp_path {site}/f;
+    uwsgi_temp_path {site}/u; scgi_temp_path {site}/s;
+    include {site}/hpcgate-routes*.conf;
+}}
+""")
+    proc = await asyncio.create_subprocess_exec(env.nginx, "-c", str(conf), "-p", f"{site}/")
+    while not (site / "nginx.pid").exists():
+        await asyncio.sleep(0.01)
+    try:
+        p = NginxProxy(state_dir=str(site / "state"), should_start=False, include_file=str(include),
+                       public_url=f"http://127.0.0.1:{port}/",
+                       pid_file=str(site / "nginx.pid") if knows_pid else "",
+                       reload_command=[env.nginx, "-s", "reload", "-c", str(conf), "-p", f"{site}/"])
+        await p.add_route("/", env.target(0), {"hub": True})
+        for _ in range(3):  # each request right after the change returns sees it
+            await p.add_route("/user/hank/", env.target(2), {})
+            status, body = await get(env, "/user/hank/x", {"X-Real-Ip": "6.6.6.6"}, port=port)
+            assert status == 200 and body["port"] == env.upstreams[2] and body["x_real_ip"] == "127.0.0.1"
+            await p.delete_route("/user/hank/")
+            assert (await get(env, "/user/hank/x", port=port))[1]["port"] == env.upstreams[0]
+        assert "hank" not in include.read_text()
+    finally:
+        proc.terminate()
+        await proc.wait()

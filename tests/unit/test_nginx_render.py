@@ -98,6 +98,16 @@ def test_host_routes_get_their_own_server_falling_back_to_the_default_route() ->
     assert locations(servers[2])["/"] == f"{{ proxy_pass http://{hub}; }}"  # bob has only /x/
 
 
+def test_tls_listens_with_http2_and_the_sites_certificate() -> None:
+    tls = Settings(listen=("0.0.0.0:443",), status_listen="unix:/s", generation=1,
+                   tls=("/etc/ssl/hub.crt", "/etc/ssl/private/hub.key"))
+    conf = render_http({"/": {"target": "http://10.0.0.1:8081"}}, tls)
+    assert "listen 0.0.0.0:443 default_server ssl http2;" in conf
+    assert 'ssl_certificate "/etc/ssl/hub.crt";' in conf
+    assert 'ssl_certificate_key "/etc/ssl/private/hub.key";' in conf
+    assert " ssl" not in render_http({"/": {"target": "http://10.0.0.1:8081"}}, SETTINGS)
+
+
 def test_order_most_specific_first_host_routes_first() -> None:
     specs = ["/", "/user/alice/", "/user/alice/lab/", "h.org/", "/user/", "h.org/a/b/"]
     assert order(specs) == ["h.org/a/b/", "h.org/", "/user/alice/lab/", "/user/alice/", "/user/", "/"]

@@ -29,6 +29,7 @@ from gateway.hub.proxy.render import (
 )
 
 STATE_FILE = "routes.json"
+OLD_WORKERS_GRACE = 0.15  # seconds; used when the site's nginx master is unknown (no pid_file)
 CONF_FILE = "nginx.conf"
 
 
@@ -67,7 +68,10 @@ class NginxProxy(Proxy):
         return shutil.which("nginx") or "/usr/sbin/nginx"
 
     pid_file = Unicode(
-        "", config=True, help="nginx's pid file; default: state_dir/nginx.pid.")
+        "", config=True,
+        help="nginx's pid file; default: state_dir/nginx.pid. With should_start = False, the site "
+             "nginx's pid file, if the hub may read it: a route change then waits exactly until the "
+             "old workers stop accepting, rather than a fixed 0.15 s.")
     listen = List(
         Unicode(), config=True,
         help="Addresses nginx listens on for users (nginx `listen` syntax, e.g. '127.0.0.1:8000'); "
@@ -139,10 +143,16 @@ class NginxProxy(Proxy):
         return self._routes
 
     def _settings(self, generation: int) -> Settings:
+        if self.app is not None and getattr(self.app, "internal_ssl", False):
+            # Targets would need the hub's internal client certificates: not written yet.
+            raise ValueError("hpcgate-nginx does not support JupyterHub.internal_ssl")
+        if bool(self.ssl_cert) != bool(self.ssl_key):
+            raise ValueError("hpcgate-nginx needs both JupyterHub.ssl_cert and ssl_key, or neither")
         error_target = url_path_join(self.hub.url, "error") if self.hub is not None else ""
         return Settings(listen=tuple(self._listen_addresses()), status_listen=self.status_address,
                         generation=generation, error_target=error_target,
-                        timeout=self.upstream_timeout)
+                        timeout=self.upstream_timeout,
+                        tls=(self.ssl_cert, self.ssl_key) if self.ssl_cert else None)
 
     def _listen_addresses(self) -> list[str]:
         if self.listen:
@@ -248,7 +258,7 @@ class NginxProxy(Proxy):
             before = _workers(self._pid)
             os.kill(self._pid, signal.SIGHUP)
             await self._wait_generation(generation)
-            await self._wait_old_workers_closed(before)
+            await self._wait_old_workers_closed(self._pid, before)
             self._known_workers = _workers(self._pid)
             self.log.debug("nginx reloaded to generation %d (%d routes) in %.0f ms", generation,
                            len(routes), 1000 * (time.monotonic() - t0))
@@ -257,6 +267,8 @@ class NginxProxy(Proxy):
                 raise ValueError("NginxProxy.include_file is needed with should_start = False")
             _write_atomic(self.dir / STATE_FILE, json.dumps({"generation": generation, "routes": routes}))
             _write_atomic(Path(self.include_file), http)
+            master = _read_pid(Path(self.pid_file)) if self.pid_file else None
+            before = _workers(master)
             proc = await asyncio.create_subprocess_exec(
                 *self.reload_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await proc.communicate()
@@ -264,6 +276,10 @@ class NginxProxy(Proxy):
                 raise RuntimeError(f"{self.reload_command} failed ({proc.returncode}): "
                                    f"{out.decode(errors='replace').strip()}")
             await self._wait_generation(generation)
+            if master:
+                await self._wait_old_workers_closed(master, before)
+            else:  # old workers accept for nginx's fixed 100 ms after the new ones start
+                await asyncio.sleep(OLD_WORKERS_GRACE)
 
     def _main_config(self, http: str) -> str:
         return render_main(http, str(self.dir), str(self.nginx_pid_file), str(self.dir / "error.log"),
@@ -291,14 +307,14 @@ class NginxProxy(Proxy):
         raise RuntimeError(f"nginx did not serve generation {generation} within {self.reload_timeout} s "
                            f"(it answers {seen!r}); see {self.dir / 'error.log'}")
 
-    async def _wait_old_workers_closed(self, before: dict[int, bytes]) -> None:
+    async def _wait_old_workers_closed(self, master: int, before: dict[int, bytes]) -> None:
         """Until the workers of the previous configuration stopped accepting connections.
 
         nginx starts the new workers, sleeps 100 ms, then tells the old ones to finish their open
         connections and close their listeners: until then a new connection may reach old routes."""
         deadline = time.monotonic() + self.reload_timeout
         while time.monotonic() < deadline:
-            now = _workers(self._pid)
+            now = _workers(master)
             if not any(pid in now and _accepting(now[pid]) for pid, title in before.items()
                        if _accepting(title)):
                 return

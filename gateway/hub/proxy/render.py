@@ -110,6 +110,7 @@ class Settings:
     error_target: str = ""  # the hub's /hub/error URL: its error page when a server is unreachable
     timeout: int = 86400  # seconds: a kernel's websocket may be quiet for hours
     keepalive: int = 32
+    tls: tuple[str, str] | None = None  # (certificate, key) files: TLS and HTTP/2 towards browsers
 
 
 def _proxy_pass(target: Target) -> str:
@@ -130,8 +131,8 @@ def _locations(routes: list[tuple[Spec, Target]], indent: str) -> list[str]:
     return lines
 
 
-def _listen(address: str, default: bool) -> str:
-    return f"listen {address}{' default_server' if default else ''};"
+def _listen(address: str, default: bool, tls: bool) -> str:
+    return f"listen {address}{' default_server' if default else ''}{' ssl http2' if tls else ''};"
 
 
 def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> str:
@@ -185,8 +186,11 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
     default_routes = [(s, t) for s, t in parsed.values() if not s.host]
     for host in ["", *hosts]:
         out.append("server {")
-        out += [f"    {_listen(a, default=not host)}" for a in settings.listen]
+        out += [f"    {_listen(a, default=not host, tls=bool(settings.tls))}" for a in settings.listen]
         out.append(f"    server_name {quote(host) if host else '_'};")
+        if settings.tls:
+            out += [f"    ssl_certificate {quote(settings.tls[0])};",
+                    f"    ssl_certificate_key {quote(settings.tls[1])};"]
         out += [f"    {line}" for line in common + error]
         mine = [(s, t) for s, t in parsed.values() if s.host == host]
         if host:  # a host without a route of its own for "/" falls back to the default one
