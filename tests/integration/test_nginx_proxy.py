@@ -204,6 +204,16 @@ async def test_refuses_what_could_break_out_of_a_directive(env: Env, proxy: Ngin
     await proxy.delete_route(spec)
 
 
+async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, proxy: NginxProxy) -> None:
+    before = await proxy.get_all_routes()
+    with pytest.raises(RuntimeError, match="host not found"):
+        await proxy.add_route("/user/ivy/", "http://no-such-host.invalid:80", {})
+    assert await proxy.get_all_routes() == before
+    await proxy.add_route("/user/ivy/", env.target(1), {})  # the next change goes through
+    assert (await get(env, "/user/ivy/x"))[1]["port"] == env.upstreams[1]
+    await proxy.delete_route("/user/ivy/")
+
+
 async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
     first = proxy._generation
     await asyncio.gather(*[proxy.add_route(f"/user/u{i}/", env.target(i % 3), {}) for i in range(10)])

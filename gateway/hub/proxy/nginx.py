@@ -193,12 +193,8 @@ class NginxProxy(Proxy):
     # -- batching: many changes, one reload ------------------------------------------------
 
     def _change(self, routespec: str, route: dict[str, Any] | None) -> None:
-        routes = self._load()
         self._changes.append((routespec, route))
-        if route is None:
-            routes.pop(routespec, None)
-        else:
-            routes[routespec] = route
+        _replay(self._load(), [(routespec, route)])
 
     async def _commit(self) -> None:
         """Wait until a reload that includes every change made so far is served."""
@@ -208,36 +204,31 @@ class NginxProxy(Proxy):
         await asyncio.shield(self._batch)
 
     async def _flush(self, batch: asyncio.Future[None]) -> None:
-        await asyncio.sleep(self.batch_window)
-        async with self._apply_lock:
-            if self._batch is batch:
-                self._batch = None  # changes from now on go into the next batch
-            try:
+        try:
+            await asyncio.sleep(self.batch_window)
+            async with self._apply_lock:
+                if self._batch is batch:
+                    self._batch = None  # changes from now on go into the next batch
                 await self._apply()
-            except Exception as err:
-                batch.set_exception(err)
-            else:
-                batch.set_result(None)
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as err:
+            batch.set_exception(err)
+        else:
+            batch.set_result(None)
 
     async def _apply(self) -> None:
         """Write routes.json and the configuration with the changes so far, reload, wait."""
         self._load()
         changes, self._changes = self._changes, []
-        routes = dict(self._committed)
-        for routespec, route in changes:
-            if route is None:
-                routes.pop(routespec, None)
-            else:
-                routes[routespec] = route
+        routes = _replay(dict(self._committed), changes)
         generation = self._generation + 1
         try:
             await self._write_and_reload(routes, generation)
         except BaseException:
-            # nginx serves the committed routes: the hub sees them plus later changes.
-            self._routes = dict(self._committed)
-            for routespec, route in self._changes:
-                self._routes.pop(routespec, None) if route is None else self._routes.__setitem__(
-                    routespec, route)
+            # The batch failed as a whole: the hub sees the committed routes plus later changes.
+            self._routes = _replay(dict(self._committed), self._changes)
             raise
         self._committed, self._generation = routes, generation
 
@@ -400,6 +391,17 @@ class NginxProxy(Proxy):
         self._known_workers = {}
         self._proc, self._pid = None, None
         await self.start()
+
+
+def _replay(routes: dict[str, dict[str, Any]],
+            changes: list[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any]]:
+    """`routes` with `changes` applied in order (None deletes); returned for convenience."""
+    for routespec, route in changes:
+        if route is None:
+            routes.pop(routespec, None)
+        else:
+            routes[routespec] = route
+    return routes
 
 
 def _write_atomic(path: Path, text: str) -> None:
