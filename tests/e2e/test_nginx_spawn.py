@@ -1,5 +1,6 @@
 """A spawn through the real hub behind hpcgate-nginx: JupyterLab's API, a kernel's websocket, the
-hub SIGKILLed and restarted (nginx and the route stay), and the route gone after the stop."""
+hub SIGKILLed and restarted (nginx and the route stay), a spoofed X-Real-Ip, and the route gone
+after the stop."""
 
 from __future__ import annotations
 
@@ -82,6 +83,13 @@ def test_spawn_kernel_websocket_hub_restart_and_stop_through_nginx(hub: Hub) -> 
     code, _ = hub.get("/user/alice/api")
     assert code == 200
     assert asyncio.run(execute(hub, token, kernel, "1 + 1"))["content"]["status"] == "ok"
+
+    # A client-supplied address never reaches the hub (it believes X-Real-Ip): nginx overwrites it.
+    code, _, _ = fetch(hub, "/hub/api/proxy?spoofed=1", hub.hub.service_token,
+                       headers={"X-Real-Ip": "6.6.6.6", "X-Forwarded-For": "6.6.6.6"})
+    assert code == 200
+    log = hub.hub.log.read_text()
+    assert "GET /hub/api/proxy?spoofed=1 (hpcgate-tests@127.0.0.1)" in log and "6.6.6.6" not in log
 
     hub.stop("alice")
     assert "/user/alice/" not in routes(hub)
