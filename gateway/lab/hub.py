@@ -1,4 +1,5 @@
-"""A real JupyterHub (with configurable-http-proxy) on the lab, for `make demo` and the tests.
+"""A real JupyterHub (behind configurable-http-proxy or hpcgate-nginx) on the lab, for `make demo`
+and the tests.
 
 The hub API listens on the lab's veth address (reachable from the host and from node c2, nowhere
 else), the proxy on 127.0.0.1. The hub runs as root here because it submits jobs as the lab
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +21,29 @@ from typing import Any
 
 from gateway.lab.procs import free_port, hub_failure, pid_alive, stop_pids
 
+PROXIES = ("chp", "nginx")
+
+
+def proxy_config(proxy: str, state_dir: Path, api_port: int) -> str:
+    """The proxy's part of the lab's jupyterhub_config.py: configurable-http-proxy ("chp") or
+    hpcgate-nginx ("nginx"). Either way its pid is in state_dir/jupyterhub-proxy.pid, where
+    LabHub.stop finds it (the hub leaves its proxy running: cleanup_proxy is off)."""
+    if proxy == "chp":
+        chp = str(Path(sys.executable).parent / "configurable-http-proxy")
+        return (f'c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"\n'
+                f"c.ConfigurableHTTPProxy.command = [{chp!r}]\n")
+    if proxy == "nginx":
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return ('c.JupyterHub.proxy_class = "hpcgate-nginx"\n'
+                f"c.NginxProxy.state_dir = {str(state_dir / 'nginx')!r}\n"
+                f"c.NginxProxy.nginx_path = {nginx!r}\n"
+                f"c.NginxProxy.pid_file = {str(state_dir / 'jupyterhub-proxy.pid')!r}\n")
+    raise ValueError(f"proxy must be one of {PROXIES}, not {proxy!r}")
+
 
 def hub_config(info: dict[str, Any], state_dir: Path, policy_file: Path, proxy_port: int,
                hub_port: int, api_port: int, service_token: str | None = None,
-               extra: str = "") -> str:
+               extra: str = "", proxy: str = "chp") -> str:
     """The text of a jupyterhub_config.py for the lab."""
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
@@ -44,9 +65,7 @@ c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
 c.JupyterHub.hub_ip = {hub_ip!r}
 c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.ConfigurableHTTPProxy.command = [{str(Path(sys.executable).parent / "configurable-http-proxy")!r}]
-c.JupyterHub.db_url = "sqlite:///{state_dir}/jupyterhub.sqlite"
+{proxy_config(proxy, state_dir, api_port)}c.JupyterHub.db_url = "sqlite:///{state_dir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{state_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{state_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = False
@@ -125,9 +144,10 @@ class LabHub:
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
                  policy: dict[str, Any] | None = None, ldap_login: bool = False,
-                 proxy_port: int = 0):
+                 proxy_port: int = 0, proxy: str = "chp"):
         """`extra_config` is JupyterHub's own configuration; `policy` holds changes to the lab's
-        site policy (demo.yaml made concrete), section by section."""
+        site policy (demo.yaml made concrete), section by section; `proxy` is "chp"
+        (configurable-http-proxy) or "nginx" (hpcgate-nginx)."""
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +165,7 @@ class LabHub:
         self.config = self.dir / "jupyterhub_config.py"
         self.config.write_text(hub_config(info, self.dir, self.policy_file, self.proxy_port,
                                           self.hub_port, self.api_port, self.service_token,
-                                          extra_config))
+                                          extra_config, proxy=proxy))
         self.config.chmod(0o600)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"

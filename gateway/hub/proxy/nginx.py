@@ -1,0 +1,477 @@
+"""`hpcgate-nginx`: JupyterHub's Proxy API on Debian's nginx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyterhub.proxy import Proxy
+from jupyterhub.utils import url_path_join
+from tornado.ioloop import PeriodicCallback
+from traitlets import Float, Integer, List, Unicode, default
+
+from gateway.hub.proxy.render import (
+    GENERATION_PATH,
+    Settings,
+    parse_routespec,
+    parse_target,
+    render_http,
+    render_main,
+)
+
+STATE_FILE = "routes.json"
+OLD_WORKERS_GRACE = 0.15  # seconds; used when the site's nginx master is unknown (no pid_file)
+CONF_FILE = "nginx.conf"
+
+
+class NginxProxy(Proxy):
+    """JupyterHub's routes served by nginx (the `jupyterhub.proxies` entry point `hpcgate-nginx`).
+
+    Routes live in `state_dir/routes.json` and are rendered to an nginx configuration: one
+    `location` per route prefix (nginx picks the longest prefix, as CHP does), one `server` per
+    host for host routes, upstreams with keepalive, no buffering either way, no body size cap,
+    websockets upgraded, and `X-Real-IP`/`X-Forwarded-For` set from the peer address, overwriting
+    what the client sent. Changes within `batch_window` seconds go out in one graceful reload
+    (SIGHUP: open connections finish on the old workers); `add_route` returns once nginx serves
+    the new configuration.
+
+    With `should_start` (the default) the hub runs nginx in the foreground, as its child, with a
+    configuration in `state_dir`, listening on JupyterHub's public URL. A hub restarted after a
+    crash adopts the nginx still running from its pid file, so users' connections survive. With
+    `should_start = False` a site's own nginx includes `include_file` in its `http {}` block and
+    the hub runs `reload_command` (an argv list, never a shell string).
+
+    Route data carries no `last_activity` (as with traefik-proxy): JupyterHub's
+    `update_last_activity` skips such routes, and idle culling relies on the activity the
+    single-user servers report to the hub API themselves (`JUPYTERHUB_ACTIVITY_URL`, which
+    jupyterhub-singleuser posts to periodically and which the spawner passes on).
+    """
+
+    state_dir = Unicode(
+        "nginx-proxy", config=True,
+        help="Directory for the routes (routes.json), the generated configuration, nginx's pid "
+             "file, logs and temporary files. Relative to the hub's working directory.")
+    nginx_path = Unicode(
+        config=True, help="The nginx binary the hub starts (with should_start).")
+
+    @default("nginx_path")
+    def _nginx_path_default(self) -> str:
+        return shutil.which("nginx") or "/usr/sbin/nginx"
+
+    pid_file = Unicode(
+        "", config=True,
+        help="nginx's pid file; default: state_dir/nginx.pid. With should_start = False, the site "
+             "nginx's pid file, if the hub may read it: a route change then waits exactly until the "
+             "old workers stop accepting, rather than a fixed 0.15 s.")
+    listen = List(
+        Unicode(), config=True,
+        help="Addresses nginx listens on for users (nginx `listen` syntax, e.g. '127.0.0.1:8000'); "
+             "default: the host and port of JupyterHub's public URL (JupyterHub.ip, JupyterHub.port).")
+    status_listen = Unicode(
+        "", config=True,
+        help="Where nginx answers the hub's generation check: 'unix:/path' or '127.0.0.1:PORT' "
+             "(loopback only). Default: a unix socket in state_dir.")
+    worker_processes = Unicode("auto", config=True, help="nginx's worker_processes.")
+    batch_window = Float(
+        0.01, config=True,
+        help="Seconds to wait for more route changes before one reload covers them all (changes "
+             "made while a reload runs go out together in the next one anyway).")
+    reload_timeout = Float(
+        15, config=True, help="Seconds a reload may take before the route change fails.")
+    upstream_timeout = Integer(
+        86400, config=True,
+        help="Seconds a proxied connection may stay silent (kernels' websockets idle for hours).")
+    access_log = Unicode("", config=True, help="nginx's access log file; empty: no access log.")
+    include_file = Unicode(
+        "", config=True,
+        help="With should_start = False: the file the site's nginx includes in its http {} block.")
+    reload_command = List(
+        Unicode(), default_value=["nginx", "-s", "reload"], config=True,
+        help="With should_start = False: the argv that makes the site's nginx reload.")
+    check_running_interval = Integer(
+        5, config=True, help="Seconds between checks that the hub's nginx still runs.")
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._routes: dict[str, dict[str, Any]] | None = None  # what the hub sees, pending included
+        self._committed: dict[str, dict[str, Any]] = {}  # what nginx serves
+        self._changes: list[tuple[str, dict[str, Any] | None]] = []  # not yet in a reload
+        self._generation = 0
+        self._batch: asyncio.Future[None] | None = None
+        self._apply_lock = asyncio.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._checker: PeriodicCallback | None = None
+        self._known_workers: dict[int, bytes] = {}  # to end orphans if the master dies
+
+    # -- paths and state -------------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.state_dir).absolute()
+
+    @property
+    def conf_path(self) -> Path:
+        return self.dir / CONF_FILE
+
+    @property
+    def nginx_pid_file(self) -> Path:
+        return Path(self.pid_file).absolute() if self.pid_file else self.dir / "nginx.pid"
+
+    @property
+    def status_address(self) -> str:
+        return self.status_listen or f"unix:{self.dir / 'status.sock'}"
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._routes is None:
+            try:
+                state = json.loads((self.dir / STATE_FILE).read_text())
+            except FileNotFoundError:
+                state = {"generation": 0, "routes": {}}
+            self._generation = int(state["generation"])
+            self._committed = state["routes"]
+            self._routes = {k: dict(v) for k, v in self._committed.items()}
+        return self._routes
+
+    def _settings(self, generation: int) -> Settings:
+        if self.app is not None and getattr(self.app, "internal_ssl", False):
+            # Targets would need the hub's internal client certificates: not written yet.
+            raise ValueError("hpcgate-nginx does not support JupyterHub.internal_ssl")
+        if bool(self.ssl_cert) != bool(self.ssl_key):
+            raise ValueError("hpcgate-nginx needs both JupyterHub.ssl_cert and ssl_key, or neither")
+        error_target = url_path_join(self.hub.url, "error") if self.hub is not None else ""
+        return Settings(listen=tuple(self._listen_addresses()), status_listen=self.status_address,
+                        generation=generation, error_target=error_target,
+                        timeout=self.upstream_timeout,
+                        tls=(self.ssl_cert, self.ssl_key) if self.ssl_cert else None)
+
+    def _listen_addresses(self) -> list[str]:
+        if self.listen:
+            return list(self.listen)
+        url = urlsplit(self.public_url or "http://127.0.0.1:8000/")
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"hpcgate-nginx cannot listen on {self.public_url!r}")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        host = url.hostname or ""
+        if not host:  # JupyterHub.ip = "" means every interface, for CHP as here
+            return [f"{port}"]
+        return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+    # -- the proxy contract ----------------------------------------------------------------
+
+    async def add_route(self, routespec: str, target: str, data: dict[str, Any]) -> None:
+        routespec = self.validate_routespec(routespec)
+        parse_routespec(routespec), parse_target(target)  # refuse before it reaches any file
+        route = {"routespec": routespec, "target": target, "data": dict(data or {})}
+        json.dumps(route)  # JSON-able, or refused now rather than at the next write
+        self._change(routespec, route)
+        await self._commit()
+
+    async def delete_route(self, routespec: str) -> None:
+        routespec = self.validate_routespec(routespec)
+        if routespec not in self._load():
+            return  # deleting a missing route succeeds
+        self._change(routespec, None)
+        await self._commit()
+
+    async def get_all_routes(self) -> dict[str, dict[str, Any]]:
+        return {k: {**v, "data": dict(v["data"])} for k, v in self._load().items()}
+
+    async def get_route(self, routespec: str) -> dict[str, Any] | None:
+        route = self._load().get(self.validate_routespec(routespec))
+        return {**route, "data": dict(route["data"])} if route else None
+
+    # -- batching: many changes, one reload ------------------------------------------------
+
+    def _change(self, routespec: str, route: dict[str, Any] | None) -> None:
+        self._changes.append((routespec, route))
+        _replay(self._load(), [(routespec, route)])
+
+    async def _commit(self) -> None:
+        """Wait until a reload that includes every change made so far is served."""
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            asyncio.ensure_future(self._flush(self._batch))
+        await asyncio.shield(self._batch)
+
+    async def _flush(self, batch: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.sleep(self.batch_window)
+            async with self._apply_lock:
+                if self._batch is batch:
+                    self._batch = None  # changes from now on go into the next batch
+                await self._apply()
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as err:
+            batch.set_exception(err)
+        else:
+            batch.set_result(None)
+
+    async def _apply(self) -> None:
+        """Write routes.json and the configuration with the changes so far, reload, wait."""
+        self._load()
+        changes, self._changes = self._changes, []
+        routes = _replay(dict(self._committed), changes)
+        generation = self._generation + 1
+        try:
+            await self._write_and_reload(routes, generation)
+        except BaseException:
+            # The batch failed as a whole: the hub sees the committed routes plus later changes.
+            self._routes = _replay(dict(self._committed), self._changes)
+            raise
+        self._committed, self._generation = routes, generation
+
+    async def _write_and_reload(self, routes: dict[str, dict[str, Any]], generation: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        http = render_http(routes, self._settings(generation))
+        if self.should_start:
+            (self.dir / "temp").mkdir(mode=0o755, exist_ok=True)  # nginx makes (and chowns) the rest
+            text = self._main_config(http)
+            candidate = self.conf_path.with_suffix(".new")
+            candidate.write_text(text)
+            await self._test_config(candidate)
+            _write_atomic(self.dir / STATE_FILE, json.dumps({"generation": generation, "routes": routes}))
+            os.replace(candidate, self.conf_path)
+            if self._running_pid() is None:
+                return  # start() runs nginx on this configuration
+            t0 = time.monotonic()
+            before = _workers(self._pid)
+            os.kill(self._pid, signal.SIGHUP)
+            await self._wait_generation(generation)
+            await self._wait_old_workers_closed(self._pid, before)
+            self._known_workers = _workers(self._pid)
+            self.log.debug("nginx reloaded to generation %d (%d routes) in %.0f ms", generation,
+                           len(routes), 1000 * (time.monotonic() - t0))
+        else:
+            if not self.include_file:
+                raise ValueError("NginxProxy.include_file is needed with should_start = False")
+            _write_atomic(self.dir / STATE_FILE, json.dumps({"generation": generation, "routes": routes}))
+            _write_atomic(Path(self.include_file), http)
+            master = _read_pid(Path(self.pid_file)) if self.pid_file else None
+            before = _workers(master)
+            proc = await asyncio.create_subprocess_exec(
+                *self.reload_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(f"{self.reload_command} failed ({proc.returncode}): "
+                                   f"{out.decode(errors='replace').strip()}")
+            await self._wait_generation(generation)
+            if master:
+                await self._wait_old_workers_closed(master, before)
+            else:  # old workers accept for nginx's fixed 100 ms after the new ones start
+                await asyncio.sleep(OLD_WORKERS_GRACE)
+
+    def _main_config(self, http: str) -> str:
+        return render_main(http, str(self.dir), str(self.nginx_pid_file), str(self.dir / "error.log"),
+                           self.worker_processes, self.access_log)
+
+    async def _test_config(self, path: Path) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self.nginx_path, "-t", "-q", "-c", str(path), "-p", f"{self.dir}/",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"nginx refused the new configuration: {out.decode(errors='replace').strip()}")
+
+    async def _wait_generation(self, generation: int) -> None:
+        """Until nginx's status listener answers with `generation` (new workers are serving)."""
+        deadline = time.monotonic() + self.reload_timeout
+        seen: Any = None
+        while time.monotonic() < deadline:
+            if self.should_start and self._running_pid() is None:
+                raise RuntimeError(f"nginx exited; see {self.dir / 'error.log'}")
+            seen = await _get_generation(self.status_address)
+            if seen == generation:
+                return
+            await asyncio.sleep(0.005)
+        raise RuntimeError(f"nginx did not serve generation {generation} within {self.reload_timeout} s "
+                           f"(it answers {seen!r}); see {self.dir / 'error.log'}")
+
+    async def _wait_old_workers_closed(self, master: int, before: dict[int, bytes]) -> None:
+        """Until the workers of the previous configuration stopped accepting connections.
+
+        nginx starts the new workers, sleeps 100 ms, then tells the old ones to finish their open
+        connections and close their listeners: until then a new connection may reach old routes."""
+        deadline = time.monotonic() + self.reload_timeout
+        while time.monotonic() < deadline:
+            now = _workers(master)
+            if not any(pid in now and _accepting(now[pid]) for pid, title in before.items()
+                       if _accepting(title)):
+                return
+            await asyncio.sleep(0.005)
+        raise RuntimeError("nginx's old workers did not stop accepting after a reload")
+
+    # -- the process -------------------------------------------------------------------------
+
+    def _running_pid(self) -> int | None:
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        if self._pid and _is_our_nginx(self._pid, self.conf_path):
+            return self._pid
+        return None
+
+    async def start(self) -> None:
+        """Run nginx (or adopt the one a crashed hub left running on this state directory)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o711)  # workers (nobody) reach their temp directories, list nothing
+        self._load()
+        previous = _read_pid(self.nginx_pid_file)
+        if previous and _is_our_nginx(previous, self.conf_path):
+            self.log.info("Adopting nginx %d, still running on %s", previous, self.conf_path)
+            self._pid = previous
+            async with self._apply_lock:
+                await self._apply()
+        else:
+            async with self._apply_lock:
+                await self._apply()  # writes and tests the configuration; nothing to reload
+            if not self.status_listen:  # a socket left by an nginx that was SIGKILLed
+                (self.dir / "status.sock").unlink(missing_ok=True)
+            self.log.info("Starting nginx on %s", ", ".join(self._listen_addresses()))
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
+                [self.nginx_path, "-c", str(self.conf_path), "-p", f"{self.dir}/"],
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            self._pid = self._proc.pid
+            try:
+                await self._wait_generation(self._generation)
+            except Exception:
+                await self.stop()
+                raise
+            self._known_workers = _workers(self._pid)
+        if self._checker is None and self.check_running_interval:
+            self._checker = PeriodicCallback(self.check_running, 1e3 * self.check_running_interval)
+            self._checker.start()
+
+    async def stop(self) -> None:
+        """Stop nginx (fast shutdown: open connections close)."""
+        if self._checker is not None:
+            self._checker.stop()
+            self._checker = None
+        pid = self._running_pid()
+        if pid is None:
+            return
+        workers = list(_workers(pid))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while self._running_pid() is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self._running_pid() is not None:
+            for p in [pid, *workers]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait()
+        self._proc, self._pid = None, None
+
+    async def check_running(self) -> None:
+        """Start nginx again if it died; it comes back with every route (they are on disk)."""
+        pid = self._running_pid()
+        if pid is not None:
+            self._known_workers = _workers(pid)
+            return
+        self.log.error("nginx is not running any more; starting it again")
+        if self._proc is not None:
+            self._proc.wait()
+        # Workers outlive a killed master and keep the listening sockets: end them first.
+        for worker, title in self._known_workers.items():
+            if _cmdline(worker) == title:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, signal.SIGKILL)
+        self._known_workers = {}
+        self._proc, self._pid = None, None
+        await self.start()
+
+
+def _replay(routes: dict[str, dict[str, Any]],
+            changes: list[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any]]:
+    """`routes` with `changes` applied in order (None deletes); returned for convenience."""
+    for routespec, route in changes:
+        if route is None:
+            routes.pop(routespec, None)
+        else:
+            routes[routespec] = route
+    return routes
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _is_our_nginx(pid: int, conf: Path) -> bool:
+    """An nginx master process (not a zombie) running on our configuration file."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    title = _cmdline(pid)
+    return title.startswith(b"nginx: master process") and str(conf).encode() in title
+
+
+def _workers(master: int | None) -> dict[int, bytes]:
+    """The master's children and their titles ("nginx: worker process[ is shutting down]")."""
+    if not master:
+        return {}
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return {}
+    return {int(c): _cmdline(int(c)) for c in children}
+
+
+def _accepting(title: bytes) -> bool:
+    return title.startswith(b"nginx: worker process") and b"shutting down" not in title
+
+
+async def _get_generation(address: str) -> int | None:
+    """GET the generation marker from the status listener; None when it does not answer."""
+    try:
+        if address.startswith("unix:"):
+            reader, writer = await asyncio.open_unix_connection(address[5:])
+        else:
+            host, _, port = address.rpartition(":")
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except OSError:
+        return None
+    try:
+        writer.write(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), 2)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return None
+    try:
+        return int(body.strip())
+    except ValueError:
+        return None

@@ -1,0 +1,365 @@
+"""hpcgate-nginx against a real nginx: the proxy contract, websockets, client addresses, restarts,
+and a long download through graceful reloads. Upstreams are small aiohttp servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from gateway.hub.proxy.nginx import NginxProxy
+from gateway.hub.proxy.render import RouteError
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BIG = 200 * 2**20
+CHUNK = 2**20
+
+
+def _need_nginx() -> str:
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if path is None:
+        message = "nginx is not installed (make setup installs Debian's nginx-light)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _handler(request: web.Request) -> web.StreamResponse:
+    port = request.transport.get_extra_info("sockname")[1]
+    if request.path.endswith("/ws"):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(f"{port}:{msg.data}")
+        return ws
+    if request.path.endswith("/big"):
+        resp = web.StreamResponse(headers={"Content-Length": str(BIG)})
+        await resp.prepare(request)
+        block = b"x" * CHUNK
+        for _ in range(BIG // CHUNK):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+    return web.json_response({"port": port, "path": request.raw_path,
+                              "x_real_ip": request.headers.get("X-Real-Ip"),
+                              "x_forwarded_for": request.headers.get("X-Forwarded-For")})
+
+
+class Env:
+    def __init__(self, nginx: str, upstreams: list[int]):
+        self.nginx, self.upstreams = nginx, upstreams
+        self.dir = Path(tempfile.mkdtemp(prefix="hpcgate-ngx-", dir="/tmp"))  # short: unix socket
+        self.port = _free_port()
+        self.proxies: list[NginxProxy] = []
+
+    def proxy(self, state: str = "state", **kw: Any) -> NginxProxy:
+        kw.setdefault("public_url", f"http://127.0.0.1:{self.port}/")
+        p = NginxProxy(state_dir=str(self.dir / state), nginx_path=self.nginx, should_start=True,
+                       check_running_interval=0, **kw)
+        self.proxies.append(p)
+        return p
+
+    def target(self, i: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.upstreams[i]}{path}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env() -> AsyncIterator[Env]:
+    nginx = _need_nginx()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ports = [_free_port() for _ in range(3)]
+    for port in ports:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    e = Env(nginx, ports)
+    try:
+        yield e
+    finally:
+        for p in e.proxies:  # whatever happened: no nginx left behind
+            try:
+                await p.stop()
+            except Exception as err:
+                print(f"stopping nginx: {err}")
+        for pid_file in e.dir.glob("*/nginx.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        await runner.cleanup()
+        shutil.rmtree(e.dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def proxy(env: Env) -> AsyncIterator[NginxProxy]:
+    p = env.proxy()
+    await p.start()
+    yield p
+
+
+async def get(env: Env, path: str, headers: dict[str, str] | None = None,
+              port: int | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port or env.port}{path}",
+                                                   headers=headers or {}) as r:
+        body = await r.text()
+        return r.status, json.loads(body) if r.content_type == "application/json" else body
+
+
+async def test_add_get_all_delete_and_delete_missing(env: Env, proxy: NginxProxy) -> None:
+    await proxy.add_route("/user/alice/", env.target(0), {"user": "alice", "server_name": ""})
+    assert await proxy.get_route("/user/alice/") == {
+        "routespec": "/user/alice/", "target": env.target(0), "data": {"user": "alice", "server_name": ""}}
+    assert set(await proxy.get_all_routes()) == {"/user/alice/"}
+    status, body = await get(env, "/user/alice/api/x?y=1")
+    assert status == 200 and body["port"] == env.upstreams[0] and body["path"] == "/user/alice/api/x?y=1"
+    assert (await get(env, "/user/alice"))[1]["path"] == "/user/alice"  # as CHP: the prefix's own URL
+    await proxy.delete_route("/user/alice/")
+    assert await proxy.get_route("/user/alice/") is None
+    assert await proxy.get_all_routes() == {}
+    assert (await get(env, "/user/alice/api"))[0] == 404
+    await proxy.delete_route("/user/alice/")  # missing: fine
+    await proxy.delete_route("/user/nobody/")
+
+
+async def test_most_specific_prefix_wins(env: Env, proxy: NginxProxy) -> None:
+    await asyncio.gather(proxy.add_route("/", env.target(0), {"hub": True}),
+                         proxy.add_route("/user/alice/", env.target(1), {}),
+                         proxy.add_route("/user/alice-2/", env.target(2, "/base"), {}))
+    for path, port, seen in [("/user/alice/lab", 1, "/user/alice/lab"),
+                             ("/user/alice-2/lab", 2, "/base/user/alice-2/lab"),
+                             ("/user/alice-3/lab", 0, "/user/alice-3/lab"),
+                             ("/hub/login", 0, "/hub/login"),
+                             ("/user/alice//x", 1, "/user/alice//x")]:
+        status, body = await get(env, path)
+        assert status == 200 and (body["port"], body["path"]) == (env.upstreams[port], seen), path
+    for spec in ("/user/alice/", "/user/alice-2/"):
+        await proxy.delete_route(spec)
+    assert (await get(env, "/user/alice/lab"))[1]["port"] == env.upstreams[0]  # now the default
+
+
+async def test_host_routes(env: Env) -> None:
+    port = _free_port()
+    p = env.proxy("hosts", public_url=f"http://127.0.0.1:{port}/", host_routing=True)
+    await p.start()
+    try:
+        await p.add_route("/", env.target(0), {"hub": True})
+        await p.add_route("alice.hub.test/", env.target(1), {"user": "alice"})
+        await p.add_route("alice.hub.test/special/", env.target(2), {})
+        with pytest.raises(ValueError):
+            await p.add_route("/user/bob/", env.target(1), {})  # no host while host routing
+        cases = [("alice.hub.test", "/lab", 1), ("alice.hub.test", "/special/x", 2),
+                 ("ALICE.hub.test:80", "/lab", 1), ("bob.hub.test", "/lab", 0), ("", "/lab", 0)]
+        for host, path, upstream in cases:
+            status, body = await get(env, path, {"Host": host} if host else None, port=port)
+            assert status == 200 and body["port"] == env.upstreams[upstream], (host, path, body)
+    finally:
+        await p.stop()
+
+
+async def test_client_supplied_addresses_are_replaced(env: Env, proxy: NginxProxy) -> None:
+    await proxy.add_route("/user/carol/", env.target(0), {})
+    status, body = await get(env, "/user/carol/api",
+                             {"X-Real-Ip": "6.6.6.6", "X-Forwarded-For": "6.6.6.6, 7.7.7.7"})
+    assert status == 200
+    assert (body["x_real_ip"], body["x_forwarded_for"]) == ("127.0.0.1", "127.0.0.1")
+    await proxy.delete_route("/user/carol/")
+
+
+async def test_refuses_what_could_break_out_of_a_directive(env: Env, proxy: NginxProxy) -> None:
+    before = await proxy.get_all_routes()
+    bad = [("/user/a\n}\nserver {/", env.target(0)), ("/user/x/", "http://127.0.0.1:1; evil;"),
+           ("/user/x/", 'http://127.0.0.1:1/"}'), ("/user/x/", "file:///etc/passwd"),
+           ("/user/x/", "http://$host:80")]
+    for spec, target in bad:
+        with pytest.raises(RouteError):
+            await proxy.add_route(spec, target, {})
+    assert await proxy.get_all_routes() == before
+    # Quotes, braces, semicolons and spaces in a (URL-escaped) name are written as a safe string.
+    spec = "/user/o%27brien%22%7B%3B%20x/"
+    await proxy.add_route(spec, env.target(1), {})
+    status, body = await get(env, spec + "api")
+    assert status == 200 and body["port"] == env.upstreams[1]
+    await proxy.delete_route(spec)
+
+
+async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, proxy: NginxProxy) -> None:
+    before = await proxy.get_all_routes()
+    with pytest.raises(RuntimeError, match="host not found"):
+        await proxy.add_route("/user/ivy/", "http://no-such-host.invalid:80", {})
+    assert await proxy.get_all_routes() == before
+    await proxy.add_route("/user/ivy/", env.target(1), {})  # the next change goes through
+    assert (await get(env, "/user/ivy/x"))[1]["port"] == env.upstreams[1]
+    await proxy.delete_route("/user/ivy/")
+
+
+async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
+    first = proxy._generation
+    await asyncio.gather(*[proxy.add_route(f"/user/u{i}/", env.target(i % 3), {}) for i in range(10)])
+    assert proxy._generation - first == 1
+    await asyncio.gather(*[proxy.delete_route(f"/user/u{i}/") for i in range(10)])
+    assert proxy._generation - first == 2
+
+
+async def test_routes_survive_a_new_proxy_object_and_it_adopts_nginx(env: Env, proxy: NginxProxy) -> None:
+    await proxy.add_route("/user/dave/", env.target(2), {"user": "dave"})
+    routes = await proxy.get_all_routes()
+    pid = proxy._pid
+    # A hub restarted after a crash: a new object on the same state directory.
+    again = env.proxy()
+    assert await again.get_all_routes() == routes
+    await again.start()
+    assert again._pid == pid  # the same nginx: open connections survive
+    await again.add_route("/user/erin/", env.target(0), {})
+    assert (await get(env, "/user/dave/x"))[1]["port"] == env.upstreams[2]
+    assert (await get(env, "/user/erin/x"))[1]["port"] == env.upstreams[0]
+    for spec in ("/user/dave/", "/user/erin/"):
+        await again.delete_route(spec)
+    proxy._routes = None  # the old object re-reads the state the new one wrote
+    assert await proxy.get_all_routes() == await again.get_all_routes()
+
+
+async def test_download_and_websocket_survive_20_route_changes(env: Env, proxy: NginxProxy) -> None:
+    await proxy.add_route("/user/frank/", env.target(1), {})
+    timings = []
+    async with aiohttp.ClientSession() as s, \
+            s.ws_connect(f"http://127.0.0.1:{env.port}/user/frank/ws") as ws, \
+            s.get(f"http://127.0.0.1:{env.port}/user/frank/big") as download:
+        assert download.status == 200
+        received = 0
+        for i in range(20):
+            received += len(await download.content.readexactly(BIG // 20))
+            spec = f"/user/g{i}/"
+            if i % 2:
+                await proxy.delete_route(f"/user/g{i - 1}/")
+            t0 = time.monotonic()
+            await proxy.add_route(spec, env.target(i % 3), {})
+            timings.append(time.monotonic() - t0)
+            # A request right after add_route returns reaches the new route, never a 5xx.
+            status, body = await get(env, f"{spec}api")
+            assert status == 200 and body["port"] == env.upstreams[i % 3], (i, status, body)
+            await ws.send_str(f"ping{i}")
+            assert (await ws.receive_str(timeout=5)) == f"{env.upstreams[1]}:ping{i}"
+        received += len(await download.content.read())
+        assert received == BIG
+    for spec in list(await proxy.get_all_routes()):
+        if spec.startswith("/user/g"):
+            await proxy.delete_route(spec)
+    await proxy.delete_route("/user/frank/")
+    timings.sort()
+    print(f"add_route to served, with a download open: p50 {1000 * timings[10]:.0f} ms, "
+          f"max {1000 * timings[-1]:.0f} ms")
+
+
+async def test_reload_latency_with_200_routes(env: Env, proxy: NginxProxy) -> None:
+    await asyncio.gather(*[proxy.add_route(f"/user/many{i}/", env.target(i % 3), {}) for i in range(200)])
+    timings = []
+    for i in range(5):
+        t0 = time.monotonic()
+        await proxy.add_route(f"/user/late{i}/", env.target(0), {})
+        timings.append(time.monotonic() - t0)
+    assert (await get(env, "/user/many150/x"))[1]["port"] == env.upstreams[0]
+    await asyncio.gather(*[proxy.delete_route(spec) for spec in await proxy.get_all_routes()])
+    timings.sort()
+    print(f"add_route with 200 routes: p50 {1000 * timings[2]:.0f} ms, max {1000 * timings[-1]:.0f} ms")
+    assert timings[-1] < 2
+
+
+async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: NginxProxy) -> None:
+    await proxy.add_route("/user/gina/", env.target(1), {})
+    os.kill(proxy._pid, signal.SIGKILL)  # nginx crashed (its workers linger until they notice)
+    deadline = time.monotonic() + 5
+    while proxy._running_pid() is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await proxy.check_running()
+    status, body = await get(env, "/user/gina/x")
+    assert status == 200 and body["port"] == env.upstreams[1]
+    await proxy.delete_route("/user/gina/")
+    await proxy.stop()
+    assert proxy._running_pid() is None
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get(env, "/user/gina/x")
+
+
+async def test_tls_with_http2_towards_browsers(env: Env) -> None:
+    import ssl
+
+    from gateway.lab.tls import make_ca_and_server_cert
+
+    tls = env.dir / "tls"
+    make_ca_and_server_cert(tls, ["localhost"], ["127.0.0.1"])
+    port = _free_port()
+    p = env.proxy("tls", public_url=f"https://127.0.0.1:{port}/", ssl_cert=str(tls / "server.crt"),
+                  ssl_key=str(tls / "server.key"))
+    await p.start()
+    try:
+        await p.add_route("/", env.target(0), {"hub": True})
+        context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context) as r:
+            assert r.status == 200 and (await r.json())["port"] == env.upstreams[0]
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        writer.close()
+    finally:
+        await p.stop()
+
+
+@pytest.mark.parametrize("knows_pid", [True, False])
+async def test_a_sites_own_nginx_through_include_file_and_reload_command(env: Env, knows_pid: bool) -> None:
+    """should_start = False: the site's nginx includes our file (a glob, so that it starts before
+    the hub wrote it) and the hub runs the site's reload command."""
+    site = env.dir / f"site-{knows_pid}"
+    site.mkdir()
+    port = _free_port()
+    include = site / "hpcgate-routes.conf"
+    conf = site / "nginx.conf"
+    conf.write_text(f"""daemon off; pid {site}/nginx.pid; error_log {site}/error.log;
+events {{}}
+http {{
+    client_body_temp_path {site}/body; proxy_temp_path {site}/proxy; fastcgi_temp_path {site}/f;
+    uwsgi_temp_path {site}/u; scgi_temp_path {site}/s;
+    include {site}/hpcgate-routes*.conf;
+}}
+""")
+    proc = await asyncio.create_subprocess_exec(env.nginx, "-c", str(conf), "-p", f"{site}/")
+    while not (site / "nginx.pid").exists():
+        await asyncio.sleep(0.01)
+    try:
+        p = NginxProxy(state_dir=str(site / "state"), should_start=False, include_file=str(include),
+                       public_url=f"http://127.0.0.1:{port}/",
+                       pid_file=str(site / "nginx.pid") if knows_pid else "",
+                       reload_command=[env.nginx, "-s", "reload", "-c", str(conf), "-p", f"{site}/"])
+        await p.add_route("/", env.target(0), {"hub": True})
+        for _ in range(3):  # each request right after the change returns sees it
+            await p.add_route("/user/hank/", env.target(2), {})
+            status, body = await get(env, "/user/hank/x", {"X-Real-Ip": "6.6.6.6"}, port=port)
+            assert status == 200 and body["port"] == env.upstreams[2] and body["x_real_ip"] == "127.0.0.1"
+            await p.delete_route("/user/hank/")
+            assert (await get(env, "/user/hank/x", port=port))[1]["port"] == env.upstreams[0]
+        assert "hank" not in include.read_text()
+    finally:
+        proc.terminate()
+        await proc.wait()

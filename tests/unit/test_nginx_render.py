@@ -1,0 +1,181 @@
+"""hpcgate-nginx's pure parts: routes rendered to nginx configuration, their order, and what may
+never reach a directive unescaped."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import quote as url_quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.hub.proxy.render import (
+    RouteError,
+    Settings,
+    order,
+    parse_routespec,
+    parse_target,
+    quote,
+    render_http,
+    render_main,
+)
+from gateway.lab.hub import proxy_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = Settings(listen=("127.0.0.1:8000",), status_listen="unix:/s/status.sock", generation=7,
+                    error_target="http://10.0.0.1:8081/hub/error")
+
+
+def nginx_string(text: str) -> tuple[str, str]:
+    """Read one token as nginx's parser does (ngx_conf_read_token): a double-quoted string with
+    \\" and \\\\ unescaped, ending at the first unescaped quote; (value, the rest)."""
+    assert text[0] == '"'
+    out, i = [], 1
+    while text[i] != '"':
+        if text[i] == "\\" and text[i + 1] in '"\\\'':
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out), text[i + 1:]
+
+
+def locations(conf: str) -> dict[str, str]:
+    """location value (decoded as nginx reads it) -> the block's first directive."""
+    found = {}
+    for line in conf.splitlines():
+        m = re.match(r"\s*location (= )?(\".*)", line)
+        if m:
+            value, rest = nginx_string(m.group(2))
+            found[("= " if m.group(1) else "") + value] = rest.strip()
+    return found
+
+
+def test_one_location_per_prefix_upstreams_with_keepalive_and_headers_from_the_peer() -> None:
+    conf = render_http({"/": {"target": "http://10.0.0.1:8081"},
+                        "/user/alice/": {"target": "http://10.0.0.2:40000"},
+                        "/user/alice-2/": {"target": "http://10.0.0.2:40000"}}, SETTINGS)
+    upstreams = re.findall(r"upstream (\S+) \{ server (\S+); keepalive 32; \}", conf)
+    assert sorted(u[1] for u in upstreams) == ["10.0.0.1:8081", "10.0.0.2:40000"]  # shared
+    alice = parse_target("http://10.0.0.2:40000").upstream
+    assert locations(conf) == {
+        "/": f"{{ proxy_pass http://{parse_target('http://10.0.0.1:8081').upstream}; }}",
+        "/user/alice/": f"{{ proxy_pass http://{alice}; }}",
+        "= /user/alice": f"{{ proxy_pass http://{alice}; }}",
+        "/user/alice-2/": f"{{ proxy_pass http://{alice}; }}",
+        "= /user/alice-2": f"{{ proxy_pass http://{alice}; }}",
+    }
+    for directive in ("proxy_set_header X-Real-IP $remote_addr;",
+                      "proxy_set_header X-Forwarded-For $remote_addr;",
+                      "proxy_buffering off;", "proxy_request_buffering off;", "client_max_body_size 0;",
+                      "proxy_http_version 1.1;", "proxy_set_header Connection $hpcgate_connection_upgrade;",
+                      "proxy_read_timeout 86400s;", "listen 127.0.0.1:8000 default_server;",
+                      "listen unix:/s/status.sock;", 'return 200 "7\\n";',
+                      "error_page 502 504 = @hpcgate_unreachable;", "rewrite ^ /hub/error/503 break;"):
+        assert directive in conf, directive
+    # The client's own forwarding headers are never passed on.
+    assert "$http_x_forwarded_for" not in conf and "$proxy_add_x_forwarded_for" not in conf
+
+
+def test_without_a_default_route_unknown_paths_are_404_and_a_target_path_is_prepended() -> None:
+    conf = render_http({"/services/x/": {"target": "http://127.0.0.1:9000/base/"}}, SETTINGS)
+    up = parse_target("http://127.0.0.1:9000").upstream
+    assert locations(conf)["/services/x/"] == f"{{ proxy_pass http://{up}/base$request_uri; }}"
+    assert 'location / { return 404 "No route for this URL.\\n"; }' in conf
+
+
+def test_host_routes_get_their_own_server_falling_back_to_the_default_route() -> None:
+    conf = render_http({"/": {"target": "http://10.0.0.1:8081"},
+                        "alice.hub.org/": {"target": "http://10.0.0.2:1"},
+                        "bob.hub.org/x/": {"target": "http://10.0.0.3:1"}}, SETTINGS)
+    servers = conf.split("server {")[1:]
+    names = [re.search(r"server_name (\S+);", s).group(1) for s in servers[:3]]
+    assert names == ["_", '"alice.hub.org"', '"bob.hub.org"']
+    assert "default_server" in servers[0] and "default_server" not in servers[1]
+    hub, alice = (parse_target(t).upstream for t in ("http://10.0.0.1:8081", "http://10.0.0.2:1"))
+    assert locations(servers[1])["/"] == f"{{ proxy_pass http://{alice}; }}"
+    assert locations(servers[2])["/"] == f"{{ proxy_pass http://{hub}; }}"  # bob has only /x/
+
+
+def test_tls_listens_with_http2_and_the_sites_certificate() -> None:
+    tls = Settings(listen=("0.0.0.0:443",), status_listen="unix:/s", generation=1,
+                   tls=("/etc/ssl/hub.crt", "/etc/ssl/private/hub.key"))
+    conf = render_http({"/": {"target": "http://10.0.0.1:8081"}}, tls)
+    assert "listen 0.0.0.0:443 default_server ssl http2;" in conf
+    assert 'ssl_certificate "/etc/ssl/hub.crt";' in conf
+    assert 'ssl_certificate_key "/etc/ssl/private/hub.key";' in conf
+    assert " ssl" not in render_http({"/": {"target": "http://10.0.0.1:8081"}}, SETTINGS)
+
+
+def test_order_most_specific_first_host_routes_first() -> None:
+    specs = ["/", "/user/alice/", "/user/alice/lab/", "h.org/", "/user/", "h.org/a/b/"]
+    assert order(specs) == ["h.org/a/b/", "h.org/", "/user/alice/lab/", "/user/alice/", "/user/", "/"]
+
+
+@pytest.mark.parametrize("spec", [
+    "/user/a\n}\nserver {/", "/user/a%0A}/", "/user/a%09b/", "/user/a\x00/", "/user/alice",
+    "ev il.org/", "a;b.org/", 'x".org/', "-bad.org/", "/user/%ZZ\r/",
+])
+def test_routespecs_that_could_break_out_are_refused(spec: str) -> None:
+    with pytest.raises(RouteError):
+        parse_routespec(spec)
+
+
+@pytest.mark.parametrize("target", [
+    "http://127.0.0.1:1; evil;", 'http://127.0.0.1:1/"}', "http://127.0.0.1:1/a b", "http://$host:80",
+    "http://127.0.0.1:1/{x}", "http://127.0.0.1:1/\n", "file:///etc/passwd", "gopher://h:1",
+    "http://user:pw@h:1", "http://h:1/?q=1", "http://h:99999", "http://-h:1", "http://h:1/a#b",
+])
+def test_targets_that_are_not_plain_urls_are_refused(target: str) -> None:
+    with pytest.raises(RouteError):
+        parse_target(target)
+
+
+def test_targets_accepted() -> None:
+    assert parse_target("http://10.1.2.3:8888").host == "10.1.2.3"
+    assert parse_target("http://[::1]:8888/").host == "[::1]"
+    t = parse_target("https://node-7.cluster.example:443/prefix/")
+    assert (t.scheme, t.host, t.port, t.path) == ("https", "node-7.cluster.example", 443, "/prefix")
+    assert parse_target("http://h").port == 80
+
+
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=12),
+                min_size=1, max_size=3))
+def test_any_escaped_name_reads_back_as_nginx_matches_it(segments: list[str]) -> None:
+    """Quotes, braces, semicolons, backslashes, spaces, '$', '#', non-ASCII: whatever a (URL-
+    escaped) user or server name holds, nginx reads the location back as the decoded path."""
+    path = "/" + "/".join(url_quote(s, safe="") for s in segments) + "/"
+    conf = render_http({path: {"target": "http://127.0.0.1:1"}}, SETTINGS)
+    decoded = "/" + "/".join(segments) + "/"
+    assert decoded in locations(conf)
+    # Nothing outside the quoted string: the line ends with the one proxy_pass block.
+    assert locations(conf)[decoded].startswith("{ proxy_pass http://hpcgate_")
+
+
+def test_quote_escapes_what_nginx_unescapes_and_refuses_control_characters() -> None:
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    assert nginx_string(quote('x"; } evil {') + " tail") == ('x"; } evil {', " tail")
+    with pytest.raises(RouteError):
+        quote("a\nb")
+
+
+def test_main_config_runs_in_the_foreground_with_its_own_paths() -> None:
+    conf = render_main("# http", "/st", "/st/p.pid", "/st/e.log", "auto")
+    assert "daemon off;" in conf and 'pid "/st/p.pid";' in conf and 'error_log "/st/e.log" warn;' in conf
+    assert 'proxy_temp_path "/st/temp/proxy";' in conf and "access_log off;" in conf
+    with pytest.raises(RouteError):
+        render_main("", "/st", "/p", "/e", "2; user root")
+
+
+def test_lab_proxy_choice_and_entry_point() -> None:
+    nginx = proxy_config("nginx", Path("/var/tmp/h"), 1)
+    assert 'c.JupyterHub.proxy_class = "hpcgate-nginx"' in nginx
+    assert "c.NginxProxy.state_dir = '/var/tmp/h/nginx'" in nginx
+    assert "c.NginxProxy.pid_file = '/var/tmp/h/jupyterhub-proxy.pid'" in nginx
+    assert "configurable-http-proxy" in proxy_config("chp", Path("/var/tmp/h"), 1)
+    with pytest.raises(ValueError):
+        proxy_config("traefik", Path("/x"), 1)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'hpcgate-nginx = "gateway.hub.proxy.nginx:NginxProxy"' in \
+        pyproject.split('[project.entry-points."jupyterhub.proxies"]')[1]
