@@ -78,10 +78,12 @@ class CountingRunner(LocalRunner):
     """The hub's runner, counting the bytes its commands print."""
 
     bytes_read = 0
+    calls = 0
 
     async def run(self, argv: Sequence[str], **kwargs) -> CommandResult:  # type: ignore[override]
         res = await super().run(argv, **kwargs)
         self.bytes_read += len(res.stdout.encode()) + len(res.stderr.encode())
+        self.calls += 1
         return res
 
 
@@ -105,18 +107,19 @@ async def _watch(side: Side, env: dict[str, str], job_ids: list[str], ticks: int
     await sched.node_addresses()  # cached for 5 minutes: not a per-tick cost
     watcher = JobWatcher(sched, fast_interval=0.5)
     sdiag(env, reset=True)
-    runner.bytes_read = 0
+    runner.bytes_read = runner.calls = 0
     self0, kids0 = _cpu()
     for job_id in job_ids:
         watcher.track(job_id)
-    while watcher.queries < ticks:  # noqa: ASYNC110 - polling a counter of the watcher's own loop
-        await asyncio.sleep(0.05)
+    # Stop once `ticks` queries have completed: the next one is 0.5 s away, never cut off halfway.
+    while runner.calls < ticks:  # noqa: ASYNC110 - polling a counter of the watcher's own loop
+        await asyncio.sleep(0.02)
     await watcher.stop()
     self1, kids1 = _cpu()
-    scale = ticks / watcher.queries  # the watcher may finish one query beyond `ticks`
-    side.cpu_self, side.cpu_children = (self1 - self0) * scale, (kids1 - kids0) * scale
-    side.bytes_read = round(runner.bytes_read * scale)
-    side.wall = watcher.query_seconds * scale
+    side.cpu_self, side.cpu_children = self1 - self0, kids1 - kids0
+    side.bytes_read = runner.bytes_read
+    side.wall = watcher.query_seconds
+    side.ticks = runner.calls
     return watcher
 
 
@@ -125,7 +128,7 @@ def hpcgate_side(name: str, env: dict[str, str], job_ids: list[str], ticks: int)
     watcher = asyncio.run(_watch(side, env, job_ids, ticks))
     seen = sum(1 for j in job_ids if watcher.latest(j).state is not JobState.UNKNOWN)
     assert seen == len(job_ids), f"the watcher saw {seen} of {len(job_ids)} jobs: {watcher.last_error}"
-    _measure_rpcs(side, env, watcher.queries, ticks)
+    _measure_rpcs(side, env, side.ticks, side.ticks)
     return side
 
 
