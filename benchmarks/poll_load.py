@@ -165,7 +165,8 @@ def report(sides: list[Side], servers: int, background: int) -> list[str]:
     ]
     width = max(22, *(len(s.name) + 2 for s in sides))
     lines = [f"{servers} jobs followed; per tick (averaged over {sides[0].ticks} ticks), "
-             f"{background} held background jobs of other users where it says so",
+             f"{background} of them held background jobs of other users; columns name every job record "
+             "slurmctld holds",
              f"{'':24}" + "".join(f"{s.name:>{width}}" for s in sides)]
     lines += [f"{label:24}" + "".join(f"{fmt(s):>{width}}" for s in sides) for label, fmt in rows]
     types = sorted({t for s in sides for t in (s.rpc_types or {})})
@@ -200,17 +201,18 @@ def main() -> None:
                 jobs.append((user, await sched.submit(req, user)))
         asyncio.run(submit_all())
         ids = [j for _, j in jobs]
-        already = cluster.background_jobs(lab_dir)
-        quiet = hpcgate_side(f"hpcgate, {already} bg", env, ids, args.ticks)
+        # Labelled by every record slurmctld holds: cancelled jobs count until MinJobAge passes.
+        quiet = hpcgate_side(f"hpcgate, {cluster.job_records(lab_dir)} jobs", env, ids, args.ticks)
         sides = [quiet]
         if args.background_jobs:
             t0 = time.perf_counter()
             added_background = cluster.submit_background_jobs(lab_dir, args.background_jobs, ["bob", "carol"])
             print(f"(submitted {added_background} held background jobs in {time.perf_counter() - t0:.0f} s)")
         background = cluster.background_jobs(lab_dir)
-        busy = hpcgate_side(f"hpcgate, {background} bg", env, ids, args.ticks)
+        records = cluster.job_records(lab_dir)
+        busy = hpcgate_side(f"hpcgate, {records} jobs", env, ids, args.ticks)
         batch = batchspawner_side(env, jobs, args.ticks)
-        batch.name = f"batchspawner, {background} bg"
+        batch.name = f"batchspawner, {records} jobs"
         sides += [busy, batch]
     finally:
         subprocess.run(["scancel", *[j for _, j in jobs]], env={**os.environ, **env},

@@ -207,6 +207,11 @@ def max_job_count(lab_dir: Path) -> int:
     return 10000
 
 
+def job_records(lab_dir: Path) -> int:
+    """Every job record slurmctld holds, finished ones within MinJobAge included."""
+    return _squeue_count(lab_dir, "-t", "all")
+
+
 def background_jobs(lab_dir: Path) -> int:
     """How many held background jobs the queue holds now."""
     return _squeue_count(lab_dir, "-t", "PENDING", "-n", BACKGROUND_JOB_NAME)
