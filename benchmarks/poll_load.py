@@ -1,12 +1,17 @@
-"""Controller load of following N jobs: hpcgate's watcher against batchspawner's per-job polling.
+"""Cost of following N jobs: hpcgate's watcher against batchspawner's per-job polling, on a quiet
+and on a busy queue.
 
-    python -m benchmarks.poll_load --servers 100 [--ticks 5]
+    python -m benchmarks.poll_load --servers 100 [--background-jobs 20000] [--ticks 5]
+                                   [--lab-dir /var/tmp/hpcgate-lab-bench]
 
-Submits N sleeping jobs on the lab (as alice, bob and carol in turn), then follows all of them for
-the same number of ticks (a) with hpcgate's JobWatcher (one `squeue --json` per tick) and (b) the
-way batchspawner 1.3 does (`sudo -E -u USER squeue -h -j ID -o '%T %B'`, one per job per tick).
-slurmctld's own counters (`sdiag`, reset before each side) count the RPCs. The last line is
-`ratio=<batchspawner RPCs / hpcgate RPCs>`.
+Submits N sleeping jobs on the lab (as alice, bob and carol in turn) and follows them for the same
+number of ticks (a) with hpcgate's JobWatcher (one `squeue -h -t all -j OUR_IDS -O ...` per tick)
+and (b) the way batchspawner 1.3 does (`sudo -E -u USER squeue -h -j ID -o '%T %B'`, one per job
+per tick). hpcgate runs first on the quiet queue, then both run again after the lab has been given
+`--background-jobs` held jobs of other users. Measured per tick: controller RPCs and their time
+(slurmctld's own counters, `sdiag`, reset before each side), the hub's CPU (its own process plus
+the commands it runs), bytes read from the commands, and wall time. The last line is
+`ratio=<batchspawner RPCs / hpcgate RPCs>` on the busy queue.
 """
 
 from __future__ import annotations
@@ -15,20 +20,27 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from gateway.lab import Lab
+from gateway.lab import Lab, cluster
 from schedulers.backends import SlurmScheduler
 from schedulers.model import JobRequest, JobState
-from schedulers.runners import LocalRunner, SudoRunner
+from schedulers.runners import CommandResult, LocalRunner, SudoRunner
 from schedulers.watcher import JobWatcher
 
 USERS = ("alice", "bob", "carol")
-_RPC_LINE = re.compile(r"^\s+(REQUEST_\w+|MESSAGE_\w+)\s+\(\s*\d+\)\s+count:(\d+)")
+_RPC_LINE = re.compile(
+    r"^\s+(REQUEST_\w+|MESSAGE_\w+)\s+\(\s*\d+\)\s+count:(\d+)\s+ave_time:\d+\s+total_time:(\d+)")
 
 
-def sdiag(env: dict[str, str], reset: bool = False) -> dict[str, int]:
+def sdiag(env: dict[str, str], reset: bool = False, field: str = "count") -> dict[str, int]:
+    """slurmctld's RPC counters by message type (`field` "count", or "total_time" in µs), without
+    sdiag's own REQUEST_STATS_INFO; `reset` zeroes them (root only)."""
     full = {**os.environ, **env}
     if reset:
         subprocess.run(["sdiag", "-r"], env=full, check=True, capture_output=True)
@@ -39,27 +51,92 @@ def sdiag(env: dict[str, str], reset: bool = False) -> dict[str, int]:
     counts = {}
     for line in section.splitlines():
         m = _RPC_LINE.match(line)
-        if m and m.group(1) != "REQUEST_STATS_INFO":  # sdiag's own calls
-            counts[m.group(1)] = int(m.group(2))
+        if m and m.group(1) != "REQUEST_STATS_INFO":
+            counts[m.group(1)] = int(m.group(2) if field == "count" else m.group(3))
     return counts
 
 
-async def hpcgate_side(env: dict[str, str], job_ids: list[str], ticks: int) -> tuple[float, int]:
-    """The watcher's own loop until it has made `ticks` queries: (seconds spent querying, queries)."""
-    watcher = JobWatcher(SlurmScheduler(LocalRunner(env=env)), fast_interval=0.5)
+@dataclass
+class Side:
+    """One side's figures over its ticks."""
+
+    name: str
+    ticks: int = 0
+    rpcs: int = 0
+    rpc_types: dict[str, int] | None = None
+    controller_us: int = 0
+    cpu_self: float = 0.0
+    cpu_children: float = 0.0
+    bytes_read: int = 0
+    wall: float = 0.0
+
+    def per_tick(self, value: float) -> float:
+        return value / max(self.ticks, 1)
+
+
+class CountingRunner(LocalRunner):
+    """The hub's runner, counting the bytes its commands print."""
+
+    bytes_read = 0
+    calls = 0
+
+    async def run(self, argv: Sequence[str], **kwargs) -> CommandResult:  # type: ignore[override]
+        res = await super().run(argv, **kwargs)
+        self.bytes_read += len(res.stdout.encode()) + len(res.stderr.encode())
+        self.calls += 1
+        return res
+
+
+def _cpu() -> tuple[float, float]:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _measure_rpcs(side: Side, env: dict[str, str], ticks_done: int, ticks: int) -> None:
+    counts, times = sdiag(env), sdiag(env, field="total_time")
+    scale = ticks / max(ticks_done, 1)
+    side.rpcs = round(sum(counts.values()) * scale)
+    side.rpc_types = counts
+    side.controller_us = round(sum(times.values()) * scale)
+    side.ticks = ticks
+
+
+async def _watch(side: Side, env: dict[str, str], job_ids: list[str], ticks: int) -> JobWatcher:
+    runner = CountingRunner(env=env)
+    sched = SlurmScheduler(runner)
+    await sched.node_addresses()  # cached for 5 minutes: not a per-tick cost
+    watcher = JobWatcher(sched, fast_interval=0.5)
+    sdiag(env, reset=True)
+    runner.bytes_read = runner.calls = 0
+    self0, kids0 = _cpu()
     for job_id in job_ids:
         watcher.track(job_id)
-    while watcher.queries < ticks:  # noqa: ASYNC110 - polling a counter of the watcher's own loop
-        await asyncio.sleep(0.05)
+    # Stop once `ticks` queries have completed: the next one is 0.5 s away, never cut off halfway.
+    while runner.calls < ticks:  # noqa: ASYNC110 - polling a counter of the watcher's own loop
+        await asyncio.sleep(0.02)
     await watcher.stop()
-    elapsed = watcher.query_seconds
+    self1, kids1 = _cpu()
+    side.cpu_self, side.cpu_children = self1 - self0, kids1 - kids0
+    side.bytes_read = runner.bytes_read
+    side.wall = watcher.query_seconds
+    side.ticks = runner.calls
+    return watcher
+
+
+def hpcgate_side(name: str, env: dict[str, str], job_ids: list[str], ticks: int) -> Side:
+    side = Side(name)
+    watcher = asyncio.run(_watch(side, env, job_ids, ticks))
     seen = sum(1 for j in job_ids if watcher.latest(j).state is not JobState.UNKNOWN)
-    assert seen == len(job_ids), f"the watcher saw {seen} of {len(job_ids)} jobs"
-    return elapsed, watcher.queries
+    assert seen == len(job_ids), f"the watcher saw {seen} of {len(job_ids)} jobs: {watcher.last_error}"
+    _measure_rpcs(side, env, side.ticks, side.ticks)
+    return side
 
 
-def batchspawner_side(env: dict[str, str], jobs: list[tuple[str, str]], ticks: int) -> float:
+def batchspawner_side(env: dict[str, str], jobs: list[tuple[str, str]], ticks: int) -> Side:
+    side = Side("batchspawner 1.3")
     full = {**os.environ, **env}
+    sdiag(env, reset=True)
+    self0, kids0 = _cpu()
     t0 = time.perf_counter()
     for _ in range(ticks):
         for user, job_id in jobs:
@@ -67,22 +144,54 @@ def batchspawner_side(env: dict[str, str], jobs: list[tuple[str, str]], ticks: i
             out = subprocess.run(["sudo", "-E", "-u", user, "squeue", "-h", "-j", job_id,
                                   "-o", "%T %B"], env=full, capture_output=True, text=True)
             assert out.returncode == 0 and out.stdout.strip(), out.stderr
-    return time.perf_counter() - t0
+            side.bytes_read += len(out.stdout.encode()) + len(out.stderr.encode())
+    side.wall = time.perf_counter() - t0
+    self1, kids1 = _cpu()
+    side.cpu_self, side.cpu_children = self1 - self0, kids1 - kids0
+    _measure_rpcs(side, env, ticks, ticks)
+    return side
+
+
+def report(sides: list[Side], servers: int, background: int) -> list[str]:
+    """The table, one column per side, every figure per tick."""
+    rows = [
+        ("controller RPCs", lambda s: f"{s.per_tick(s.rpcs):.1f}"),
+        ("controller time (ms)", lambda s: f"{s.per_tick(s.controller_us) / 1000:.2f}"),
+        ("hub CPU (ms)", lambda s: f"{s.per_tick(s.cpu_self + s.cpu_children) * 1000:.1f}"),
+        ("  hub process (ms)", lambda s: f"{s.per_tick(s.cpu_self) * 1000:.1f}"),
+        ("  its commands (ms)", lambda s: f"{s.per_tick(s.cpu_children) * 1000:.1f}"),
+        ("bytes read", lambda s: f"{s.per_tick(s.bytes_read):.0f}"),
+        ("tick time (s)", lambda s: f"{s.per_tick(s.wall):.3f}"),
+    ]
+    width = max(22, *(len(s.name) + 2 for s in sides))
+    lines = [f"{servers} jobs followed; per tick (averaged over {sides[0].ticks} ticks), "
+             f"{background} of them held background jobs of other users; columns name every job record "
+             "slurmctld holds",
+             f"{'':24}" + "".join(f"{s.name:>{width}}" for s in sides)]
+    lines += [f"{label:24}" + "".join(f"{fmt(s):>{width}}" for s in sides) for label, fmt in rows]
+    types = sorted({t for s in sides for t in (s.rpc_types or {})})
+    lines += [f"  {t:<22}" + "".join(f"{(s.rpc_types or {}).get(t, 0):>{width}}" for s in sides)
+              for t in types]
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--servers", type=int, default=100)
     parser.add_argument("--ticks", type=int, default=5)
-    parser.add_argument("--dir", default="/var/tmp/hpcgate-lab-bench")
+    parser.add_argument("--background-jobs", type=int, default=0,
+                        help="held jobs of other users in the queue for the second round")
+    parser.add_argument("--lab-dir", "--dir", dest="dir", default="/var/tmp/hpcgate-lab-bench")
     args = parser.parse_args()
 
     lab = Lab(args.dir)
     was_up = lab.status()["ok"]
     info = lab.up(nodes=2)
     env = info["slurm"]["env"]
+    lab_dir = Path(info["dir"])
     sched = SlurmScheduler(SudoRunner(env=env))
     jobs: list[tuple[str, str]] = []
+    added_background = 0
     try:
         async def submit_all() -> None:
             for i in range(args.servers):
@@ -92,32 +201,35 @@ def main() -> None:
                 jobs.append((user, await sched.submit(req, user)))
         asyncio.run(submit_all())
         ids = [j for _, j in jobs]
-
-        sdiag(env, reset=True)
-        hp_seconds, hp_ticks = asyncio.run(hpcgate_side(env, ids, args.ticks))
-        hp = sdiag(env)
-        sdiag(env, reset=True)
-        bs_seconds = batchspawner_side(env, jobs, args.ticks)
-        bs = sdiag(env)
+        # Labelled by every record slurmctld holds: cancelled jobs count until MinJobAge passes.
+        quiet = hpcgate_side(f"hpcgate, {cluster.job_records(lab_dir)} jobs", env, ids, args.ticks)
+        sides = [quiet]
+        if args.background_jobs:
+            t0 = time.perf_counter()
+            added_background = cluster.submit_background_jobs(lab_dir, args.background_jobs, ["bob", "carol"])
+            print(f"(submitted {added_background} held background jobs in {time.perf_counter() - t0:.0f} s)")
+        background = cluster.background_jobs(lab_dir)
+        records = cluster.job_records(lab_dir)
+        busy = hpcgate_side(f"hpcgate, {records} jobs", env, ids, args.ticks)
+        batch = batchspawner_side(env, jobs, args.ticks)
+        batch.name = f"batchspawner, {records} jobs"
+        sides += [busy, batch]
     finally:
         subprocess.run(["scancel", *[j for _, j in jobs]], env={**os.environ, **env},
                        capture_output=True)
+        if added_background:
+            cluster.cancel_background_jobs(lab_dir)
         if not was_up:
             lab.down()
 
-    # The watcher may finish one query beyond `ticks` while stopping: compare per tick.
-    hp_total = sum(hp.values()) * args.ticks / hp_ticks
-    bs_total = sum(bs.values())
-    print(f"{args.servers} jobs followed for {args.ticks} ticks on the lab's slurmctld "
-          f"(RPCs counted by sdiag)")
-    print(f"{'':24}{'hpcgate watcher':>18}{'batchspawner 1.3':>20}")
-    print(f"{'controller RPCs':24}{hp_total:>18.0f}{bs_total:>20}")
-    print(f"{'RPCs per tick':24}{hp_total / args.ticks:>18.1f}{bs_total / args.ticks:>20.1f}")
-    print(f"{'query time per tick (s)':24}{hp_seconds / hp_ticks:>18.3f}{bs_seconds / args.ticks:>20.3f}")
-    print(f"{'processes per tick':24}{1:>18}{args.servers:>20}")
-    for name in sorted(set(hp) | set(bs)):
-        print(f"  {name:<30}{hp.get(name, 0):>12}{bs.get(name, 0):>20}")
-    print(f"ratio={bs_total / max(hp_total, 1):.1f}")
+    for line in report(sides, args.servers, background):
+        print(line)
+    cpu = [s.per_tick(s.cpu_self + s.cpu_children) for s in (quiet, busy)]
+    own = [s.per_tick(s.cpu_self) for s in (quiet, busy)]
+    print(f"hpcgate hub CPU busy/quiet: {cpu[1] / max(cpu[0], 1e-9):.2f} (its process alone "
+          f"{own[1] / max(own[0], 1e-9):.2f}); bytes busy/quiet: "
+          f"{busy.bytes_read / max(quiet.bytes_read, 1):.2f}")
+    print(f"ratio={batch.rpcs / max(busy.rpcs, 1):.1f}")
 
 
 if __name__ == "__main__":

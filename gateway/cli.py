@@ -37,7 +37,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab(args.dir)
     if args.action == "up":
         t0 = time.monotonic()
-        info = lab.up(nodes=args.nodes, fresh_jobs=args.fresh)
+        info = lab.up(nodes=args.nodes, fresh_jobs=args.fresh, users=args.users,
+                      background_jobs=args.background_jobs)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--json", action="store_true", help="machine-readable output")
     lab.add_argument("--fresh", action="store_true",
                      help="with up, when the lab is stopped: forget Slurm's saved jobs")
+    lab.add_argument("--users", type=int, default=0, metavar="N",
+                     help="with up: N extra users user01..userNN (directory and Unix accounts, "
+                          "in hpc-users), kept by later runs")
+    lab.add_argument("--background-jobs", type=int, default=0, metavar="N",
+                     help="with up: keep N held jobs of other users in the queue (a busy "
+                          "cluster); down cancels them")
     lab.set_defaults(func=cmd_lab)
 
     demo = sub.add_parser("demo", help="the lab plus the portal on http://127.0.0.1:8000")

@@ -1,8 +1,11 @@
 """Slurm as pure functions: build argv and scripts, parse what the commands print.
 
-Status comes from `squeue --json`: one controller RPC (REQUEST_JOB_INFO) for every job at once, the
-cheapest query measured on Slurm 22.05 (`squeue -j IDS -o ...` costs two, one job at a time three).
-slurmrestd's GET /jobs returns the same document, so both transports share `parse_status`.
+The watcher's status query names our job ids: `squeue -h -t all -j ID,... -O <fields>` prints one
+short line per job, so the bytes read and the hub's parsing do not grow with other people's jobs.
+It costs two controller RPCs (REQUEST_JOB_INFO + REQUEST_PARTITION_INFO; with a single id
+FED_INFO + JOB_INFO_SINGLE + PARTITION_INFO: three). `squeue --json` would cost one RPC but in
+22.05 ignores -j/-u/--name and prints every job (31 MB with 10,000 jobs); it stays for the job
+listing, and slurmrestd's GET /jobs returns the same document, so both share `parse_status`.
 Nothing here runs a process.
 """
 
@@ -286,9 +289,99 @@ def status_from_job(job: Mapping[str, Any], node_addresses: Mapping[str, str] | 
     )
 
 
-def build_status(job_ids: Iterable[str] = ()) -> list[str]:
-    """One call for every tracked job (`squeue --json` ignores -j: the parser filters)."""
+def build_list_jobs() -> list[str]:
+    """Every job the controller holds, whoever owns it (`hpcgate jobs orphans`): one RPC."""
     return ["squeue", "--json"]
+
+
+# What the watcher reads of each job, in this order. `-O FIELD:0|` prints the field unpadded and
+# untruncated, then `|` (no value of these fields holds one); exit_code is the wait status (768 is
+# exit 3). Every field exists in Slurm 22.05 and later.
+STATUS_FIELDS: tuple[tuple[str, str], ...] = (
+    ("JobID", "job_id"),
+    ("State", "job_state"),
+    ("Reason", "state_reason"),
+    ("NodeList", "nodes"),
+    ("BatchHost", "batch_host"),
+    ("StartTime", "start_time"),
+    ("EndTime", "end_time"),
+    ("exit_code", "exit_code"),
+)
+_SEP = "|"
+_JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+# squeue's answer when the only id asked for has left the controller (or never was): an answer
+# about that job, not a sign of a dead controller. With several ids it just leaves them out.
+_NO_SUCH_JOB = re.compile(r"Invalid job id specified", re.I)
+
+
+def build_status(job_ids: Iterable[str]) -> list[str]:
+    """ONE squeue for every tracked job, naming them: `-t all` keeps jobs that ended within
+    MinJobAge (their final state and reason); squeue prints nothing for the others."""
+    ids = list(job_ids)
+    for job_id in ids:
+        if not _JOB_ID.match(job_id):
+            raise UnsafeValue(f"job id {job_id!r} is not a Slurm job id")
+    if not ids:
+        raise ValueError("build_status needs at least one job id: without -j squeue lists every job")
+    fields = ",".join(f"{name}:0{_SEP}" for name, _ in STATUS_FIELDS)
+    return ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", fields]
+
+
+def _text_epoch(value: str) -> int | None:
+    # squeue prints local time without a zone (2026-12-06T19:33:31), or N/A / Unknown / None.
+    try:
+        return int(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timestamp())
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def record_from_line(line: str) -> dict[str, Any] | None:
+    """One line of `build_status` output as a `squeue --json`-like record, or None if it is not one."""
+    values = line.split(_SEP)
+    if len(values) == len(STATUS_FIELDS) + 1 and values[-1] == "":
+        values = values[:-1]  # the separator after the last field
+    if len(values) != len(STATUS_FIELDS) or not _JOB_ID.match(values[0].strip()):
+        return None
+    record: dict[str, Any] = {key: value.strip() for (_, key), value in zip(STATUS_FIELDS, values,
+                                                                              strict=True)}
+    record["job_state"] = (record["job_state"].split() or [""])[0]  # "CANCELLED by 5001"
+    record["nodes"] = "" if record["nodes"] in ("(null)", "n/a") else record["nodes"]
+    record["batch_host"] = "" if record["batch_host"] in ("(null)", "n/a", "None") else record["batch_host"]
+    for key in ("start_time", "end_time"):
+        record[key] = _text_epoch(record[key])
+    code = record["exit_code"]
+    record["exit_code"] = int(code) if code.isascii() and code.isdigit() else None
+    return record
+
+
+def parse_status_lines(stdout: str, stderr: str = "", returncode: int = 0,
+                       node_addresses: Mapping[str, str] | None = None) -> dict[str, JobStatus]:
+    """Our jobs from `build_status`'s output, keyed by job id.
+
+    A failed or unreadable query raises SchedulerUnavailable: the caller marks its jobs UNKNOWN,
+    never finished. A job the controller no longer holds is absent from a good answer, and
+    "Invalid job id specified" (squeue's answer when the one id asked for is such a job) is a
+    good, empty answer: the watcher looks absent jobs up in the final-state source.
+    """
+    if returncode != 0:
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        if lines and all(_NO_SUCH_JOB.search(ln) for ln in lines) and not stdout.strip():
+            return {}
+        raise SchedulerUnavailable("The scheduler is not answering.", _raw_error(stderr) or stdout)
+    result: dict[str, JobStatus] = {}
+    unreadable = 0
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        record = record_from_line(line)
+        if record is None:
+            unreadable += 1
+            continue
+        status = status_from_job(record, node_addresses)
+        result[status.job_id] = status
+    if unreadable and not result:
+        raise SchedulerUnavailable("The scheduler's answer could not be read.", stdout[:500])
+    return result
 
 
 def parse_status(stdout: str, stderr: str = "", returncode: int = 0,

@@ -73,14 +73,18 @@ class Lab:
         tmp.chmod(0o644)
         tmp.replace(self.state_file)
 
-    def _secrets(self) -> dict[str, str]:
+    def _secrets(self, extra: tuple[accounts.LabUser, ...] = ()) -> dict[str, str]:
         """Passwords made at the first `up` and kept: users, service account, directory admin."""
         path = self.dir / "secrets" / "passwords.json"
         if path.exists():
             passwords = json.loads(path.read_text())
+            missing = [u.name for u in extra if u.name not in passwords]
+            if missing:  # `up --users N` on a lab made with fewer
+                passwords.update({n: secrets.token_urlsafe(12) for n in missing})
+                path.write_text(json.dumps(passwords, indent=2) + "\n")
         else:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            names = [u.name for u in accounts.USERS] + ["svc-hpcgate", "admin"]
+            names = [u.name for u in accounts.USERS + extra] + ["svc-hpcgate", "admin"]
             passwords = {n: secrets.token_urlsafe(12) for n in names}
             path.touch(mode=0o600)
             path.write_text(json.dumps(passwords, indent=2) + "\n")
@@ -109,13 +113,22 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 1, fresh_jobs: bool = False) -> dict[str, Any]:
+    def up(self, nodes: int = 1, fresh_jobs: bool = False, users: int = 0,
+           background_jobs: int = 0) -> dict[str, Any]:
         """Start what is not running. `fresh_jobs` forgets Slurm's saved jobs when it starts
-        from nothing (a test session must not inherit jobs a crashed earlier one left behind)."""
+        from nothing (a test session must not inherit jobs a crashed earlier one left behind).
+
+        A busy cluster on request: `users` extra people (user01..userNN, made like alice) and
+        `background_jobs` held jobs of theirs (or of bob and carol) in the queue."""
         if nodes not in (1, 2):
             raise LabError("The lab has one or two compute nodes (--nodes 1 or 2).")
+        if background_jobs < 0:
+            raise LabError("--background-jobs must be zero or more.")
         self._check_host()
         old = self.info()
+        # The directory keeps people added by an earlier `up --users`: so does the description.
+        extra = accounts.extra_users(max(users, old.get("extra_users", 0)))
+        lab_users = accounts.USERS + extra
         if old and old.get("node_count") != nodes and self._alive(old):
             self.down()  # a different shape: restart cleanly rather than reconfigure live daemons
             old = self.info()
@@ -138,10 +151,10 @@ class Lab:
             # Starting from nothing: a port kept from an earlier `up` may since have been taken
             # (another lab's daemon, a hub): pick a new one rather than fail to start.
             ports = {name: port if port_is_free(port) else free_port() for name, port in ports.items()}
-        passwords = self._secrets()
-        accounts.ensure_accounts()
+        passwords = self._secrets(extra)
+        accounts.ensure_accounts(lab_users)
         accounts.ensure_tunnel_account()
-        accounts.ensure_workdirs(self.dir)
+        accounts.ensure_workdirs(self.dir, lab_users)
 
         namespaces = {}
         if nodes == 2:
@@ -165,6 +178,7 @@ class Lab:
         if "slapd" not in pids:
             pids["slapd"] = directory.start_slapd(self.dir, ports["ldap"], ports["ldaps"],
                                                   passwords["admin"], passwords)
+        directory.ensure_extra_users(self.dir, ports["ldap"], passwords["admin"], extra, passwords)
         listen = ["127.0.0.1"] + [ns.host_addr for ns in namespaces.values()]
         if "sshd" not in pids:
             pids["sshd"] = sshd.start_sshd(self.dir, ports["ssh"], listen)
@@ -176,13 +190,18 @@ class Lab:
         if "slurmrestd" not in pids:
             pids["slurmrestd"] = cluster.start_slurmrestd(self.dir, ports["slurmrestd"])
         cluster.wait_nodes_idle(self.dir, ["c1", *namespaces])
+        if background_jobs:
+            owners = [u.name for u in extra] or ["bob", "carol"]
+            cluster.submit_background_jobs(self.dir, background_jobs, owners)
 
-        info = self._describe(nodes, ports, pids, namespaces, listen)
+        info = self._describe(nodes, ports, pids, namespaces, listen, lab_users)
+        info["extra_users"] = len(extra)
         self._save(info)
         return info
 
     def _describe(self, nodes: int, ports: dict[str, int], pids: dict[str, int],
-                  namespaces: dict[str, netns.Namespace], ssh_listen: list[str]) -> dict[str, Any]:
+                  namespaces: dict[str, netns.Namespace], ssh_listen: list[str],
+                  lab_users: tuple[accounts.LabUser, ...] = accounts.USERS) -> dict[str, Any]:
         d = self.dir
         node_info: dict[str, Any] = {"c1": {"address": "127.0.0.1", "namespace": None,
                                             "hub_address": "127.0.0.1"}}
@@ -242,7 +261,7 @@ class Lab:
             # directory gives as homeDirectory and lab policies as job.workdir.
             "users": {u.name: {"uid": u.uid, "gid": accounts.group_gid(u.groups[0]),
                                "home": u.home, "workdir": u.workdir(d), "groups": list(u.groups)}
-                      for u in accounts.USERS},
+                      for u in lab_users},
             "logs": str(d / "log"),
         }
 
@@ -266,6 +285,7 @@ class Lab:
         info = self.info()
         pids = info.get("pids", {})
         if pid_alive(pids.get("slurmctld")):
+            cluster.cancel_background_jobs(self.dir)
             cluster.cancel_all_jobs(self.dir)
         for name in reversed(SERVICE_ORDER):
             if name in pids:

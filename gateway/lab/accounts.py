@@ -59,6 +59,25 @@ USERS = (
 )
 
 
+# Extra users for a busy lab (`hpcgate lab up --users N`): uids far from the named ones.
+EXTRA_UID_BASE = 6000
+
+
+def extra_users(count: int) -> tuple[LabUser, ...]:
+    """user01..userNN, in hpc-users only: a workshop's worth of ordinary cluster users."""
+    if count < 0:
+        raise LabError("--users must be zero or more.")
+    if count > 999:
+        raise LabError("The lab makes at most 999 extra users.")
+    width = max(2, len(str(count)))
+    return tuple(LabUser(f"user{i:0{width}d}", EXTRA_UID_BASE + i, f"Workshop User{i:0{width}d}",
+                         ("hpc-users",)) for i in range(1, count + 1))
+
+
+def all_users(extra: int = 0) -> tuple[LabUser, ...]:
+    return USERS + extra_users(extra)
+
+
 # The hub host's account that jobs' reverse tunnels log in as: no shell, no home, no password;
 # what each job's key may do is in its authorized_keys line (see gateway/tunnel/keys.py).
 TUNNEL_USER = "hpcgate-tunnel"
@@ -78,7 +97,7 @@ def group_gid(name: str) -> int:
     return next(g.gid for g in GROUPS if g.name == name)
 
 
-def ensure_accounts() -> None:
+def ensure_accounts(users: tuple[LabUser, ...] = USERS) -> None:
     """Create the groups and users if missing; refuse if a name is taken with another number."""
     for group in GROUPS:
         try:
@@ -91,13 +110,13 @@ def ensure_accounts() -> None:
                 f"The local group {group.name!r} has gid {existing.gr_gid}, but the lab directory "
                 f"says {group.gid}. Remove it (groupdel {group.name}) or use another machine."
             )
-    for user in USERS:
+    for user in users:
         primary, *others = user.groups
         try:
             existing = pwd.getpwnam(user.name)
         except KeyError:
             # Password '*': no password login, but not "locked" (sshd refuses locked accounts).
-            run(["useradd", "-u", str(user.uid), "-g", primary, "-G", ",".join(others),
+            run(["useradd", "-u", str(user.uid), "-g", primary, *(["-G", ",".join(others)] if others else []),
                  "-m", "-d", user.home, "-s", "/bin/bash", "-c", user.full_name, "-p", "*",
                  user.name])
             os.chmod(user.home, 0o700)
@@ -115,13 +134,13 @@ def ensure_accounts() -> None:
             os.chown(home, user.uid, group_gid(primary))
 
 
-def ensure_workdirs(lab_dir: Path) -> None:
+def ensure_workdirs(lab_dir: Path, users: tuple[LabUser, ...] = USERS) -> None:
     """`DIR/home/<user>` for each user: theirs and their primary group's, mode 0700; `DIR/home`
     traversable (jobs chdir into their own). A directory left with other owners is corrected."""
     homes = lab_dir / "home"
     homes.mkdir(mode=0o755, exist_ok=True)
     homes.chmod(0o755)
-    for user in USERS:
+    for user in users:
         path = Path(user.workdir(lab_dir))
         path.mkdir(mode=0o700, exist_ok=True)
         os.chown(path, user.uid, group_gid(user.groups[0]))

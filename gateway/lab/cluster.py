@@ -14,6 +14,10 @@ PARTITIONS = {
     "debug": ("00:30:00", "00:10:00", "Default=YES MaxMemPerNode=8000"),
     "long": ("2-00:00:00", "01:00:00", "Default=NO"),
 }
+# Room for a busy queue (`lab up --background-jobs 20000`): beyond MaxJobCount (default 10,000)
+# sbatch does not fail but sleeps and retries forever. Finished jobs count until MinJobAge passes.
+MAX_JOB_COUNT = 50000
+BACKGROUND_JOB_NAME = "lab-background"
 NODE_SHAPE = ("CPUs=16 Boards=1 SocketsPerBoard=1 CoresPerSocket=16 ThreadsPerCore=1 "
               "RealMemory=16000")
 
@@ -57,6 +61,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=300
+MaxJobCount={MAX_JOB_COUNT}
 KillWait=5
 InactiveLimit=0
 SlurmdTimeout=60
@@ -185,6 +190,59 @@ def cancel_all_jobs(lab_dir: Path, timeout: float = 15) -> None:
         wait_for(lambda: not active_jobs(), timeout, "cancelling the lab's jobs")
     except LabError:
         pass  # the process sweep in `down` kills what is left
+
+
+def _squeue_count(lab_dir: Path, *args: str) -> int:
+    out = run(["squeue", "-h", *args, "-o", "%i"], env=slurm_env(lab_dir), timeout=60)
+    return len(out.stdout.split())
+
+
+def max_job_count(lab_dir: Path) -> int:
+    """MaxJobCount as the running slurmctld has it (it changes only with a restart)."""
+    out = run(["scontrol", "show", "config"], env=slurm_env(lab_dir)).stdout
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxJobCount" and value.strip().isdigit():
+            return int(value)
+    return 10000
+
+
+def job_records(lab_dir: Path) -> int:
+    """Every job record slurmctld holds, finished ones within MinJobAge included."""
+    return _squeue_count(lab_dir, "-t", "all")
+
+
+def background_jobs(lab_dir: Path) -> int:
+    """How many held background jobs the queue holds now."""
+    return _squeue_count(lab_dir, "-t", "PENDING", "-n", BACKGROUND_JOB_NAME)
+
+
+def submit_background_jobs(lab_dir: Path, count: int, owners: list[str], parallel: int = 6) -> int:
+    """Held jobs of `owners` (in turn) until the queue holds `count` of them; returns how many were
+    added. Held jobs never run: they are other people's queue, for the watcher to ignore."""
+    missing = count - background_jobs(lab_dir)
+    if missing <= 0:
+        return 0
+    room = max_job_count(lab_dir) - _squeue_count(lab_dir, "-t", "all")
+    if missing > room:
+        raise LabError(f"slurmctld keeps at most {max_job_count(lab_dir)} jobs; {missing} more do not "
+                       "fit. Restart the lab (`hpcgate lab down`, then `up`) so it reads the lab's "
+                       f"MaxJobCount={MAX_JOB_COUNT}.")
+    conf = slurm_env(lab_dir)["SLURM_CONF"]
+    shares = [missing // len(owners) + (1 if i < missing % len(owners) else 0) for i in range(len(owners))]
+    for owner, share in zip(owners, shares, strict=True):
+        if not share:
+            continue
+        # One sudo per owner, then sbatch in parallel (about 500 jobs a second on two cores).
+        run(["sudo", "-u", owner, "env", f"SLURM_CONF={conf}", "xargs", "-P", str(parallel), "-I{}",
+             "sbatch", "--hold", "--quiet", "-J", BACKGROUND_JOB_NAME, "-D", "/", "-o", "/dev/null",
+             "--wrap", "true"], input="x\n" * share, timeout=60 + share / 50)
+    return missing
+
+
+def cancel_background_jobs(lab_dir: Path) -> None:
+    """scancel by name: one command however long the background queue is."""
+    run(["scancel", "-n", BACKGROUND_JOB_NAME], env=slurm_env(lab_dir), check=False, timeout=120)
 
 
 def ensure_munge_dir_modes(lab_dir: Path) -> None:

@@ -15,8 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from gateway.lab.accounts import GROUPS, USERS, group_gid
-from gateway.lab.procs import run, start_daemon, tcp_open, wait_for
+from gateway.lab.accounts import GROUPS, USERS, LabUser, group_gid
+from gateway.lab.procs import LabError, run, start_daemon, tcp_open, wait_for
 
 BASE_DN = "dc=example,dc=org"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
@@ -52,15 +52,7 @@ def demo_ldif(passwords: dict[str, str], lab_dir: Path) -> str:
         f"cn: svc-hpcgate\ndescription: hpcgate search account\n"
         f"userPassword: {ssha(passwords['svc-hpcgate'])}",
     ]
-    for u in USERS:
-        given, _, family = u.full_name.partition(" ")
-        entries.append(
-            f"dn: {user_dn(u.name)}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\n"
-            f"uid: {u.name}\ncn: {u.full_name}\ngivenName: {given}\nsn: {family}\n"
-            f"mail: {u.name}@example.org\nuidNumber: {u.uid}\ngidNumber: {group_gid(u.groups[0])}\n"
-            f"homeDirectory: {u.workdir(lab_dir)}\nloginShell: /bin/bash\n"
-            f"userPassword: {ssha(passwords[u.name])}"
-        )
+    entries += [person_entry(u, passwords[u.name], lab_dir) for u in USERS]
     for g in GROUPS:
         members = [u.name for u in USERS if g.name in u.groups]
         entries.append(
@@ -73,6 +65,51 @@ def demo_ldif(passwords: dict[str, str], lab_dir: Path) -> str:
             f"description: {g.description}" + "".join(f"\nmember: {user_dn(m)}" for m in members)
         )
     return "\n\n".join(entries) + "\n"
+
+
+def person_entry(u: LabUser, password: str, lab_dir: Path) -> str:
+    given, _, family = u.full_name.partition(" ")
+    return (f"dn: {user_dn(u.name)}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\n"
+            f"uid: {u.name}\ncn: {u.full_name}\ngivenName: {given}\nsn: {family}\n"
+            f"mail: {u.name}@example.org\nuidNumber: {u.uid}\ngidNumber: {group_gid(u.groups[0])}\n"
+            f"homeDirectory: {u.workdir(lab_dir)}\nloginShell: /bin/bash\n"
+            f"userPassword: {ssha(password)}")
+
+
+def extra_users_ldif(users: tuple[LabUser, ...], passwords: dict[str, str], lab_dir: Path) -> str:
+    """People entries for `lab up --users N` (added to a running directory)."""
+    return "\n\n".join(person_entry(u, passwords[u.name], lab_dir) for u in users) + "\n"
+
+
+def memberships_ldif(users: tuple[LabUser, ...]) -> str:
+    """Add the users to their groups, in both group layouts (posixGroup and groupOfNames).
+    One change per value: a value already there fails only its own change (ldapmodify -c)."""
+    changes = []
+    for u in users:
+        for group in u.groups:
+            changes.append(f"dn: cn={group},{POSIX_GROUPS_DN}\nchangetype: modify\nadd: memberUid\n"
+                           f"memberUid: {u.name}\n-")
+            changes.append(f"dn: cn={group},{NAMED_GROUPS_DN}\nchangetype: modify\nadd: member\n"
+                           f"member: {user_dn(u.name)}\n-")
+    return "\n\n".join(changes) + "\n"
+
+
+def ensure_extra_users(lab_dir: Path, ldap_port: int, admin_password: str, users: tuple[LabUser, ...],
+                       passwords: dict[str, str]) -> None:
+    """Add people and memberships to the running directory; ones already there are kept."""
+    if not users:
+        return
+    secret = lab_dir / "secrets" / "admin.password"
+    secret.touch(mode=0o600)
+    secret.write_text(admin_password)  # -y reads it without a trailing newline
+    uri = f"ldap://127.0.0.1:{ldap_port}"
+    for ldif, tolerated in ((extra_users_ldif(users, passwords, lab_dir), "Already exists"),
+                            (memberships_ldif(users), "Type or value exists")):
+        res = run(["ldapmodify", "-a", "-c", "-x", "-H", uri, "-D", ADMIN_DN, "-y", str(secret)],
+                  check=False, input=ldif)
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ldap_")]
+        if res.returncode != 0 and not all(tolerated in ln for ln in errors):
+            raise LabError(f"Adding the lab's extra users to the directory failed: {res.stderr.strip()}")
 
 
 def homes_ldif(lab_dir: Path) -> str:

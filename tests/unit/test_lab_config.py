@@ -99,3 +99,35 @@ def test_a_hub_made_again_on_its_state_directory_keeps_every_port(tmp_path: Path
     other = LabHub(info, tmp_path / "other-hub")  # another hub's state: its own ports
     assert other.hub_port != first.hub_port
     assert LabHub(info, tmp_path / "hub", proxy_port=8000).hub_port == first.hub_port
+
+
+def test_extra_users_are_plain_cluster_users_apart_from_the_named_ones() -> None:
+    from gateway.lab import accounts
+
+    assert accounts.extra_users(0) == ()
+    extra = accounts.extra_users(12)
+    assert [u.name for u in extra[:2]] == ["user01", "user02"] and extra[-1].name == "user12"
+    assert all(u.groups == ("hpc-users",) for u in extra)
+    named = {u.uid for u in accounts.USERS}
+    assert not named & {u.uid for u in extra} and len({u.uid for u in extra}) == 12
+    assert accounts.extra_users(100)[0].name == "user001"  # names sort in order
+    with pytest.raises(LabError):
+        accounts.extra_users(-1)
+
+
+def test_extra_users_ldif_adds_people_and_one_membership_per_change() -> None:
+    from gateway.lab import accounts
+
+    extra = accounts.extra_users(2)
+    people = directory.extra_users_ldif(extra, {"user01": "a", "user02": "b"}, Path("/lab"))
+    assert "dn: uid=user02,ou=people,dc=example,dc=org" in people
+    assert "homeDirectory: /lab/home/user01" in people and "gidNumber: 5100" in people
+    changes = directory.memberships_ldif(extra).strip().split("\n\n")
+    # one value per change: a member already there fails only its own change under ldapmodify -c
+    assert len(changes) == 4
+    assert all(c.count("memberUid:") + c.count("member:") == 1 for c in changes)
+
+
+def test_slurm_conf_has_room_for_a_busy_queue() -> None:
+    assert f"MaxJobCount={cluster.MAX_JOB_COUNT}" in cluster.slurm_conf(Path("/x"), 1, 2)
+    assert cluster.MAX_JOB_COUNT >= 20000 + 10000  # 20,000 background jobs beside the tests' own
