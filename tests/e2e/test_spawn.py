@@ -109,6 +109,46 @@ def test_operators_see_the_schedulers_health_and_users_do_not(hub: Hub) -> None:
     assert refused.value.code == 403
 
 
+def _as(hub: Hub, token: str, method: str, path: str, body: bytes | None = None) -> int:
+    req = urllib.request.Request(f"{hub.hub.url}/hub/api{path}", method=method, data=body,
+                                 headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the lab hub's URL
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_the_hub_api_refuses_other_users_expired_tokens_and_a_servers_token(hub: Hub) -> None:
+    status, _ = hub.spawn("alice", {"partition": "debug", "walltime": "0:20:00"})
+    assert status in (201, 202), _
+    hub.wait_ready("alice")
+    try:
+        # The server's own token (in its launch file, readable by alice and root only).
+        launch = json.loads((server_dir(hub.lab, "alice") / "launch.json").read_text())
+        server = launch["env"]["JUPYTERHUB_API_TOKEN"]
+        assert _as(hub, server, "GET", "/user") == 200  # it may say whose it is
+        for method, path in (("GET", "/users"), ("GET", "/users/bob"), ("POST", "/users/bob/server"),
+                             ("DELETE", "/users/alice/server"), ("POST", "/users/alice/tokens"),
+                             ("GET", "/hpcgate/health")):
+            # 404 where JupyterHub hides whether the user exists from a token that may not look.
+            assert _as(hub, server, method, path, b"{}" if method == "POST" else None) in (403, 404), path
+        # bob's own valid token: nothing of alice's.
+        bob = user_token(hub, "bob")
+        for method, path in (("GET", "/users/alice"), ("DELETE", "/users/alice/server"),
+                             ("POST", "/users/alice/tokens")):
+            assert _as(hub, bob, method, path, b"{}" if method == "POST" else None) in (403, 404)
+        report = json.dumps({"server_name": "", "host": "127.0.0.1", "port": 1}).encode()
+        assert _as(hub, bob, "POST", "/hpcgate/report", report) == 403
+        # An expired token of alice's: refused once it expires.
+        status, body = hub.api("POST", "/users/alice/tokens", {"expires_in": 1, "note": "short"})
+        assert status in (200, 201), body
+        time.sleep(2.5)
+        assert _as(hub, body["token"], "GET", "/user") == 403
+    finally:
+        hub.stop("alice")
+
+
 def test_scancel_while_starting_fails_spawn_within_two_seconds(hub: Hub) -> None:
     # The spawn request returns only when the server is up (or after 10 s): send it aside.
     spawn = threading.Thread(target=hub.spawn, args=("carol",), daemon=True)
