@@ -15,11 +15,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from auth.authenticator import NOT_ALLOWED, THROTTLED, UNAVAILABLE, WRONG_CREDENTIALS
 from gateway.lab.procs import LabError
 from gateway.lab.replica import HubProcess, StalledListener
 from tests.helpers.lab import passwords
+from tests.helpers.portal import Portal
 
 pytestmark = pytest.mark.lab
 
@@ -165,6 +168,66 @@ async def test_repeated_failures_are_throttled_on_the_page(lab: dict[str, Any],
     message = login_error(page)
     assert re.fullmatch(THROTTLED.replace("{seconds}", r"\d+").replace(".", r"\.").replace("(", r"\(")
                         .replace(")", r"\)"), message), message
+
+
+@pytest.fixture(scope="module")
+def open_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    # No throttle: hundreds of hostile attempts in a row, each judged on its own.
+    config = hub_config(lab, [lab["ldap"]["uri"]], allow_all=True, failed_logins_per_user=0,
+                        failed_logins_per_address=0)
+    hub = start_hub(lab, tmp_path_factory.mktemp("hub-open"), config)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+_HOSTILE = ["*", ")", "(", "\\", "\x00", ",", "+", "=", '"', "<", ">", ";", "#", " ", "\n", "%", "\u0130"]
+
+
+@st.composite
+def _hostile_login(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(base name, what is typed as the name, password kind): a real or unknown name dressed in
+    filter and DN metacharacters, NUL, mixed case or length."""
+    base = draw(st.sampled_from(["alice", "bob", "carol", "nobody"]))
+    name = base
+    for _ in range(draw(st.integers(0, 3))):
+        piece = draw(st.sampled_from(_HOSTILE + ["uid=*", "*)(uid=*", "," + "ou=people"]))
+        name = draw(st.sampled_from([name + piece, piece + name, name]))
+    name = draw(st.sampled_from([name, name.upper(), name.title(), name * 40]))
+    return base, name, draw(st.sampled_from(["right", "wrong", "right+noise", "empty", "star"]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(attempt=_hostile_login())
+@example(attempt=("alice", "ALICE", "right"))  # the real thing, in capitals: in
+@example(attempt=("bob", "bob)(uid=*", "right"))  # a filter around the right password: out
+@example(attempt=("carol", "carol\x00", "right"))
+def test_hostile_names_and_passwords_through_the_real_login_page(lab: dict[str, Any],
+                                                                 open_hub: HubProcess,
+                                                                 attempt: tuple[str, str, str]) -> None:
+    base, name, kind = attempt
+    right = passwords(lab).get(base, "")
+    password = {"right": right, "wrong": "guess", "right+noise": right + "\x00*", "empty": "",
+                "star": "*"}[kind]
+    portal = Portal(open_hub.url)
+    status, url, _ = portal.login(name, password)
+    assert status < 500, (name, kind, status)
+    logged_in = status == 200 and not url.rstrip("/").endswith("/hub/login")
+    # The person with their own password, their name in any case, gets in; nothing else does.
+    may = base != "nobody" and kind == "right" and name.lower() == base
+    assert logged_in == may, f"{name!r} with a {kind} password: logged in {logged_in}"
+
+
+def test_no_hostile_login_made_a_second_user(open_hub: HubProcess) -> None:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{open_hub.url}/hub/api/users",
+                                 headers={"Authorization": f"token {PROBE_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the lab hub's own URL
+        names = {u["name"] for u in json.loads(resp.read())}
+    assert names <= {"alice", "bob", "carol"}, names
 
 
 async def test_forged_forwarding_headers_do_not_escape_the_per_address_throttle(
