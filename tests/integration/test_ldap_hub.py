@@ -202,7 +202,8 @@ def _hostile_login(draw: st.DrawFn) -> tuple[str, str, str]:
 @given(attempt=_hostile_login())
 @example(attempt=("alice", "ALICE", "right"))  # the real thing, in capitals: in
 @example(attempt=("bob", "bob)(uid=*", "right"))  # a filter around the right password: out
-@example(attempt=("carol", "carol\x00", "right"))
+@example(attempt=("carol", "carol\x00", "right"))  # arrives as "carol": in
+@example(attempt=("carol", "carol\x00*", "right"))  # arrives as "carol*": out
 def test_hostile_names_and_passwords_through_the_real_login_page(lab: dict[str, Any],
                                                                  open_hub: HubProcess,
                                                                  attempt: tuple[str, str, str]) -> None:
@@ -215,7 +216,10 @@ def test_hostile_names_and_passwords_through_the_real_login_page(lab: dict[str, 
     assert status < 500, (name, kind, status)
     logged_in = status == 200 and not url.rstrip("/").endswith("/hub/login")
     # The person with their own password, their name in any case, gets in; nothing else does.
-    may = base != "nobody" and kind == "right" and name.lower() == base
+    # (tornado drops control characters from form values before the hub sees them: "carol\0"
+    # arrives as "carol".)
+    received = re.sub(r"[\x00-\x08\x0e-\x1f]", "", name)
+    may = base != "nobody" and kind == "right" and received.lower() == base
     assert logged_in == may, f"{name!r} with a {kind} password: logged in {logged_in}"
 
 
