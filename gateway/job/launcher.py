@@ -171,7 +171,8 @@ def launch(path: str) -> None:
     from gateway.job.files import HANDLER
 
     sys.argv = ["jupyterhub-singleuser", *config.get("args", []),
-                f"--ContentsManager.files_handler_class={HANDLER}"]
+                f"--ContentsManager.files_handler_class={HANDLER}",
+                "--ServerApp.contents_manager_class=gateway.job.contents.ContentsManager"]
     sys.exit(singleuser_main())
 
 
