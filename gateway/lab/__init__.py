@@ -160,7 +160,7 @@ class Lab:
         if nodes == 2:
             ns = netns.namespace_for(self.dir, "c2")
             if not (ns.exists() and pid_alive(pids.get("slurmd-c2"))):
-                netns.create(ns)
+                ns = netns.create(ns, self.dir)
             namespaces["c2"] = ns
         tls_dir = self.dir / "tls"
         if not (tls_dir / "server.crt").exists():

@@ -156,6 +156,28 @@ def test_up_again_is_idempotent(lab: dict) -> None:
     assert again["ports"] == lab["ports"]
 
 
+def test_a_lab_whose_subnet_is_taken_moves_to_a_free_one_and_keeps_it() -> None:
+    from gateway.lab import netns
+
+    lab_dir = Path("/var/tmp") / f"hpcgate-lab-subnettest-{uuid.uuid4().hex[:8]}"
+    lab_dir.mkdir()
+    wanted = netns.namespace_for(lab_dir, "c2")
+    blocker = f"hgblk{uuid.uuid4().hex[:6]}"  # another lab's link on the same /24
+    subprocess.run(["ip", "link", "add", blocker, "type", "veth", "peer", "name", blocker + "p"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{wanted.host_addr}/24", "dev", blocker], check=True)
+        ns = netns.create(wanted, lab_dir)
+        try:
+            assert ns.host_addr != wanted.host_addr and ns.name == wanted.name
+            assert netns.namespace_for(lab_dir, "c2") == ns  # kept for the next up and down
+        finally:
+            netns.delete(ns)
+    finally:
+        subprocess.run(["ip", "link", "delete", blocker], check=False)
+        shutil.rmtree(lab_dir, ignore_errors=True)
+
+
 def test_down_leaves_no_process_namespace_or_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
     lab_dir = Path("/var/tmp") / f"hpcgate-lab-downtest-{uuid.uuid4().hex[:8]}"
     lab = Lab(lab_dir)

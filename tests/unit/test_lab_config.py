@@ -131,3 +131,11 @@ def test_extra_users_ldif_adds_people_and_one_membership_per_change() -> None:
 def test_slurm_conf_has_room_for_a_busy_queue() -> None:
     assert f"MaxJobCount={cluster.MAX_JOB_COUNT}" in cluster.slurm_conf(Path("/x"), 1, 2)
     assert cluster.MAX_JOB_COUNT >= 20000 + 10000  # 20,000 background jobs beside the tests' own
+
+
+def test_a_lab_keeps_the_subnet_it_moved_to(tmp_path: Path) -> None:
+    derived = netns.namespace_for(tmp_path, "c2")
+    (tmp_path / "netns-subnet").write_text("123\n")  # what create() keeps after a clash
+    kept = netns.namespace_for(tmp_path, "c2")
+    assert (kept.host_addr, kept.node_addr) == ("10.213.123.1", "10.213.123.2")
+    assert (kept.name, kept.host_if) == (derived.name, derived.host_if)  # names stay the dir's
