@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -61,7 +62,8 @@ async def _handler(request: web.Request) -> web.StreamResponse:
             await resp.write(block)
         await resp.write_eof()
         return resp
-    return web.json_response({"port": port, "path": request.raw_path,
+    return web.json_response({"port": port, "path": request.raw_path, "method": request.method,
+                              "cookie": request.headers.get("Cookie"),
                               "x_real_ip": request.headers.get("X-Real-Ip"),
                               "x_forwarded_for": request.headers.get("X-Forwarded-For")})
 
@@ -157,6 +159,32 @@ async def test_most_specific_prefix_wins(env: Env, proxy: NginxProxy) -> None:
     for spec in ("/user/alice/", "/user/alice-2/"):
         await proxy.delete_route(spec)
     assert (await get(env, "/user/alice/lab"))[1]["port"] == env.upstreams[0]  # now the default
+
+
+async def test_an_unreachable_server_answers_503_with_the_hubs_page(env: Env) -> None:
+    """As CHP with --error-target: the hub's /hub/error/503 page (fetched with a plain GET, no
+    cookies) under the status 503, never as a 200 a client could take for its server's answer."""
+    port = _free_port()
+    p = env.proxy("errors", public_url=f"http://127.0.0.1:{port}/",
+                  hub=SimpleNamespace(url=env.target(0, "/hub/")))
+    await p.start()
+    try:
+        await p.add_route("/", env.target(0), {"hub": True})
+        await p.add_route("/user/ida/", f"http://127.0.0.1:{_free_port()}", {})  # nothing listens
+        async with aiohttp.ClientSession() as s:
+            for method in ("GET", "POST", "DELETE"):
+                async with s.request(method, f"http://127.0.0.1:{port}/user/ida/api/kernels",
+                                     data=b"{}" if method == "POST" else None,
+                                     headers={"Cookie": "jupyterhub-user-ida=secret"}) as r:
+                    assert r.status == 503, method
+                    body = await r.json()
+                    assert body["port"] == env.upstreams[0], method  # the hub's page
+                    assert (body["path"], body["method"], body["cookie"]) == ("/hub/error/503", "GET", None)
+        await p.add_route("/user/ida/", env.target(1), {})  # back: its own answer, 200
+        status, body = await get(env, "/user/ida/api/kernels", port=port)
+        assert status == 200 and body["port"] == env.upstreams[1]
+    finally:
+        await p.stop()
 
 
 async def test_host_routes(env: Env) -> None:

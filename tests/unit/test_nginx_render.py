@@ -72,7 +72,8 @@ def test_one_location_per_prefix_upstreams_with_keepalive_and_headers_from_the_p
                       "proxy_http_version 1.1;", "proxy_set_header Connection $hpcgate_connection_upgrade;",
                       "proxy_read_timeout 86400s;", "listen 127.0.0.1:8000 default_server;",
                       "listen unix:/s/status.sock;", 'return 200 "7\\n";',
-                      "error_page 502 504 = @hpcgate_unreachable;", "rewrite ^ /hub/error/503 break;"):
+                      "error_page 502 504 =503 @hpcgate_unreachable;", "proxy_method GET;",
+                      "rewrite ^ /hub/error/503 break;"):
         assert directive in conf, directive
     # The client's own forwarding headers are never passed on.
     assert "$http_x_forwarded_for" not in conf and "$proxy_add_x_forwarded_for" not in conf

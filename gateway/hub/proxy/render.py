@@ -113,6 +113,19 @@ class Settings:
     tls: tuple[str, str] | None = None  # (certificate, key) files: TLS and HTTP/2 towards browsers
 
 
+# Headers of the error page's request to the hub (proxy_set_header in a location replaces every
+# inherited one): the client's address as everywhere, no upgrade, body, cookies or credentials.
+_ERROR_PAGE_HEADERS = (
+    "proxy_set_header Host $http_host;",
+    "proxy_set_header Connection \"\";",
+    "proxy_set_header Content-Length \"\";  # the body is not passed on: nor its length",
+    "proxy_set_header Transfer-Encoding \"\";",
+    "proxy_set_header X-Real-IP $remote_addr;",
+    "proxy_set_header X-Forwarded-For $remote_addr;",
+    "proxy_set_header X-Forwarded-Proto $scheme;",
+)
+
+
 def _proxy_pass(target: Target) -> str:
     # No URI part: nginx passes the client's URI unchanged, as CHP does. A target path is
     # prepended to it (CHP's prependPath).
@@ -173,10 +186,16 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
     if settings.error_target:
         hub = parse_target(settings.error_target)
         upstreams.setdefault(hub.upstream, hub)
-        # The hub's own page when a server does not answer, as CHP's --error-target gives.
-        error = ["error_page 502 504 = @hpcgate_unreachable;",
+        # The hub's own page when a server does not answer, as CHP's --error-target gives: a
+        # plain GET of /hub/error/503 (which answers 200), sent to the client as a 503 (as CHP
+        # does), so that a client polling until 200 never takes the page for its server's answer.
+        error = ["error_page 502 504 =503 @hpcgate_unreachable;",
                  "location @hpcgate_unreachable {",
                  f"    rewrite ^ {hub.path}/503 break;",
+                 "    proxy_method GET;",
+                 "    proxy_pass_request_body off;",
+                 "    proxy_pass_request_headers off;",
+                 *[f"    {line}" for line in _ERROR_PAGE_HEADERS],
                  f"    proxy_pass {hub.scheme}://{hub.upstream};",
                  "}"]
     for name, t in sorted(upstreams.items()):
