@@ -129,6 +129,19 @@ async def get(env: Env, path: str, headers: dict[str, str] | None = None,
         return r.status, json.loads(body) if r.content_type == "application/json" else body
 
 
+async def raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """GET `target` exactly as written (aiohttp and yarl resolve dot segments before sending)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: jupyterhub-user-bob=secret\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 async def test_add_get_all_delete_and_delete_missing(env: Env, proxy: NginxProxy) -> None:
     await proxy.add_route("/user/alice/", env.target(0), {"user": "alice", "server_name": ""})
     assert await proxy.get_route("/user/alice/") == {
@@ -159,6 +172,37 @@ async def test_most_specific_prefix_wins(env: Env, proxy: NginxProxy) -> None:
     for spec in ("/user/alice/", "/user/alice-2/"):
         await proxy.delete_route(spec)
     assert (await get(env, "/user/alice/lab"))[1]["port"] == env.upstreams[0]  # now the default
+
+
+async def test_dot_segments_never_cross_from_one_route_to_another(env: Env, proxy: NginxProxy) -> None:
+    """nginx resolves "..", "%2e%2e" and "%2f" before it picks a location, and passes the URI as
+    sent: bob's link into alice's server (with bob's cookie for /user/bob/) or a path escaping
+    /user/carol/ towards the hub must be refused at the edge, never routed."""
+    await asyncio.gather(proxy.add_route("/", env.target(0), {"hub": True}),
+                         proxy.add_route("/user/alice/", env.target(1), {}),
+                         proxy.add_route("/user/bob/", env.target(2), {}))
+    try:
+        for target in ["/user/bob/../alice/api", "/user/bob/%2e%2e/alice/api", "/user/bob/%2E%2e/alice/api",
+                       "/user/bob/.%2e/alice/api", "/user/bob/%2e./alice/api", "/user/bob/..%2falice/api",
+                       "/user/bob/%2e%2e%2Falice/api", "/user/bob%2f..%2falice/api",
+                       "/user/bob%2F%2e%2e%2Falice/api", "/user/bob/x/../../alice/api",
+                       "/user/bob/./../alice/api", "/user/bob/%2e/x", "/user/bob/..", "/user/bob/%2e%2e",
+                       "/user/bob/..?x=1", "/user/alice/api/contents/%2e%2e/%2e%2e/%2e%2e/var/tmp/x",
+                       "/user/alice/api/contents/../../../hub/api/users"]:
+            status, body = await raw_get(env.port, target)
+            assert status == 400, (target, status, body)
+            assert b"secret" not in body and b"port" not in body, target
+        # Names with dots are not dot segments, nor are dots in the query or double-encoded ones.
+        for target, upstream in [("/user/bob/.../x", 2), ("/user/bob/.x/y", 2), ("/user/bob/a..b/x", 2),
+                                 ("/user/bob/x..", 2), ("/user/bob/..x", 2),
+                                 ("/user/bob/%252e%252e/alice/x", 2), ("/user/bob/x?next=/../alice/", 2),
+                                 ("/hub/login?next=%2Fuser%2F..%2Fbob", 0)]:
+            status, body = await raw_get(env.port, target)
+            assert status == 200, (target, status, body)
+            seen = json.loads(body)
+            assert (seen["port"], seen["path"]) == (env.upstreams[upstream], target), target
+    finally:
+        await asyncio.gather(*[proxy.delete_route(r) for r in ("/", "/user/alice/", "/user/bob/")])
 
 
 async def test_an_unreachable_server_answers_503_with_the_hubs_page(env: Env) -> None:

@@ -126,6 +126,16 @@ _ERROR_PAGE_HEADERS = (
 )
 
 
+# A path with a "." or ".." segment, plain or percent-encoded, a decoded "%2f" counting as "/"
+# (nginx decodes both before it resolves dot segments). nginx matches locations on the resolved
+# path but passes the client's own URI on, so "/user/bob/..%2falice/x" (one segment to a
+# browser, which sends bob's cookies for /user/bob/ along) would reach alice's server, and a path
+# leaving /user/carol/ would reach the hub. CHP routes on the path as sent; here such a request
+# is refused at the edge (400), before any route. Browsers resolve plain and encoded dot segments
+# themselves and never send them; names like "...", ".x" or "a..b" pass.
+DOT_SEGMENT = r"^[^?]*(/|%2f)([.]|%2e)([.]|%2e)?(/|%2f|[?]|$)"
+
+
 def _proxy_pass(target: Target) -> str:
     # No URI part: nginx passes the client's URI unchanged, as CHP does. A target path is
     # prepended to it (CHP's prependPath).
@@ -160,6 +170,7 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
            "map $http_upgrade $hpcgate_connection_upgrade { default upgrade; \"\" \"\"; }", ""]
     common = [
         "server_tokens off;",
+        f'if ($request_uri ~* "{DOT_SEGMENT}") {{ return 400 "Dot segments are refused in paths.\\n"; }}',
         "merge_slashes off;  # match locations on the path as sent, like CHP",
         "client_max_body_size 0;",
         "large_client_header_buffers 8 32k;",
