@@ -43,7 +43,7 @@ def proxy_config(proxy: str, state_dir: Path, api_port: int) -> str:
 
 def hub_config(info: dict[str, Any], state_dir: Path, policy_file: Path, proxy_port: int,
                hub_port: int, api_port: int, service_token: str | None = None,
-               extra: str = "", proxy: str = "chp") -> str:
+               extra: str = "", proxy: str = "nginx") -> str:
     """The text of a jupyterhub_config.py for the lab."""
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
@@ -144,10 +144,10 @@ class LabHub:
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
                  policy: dict[str, Any] | None = None, ldap_login: bool = False,
-                 proxy_port: int = 0, proxy: str = "chp"):
+                 proxy_port: int = 0, proxy: str = "nginx"):
         """`extra_config` is JupyterHub's own configuration; `policy` holds changes to the lab's
-        site policy (demo.yaml made concrete), section by section; `proxy` is "chp"
-        (configurable-http-proxy) or "nginx" (hpcgate-nginx)."""
+        site policy (demo.yaml made concrete), section by section; `proxy` is "nginx"
+        (hpcgate-nginx, the default) or "chp" (configurable-http-proxy)."""
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def hub(lab: dict) -> Iterator[Hub]:
-    with running_hub(lab, "test", ("alice", "bob", "carol"),
+    # configurable-http-proxy stays supported: this suite runs on it, the others on nginx.
+    with running_hub(lab, "test", ("alice", "bob", "carol"), proxy="chp",
                      policy=with_changes(PINNED_NODES, {"connection": {"mode": "direct"}})) as h:
         yield h
 

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -61,7 +62,8 @@ async def _handler(request: web.Request) -> web.StreamResponse:
             await resp.write(block)
         await resp.write_eof()
         return resp
-    return web.json_response({"port": port, "path": request.raw_path,
+    return web.json_response({"port": port, "path": request.raw_path, "method": request.method,
+                              "cookie": request.headers.get("Cookie"),
                               "x_real_ip": request.headers.get("X-Real-Ip"),
                               "x_forwarded_for": request.headers.get("X-Forwarded-For")})
 
@@ -127,6 +129,19 @@ async def get(env: Env, path: str, headers: dict[str, str] | None = None,
         return r.status, json.loads(body) if r.content_type == "application/json" else body
 
 
+async def raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """GET `target` exactly as written (aiohttp and yarl resolve dot segments before sending)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: jupyterhub-user-bob=secret\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 async def test_add_get_all_delete_and_delete_missing(env: Env, proxy: NginxProxy) -> None:
     await proxy.add_route("/user/alice/", env.target(0), {"user": "alice", "server_name": ""})
     assert await proxy.get_route("/user/alice/") == {
@@ -157,6 +172,63 @@ async def test_most_specific_prefix_wins(env: Env, proxy: NginxProxy) -> None:
     for spec in ("/user/alice/", "/user/alice-2/"):
         await proxy.delete_route(spec)
     assert (await get(env, "/user/alice/lab"))[1]["port"] == env.upstreams[0]  # now the default
+
+
+async def test_dot_segments_never_cross_from_one_route_to_another(env: Env, proxy: NginxProxy) -> None:
+    """nginx resolves "..", "%2e%2e" and "%2f" before it picks a location, and passes the URI as
+    sent: bob's link into alice's server (with bob's cookie for /user/bob/) or a path escaping
+    /user/carol/ towards the hub must be refused at the edge, never routed."""
+    await asyncio.gather(proxy.add_route("/", env.target(0), {"hub": True}),
+                         proxy.add_route("/user/alice/", env.target(1), {}),
+                         proxy.add_route("/user/bob/", env.target(2), {}))
+    try:
+        for target in ["/user/bob/../alice/api", "/user/bob/%2e%2e/alice/api", "/user/bob/%2E%2e/alice/api",
+                       "/user/bob/.%2e/alice/api", "/user/bob/%2e./alice/api", "/user/bob/..%2falice/api",
+                       "/user/bob/%2e%2e%2Falice/api", "/user/bob%2f..%2falice/api",
+                       "/user/bob%2F%2e%2e%2Falice/api", "/user/bob/x/../../alice/api",
+                       "/user/bob/./../alice/api", "/user/bob/%2e/x", "/user/bob/..", "/user/bob/%2e%2e",
+                       "/user/bob/..?x=1", "/user/alice/api/contents/%2e%2e/%2e%2e/%2e%2e/var/tmp/x",
+                       "/user/alice/api/contents/../../../hub/api/users"]:
+            status, body = await raw_get(env.port, target)
+            assert status == 400, (target, status, body)
+            assert b"secret" not in body and b"port" not in body, target
+        # Names with dots are not dot segments, nor are dots in the query or double-encoded ones.
+        for target, upstream in [("/user/bob/.../x", 2), ("/user/bob/.x/y", 2), ("/user/bob/a..b/x", 2),
+                                 ("/user/bob/x..", 2), ("/user/bob/..x", 2),
+                                 ("/user/bob/%252e%252e/alice/x", 2), ("/user/bob/x?next=/../alice/", 2),
+                                 ("/hub/login?next=%2Fuser%2F..%2Fbob", 0)]:
+            status, body = await raw_get(env.port, target)
+            assert status == 200, (target, status, body)
+            seen = json.loads(body)
+            assert (seen["port"], seen["path"]) == (env.upstreams[upstream], target), target
+    finally:
+        await asyncio.gather(*[proxy.delete_route(r) for r in ("/", "/user/alice/", "/user/bob/")])
+
+
+async def test_an_unreachable_server_answers_503_with_the_hubs_page(env: Env) -> None:
+    """As CHP with --error-target: the hub's /hub/error/503 page (fetched with a plain GET, no
+    cookies) under the status 503, never as a 200 a client could take for its server's answer."""
+    port = _free_port()
+    p = env.proxy("errors", public_url=f"http://127.0.0.1:{port}/",
+                  hub=SimpleNamespace(url=env.target(0, "/hub/")))
+    await p.start()
+    try:
+        await p.add_route("/", env.target(0), {"hub": True})
+        await p.add_route("/user/ida/", f"http://127.0.0.1:{_free_port()}", {})  # nothing listens
+        async with aiohttp.ClientSession() as s:
+            for method in ("GET", "POST", "DELETE"):
+                async with s.request(method, f"http://127.0.0.1:{port}/user/ida/api/kernels",
+                                     data=b"{}" if method == "POST" else None,
+                                     headers={"Cookie": "jupyterhub-user-ida=secret"}) as r:
+                    assert r.status == 503, method
+                    body = await r.json()
+                    assert body["port"] == env.upstreams[0], method  # the hub's page
+                    assert (body["path"], body["method"], body["cookie"]) == ("/hub/error/503", "GET", None)
+        await p.add_route("/user/ida/", env.target(1), {})  # back: its own answer, 200
+        status, body = await get(env, "/user/ida/api/kernels", port=port)
+        assert status == 200 and body["port"] == env.upstreams[1]
+    finally:
+        await p.stop()
 
 
 async def test_host_routes(env: Env) -> None:

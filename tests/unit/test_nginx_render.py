@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.hub.proxy.render import (
+    DOT_SEGMENT,
     RouteError,
     Settings,
     order,
@@ -72,7 +73,8 @@ def test_one_location_per_prefix_upstreams_with_keepalive_and_headers_from_the_p
                       "proxy_http_version 1.1;", "proxy_set_header Connection $hpcgate_connection_upgrade;",
                       "proxy_read_timeout 86400s;", "listen 127.0.0.1:8000 default_server;",
                       "listen unix:/s/status.sock;", 'return 200 "7\\n";',
-                      "error_page 502 504 = @hpcgate_unreachable;", "rewrite ^ /hub/error/503 break;"):
+                      "error_page 502 504 =503 @hpcgate_unreachable;", "proxy_method GET;",
+                      "rewrite ^ /hub/error/503 break;"):
         assert directive in conf, directive
     # The client's own forwarding headers are never passed on.
     assert "$http_x_forwarded_for" not in conf and "$proxy_add_x_forwarded_for" not in conf
@@ -179,3 +181,15 @@ def test_lab_proxy_choice_and_entry_point() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'hpcgate-nginx = "gateway.hub.proxy.nginx:NginxProxy"' in \
         pyproject.split('[project.entry-points."jupyterhub.proxies"]')[1]
+
+
+def test_dot_segments_are_refused_at_the_edge_and_names_with_dots_are_not() -> None:
+    conf = render_http({"/": {"target": "http://10.0.0.1:8081"}}, SETTINGS)
+    assert f'if ($request_uri ~* "{DOT_SEGMENT}") {{ return 400 ' in conf
+    dots = re.compile(DOT_SEGMENT, re.IGNORECASE)  # nginx's PCRE reads it alike
+    for uri in ("/user/bob/../alice/", "/user/bob/%2E%2e/alice", "/user/bob/..%2Falice/x",
+                "/user/bob%2f.%2fx", "/user/bob/..", "/user/bob/.?x", "/..", "/user/a/b/%2e./c"):
+        assert dots.search(uri), uri
+    for uri in ("/user/bob/.../x", "/user/bob/.x", "/user/bob/a..b/", "/user/bob/..x", "/user/bob/x..",
+                "/user/bob/%252e%252e/x", "/hub/login?next=/user/../x", "/user/bob/x?a=%2f..%2f"):
+        assert not dots.search(uri), uri

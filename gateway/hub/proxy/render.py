@@ -113,6 +113,29 @@ class Settings:
     tls: tuple[str, str] | None = None  # (certificate, key) files: TLS and HTTP/2 towards browsers
 
 
+# Headers of the error page's request to the hub (proxy_set_header in a location replaces every
+# inherited one): the client's address as everywhere, no upgrade, body, cookies or credentials.
+_ERROR_PAGE_HEADERS = (
+    "proxy_set_header Host $http_host;",
+    "proxy_set_header Connection \"\";",
+    "proxy_set_header Content-Length \"\";  # the body is not passed on: nor its length",
+    "proxy_set_header Transfer-Encoding \"\";",
+    "proxy_set_header X-Real-IP $remote_addr;",
+    "proxy_set_header X-Forwarded-For $remote_addr;",
+    "proxy_set_header X-Forwarded-Proto $scheme;",
+)
+
+
+# A path with a "." or ".." segment, plain or percent-encoded, a decoded "%2f" counting as "/"
+# (nginx decodes both before it resolves dot segments). nginx matches locations on the resolved
+# path but passes the client's own URI on, so "/user/bob/..%2falice/x" (one segment to a
+# browser, which sends bob's cookies for /user/bob/ along) would reach alice's server, and a path
+# leaving /user/carol/ would reach the hub. CHP routes on the path as sent; here such a request
+# is refused at the edge (400), before any route. Browsers resolve plain and encoded dot segments
+# themselves and never send them; names like "...", ".x" or "a..b" pass.
+DOT_SEGMENT = r"^[^?]*(/|%2f)([.]|%2e)([.]|%2e)?(/|%2f|[?]|$)"
+
+
 def _proxy_pass(target: Target) -> str:
     # No URI part: nginx passes the client's URI unchanged, as CHP does. A target path is
     # prepended to it (CHP's prependPath).
@@ -147,6 +170,7 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
            "map $http_upgrade $hpcgate_connection_upgrade { default upgrade; \"\" \"\"; }", ""]
     common = [
         "server_tokens off;",
+        f'if ($request_uri ~* "{DOT_SEGMENT}") {{ return 400 "Dot segments are refused in paths.\\n"; }}',
         "merge_slashes off;  # match locations on the path as sent, like CHP",
         "client_max_body_size 0;",
         "large_client_header_buffers 8 32k;",
@@ -173,10 +197,16 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
     if settings.error_target:
         hub = parse_target(settings.error_target)
         upstreams.setdefault(hub.upstream, hub)
-        # The hub's own page when a server does not answer, as CHP's --error-target gives.
-        error = ["error_page 502 504 = @hpcgate_unreachable;",
+        # The hub's own page when a server does not answer, as CHP's --error-target gives: a
+        # plain GET of /hub/error/503 (which answers 200), sent to the client as a 503 (as CHP
+        # does), so that a client polling until 200 never takes the page for its server's answer.
+        error = ["error_page 502 504 =503 @hpcgate_unreachable;",
                  "location @hpcgate_unreachable {",
                  f"    rewrite ^ {hub.path}/503 break;",
+                 "    proxy_method GET;",
+                 "    proxy_pass_request_body off;",
+                 "    proxy_pass_request_headers off;",
+                 *[f"    {line}" for line in _ERROR_PAGE_HEADERS],
                  f"    proxy_pass {hub.scheme}://{hub.upstream};",
                  "}"]
     for name, t in sorted(upstreams.items()):
