@@ -117,9 +117,32 @@ def running_hub(lab: dict, name: str, users: tuple[str, ...] = (), hub_class: ty
         h.hub.add_users(users)
         yield h
     finally:
+        _stop_servers(h)  # a failed test must not leave jobs to the next module (a shared lab)
         h.hub.stop()
         if os.environ.get("HPCGATE_KEEP_HUB") is None:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _stop_servers(hub: Hub) -> None:
+    """Stop every server of every user of a hub that is still up (best effort)."""
+    try:
+        status, users = hub.api("GET", "/users", timeout=10)
+    except OSError:
+        return
+    if status != 200:
+        return
+    for user in users:
+        for name in user.get("servers", {}):
+            path = f"/users/{user['name']}/servers/{name}" if name else f"/users/{user['name']}/server"
+            with contextlib.suppress(OSError):
+                hub.api("DELETE", path, timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status, users = hub.api("GET", "/users", timeout=10)
+            if status != 200 or not any(u.get("servers") for u in users):
+                return
+        time.sleep(0.5)
 
 
 def server_dir(lab: dict, user: str, server: str = "default") -> Path:
