@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -207,20 +208,31 @@ class LabHub:
         import urllib.error
         import urllib.request
 
-        def call(method: str, path: str, body: Any = None) -> int:
+        def once(method: str, path: str, body: Any = None) -> int:
             req = urllib.request.Request(  # noqa: S310 - the lab hub's own http URL
                 f"{self.url}/hub/api{path}", method=method,
-                data=json.dumps(body).encode() if body is not None else None,
+                data=json.dumps(body if body is not None else {}).encode(),
                 headers={"Authorization": f"token {self.service_token}"})
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
                     return resp.status
             except urllib.error.HTTPError as err:
                 return err.code
+            except OSError:  # the proxy reloading its routes just after the hub started
+                return 0
+
+        def call(method: str, path: str, body: Any = None) -> int:
+            deadline = time.monotonic() + 15
+            while True:
+                status = once(method, path, body)
+                if status < 500 and status not in (0, 404) or time.monotonic() > deadline:
+                    return status
+                time.sleep(0.2)
 
         for user in users:
-            if call("POST", f"/users/{user}") not in (201, 409):  # 409: there already
-                raise RuntimeError(f"the hub did not create {user}; see {self.log}")
+            status = call("POST", f"/users/{user}")
+            if status not in (201, 409):  # 409: there already
+                raise RuntimeError(f"the hub did not create {user} ({status}); see {self.log}")
             if not self.ldap_login:  # LDAP login writes the directory's own at each login
                 status = call("PATCH", f"/users/{user}",
                               {"auth_state": directory_identity(self.info, user)})
