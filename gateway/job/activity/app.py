@@ -73,7 +73,8 @@ class ActivityRecorder(ExtensionApp):
             self.deliverer = Deliverer(state / BUFFER_NAME, DeliveryState(state / STATE_NAME),
                                        hub_poster(self.hub_api_url, token), max_delay=self.max_delay)
         self.paths = SessionPaths(self.serverapp.session_manager, self.session_ttl)
-        self.recorder = Recorder(Origin.from_environment(), self.code, self._write, self.paths.get)
+        self.recorder = Recorder(Origin.from_environment(), self.code, self._write, self.paths.get,
+                                 self._client_connects)
         self.stop_reason = "shutdown"
         self._task: asyncio.Task[None] | None = None
         self._opened: dict[str, float] = {}
@@ -171,10 +172,20 @@ class ActivityRecorder(ExtensionApp):
     def _listen(self, watch: KernelWatch) -> None:
         if watch.stream is not None:
             watch.stream.close()
+        watch.heard = False
         watch.stream = self.serverapp.kernel_manager.get_kernel(watch.kernel_id).connect_iopub()
         watch.stream.on_recv(lambda msg_list: self._iopub(watch, msg_list))
 
+    def _client_connects(self, kernel_id: str) -> None:
+        """A websocket is connecting. A SUB socket that connected while the kernel was still
+        starting can take seconds to join; one made now, as jupyter_server makes its own, is
+        in place by the time the connection's kernel_info nudge has gone through."""
+        watch = self.recorder.kernels.get(kernel_id)
+        if watch is not None and not watch.heard:
+            self._listen(watch)
+
     def _iopub(self, watch: KernelWatch, msg_list: list[bytes]) -> None:
+        watch.heard = True
         try:
             watch.iopub(msg_list)
         except Exception:

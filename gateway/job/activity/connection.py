@@ -41,6 +41,10 @@ def recording_connection(base: type, recorder: Recorder) -> type:
     """A subclass of the server's connection class that tells `recorder` about executions."""
 
     class RecordingConnection(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> Any:
+            recorder.client_connects(self.kernel_id)
+            return super().connect()
+
         def handle_incoming_message(self, incoming_msg: Any) -> None:
             now = time.time()
             super().handle_incoming_message(incoming_msg)

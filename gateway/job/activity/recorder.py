@@ -73,6 +73,7 @@ class KernelWatch:
         self.kernel_name, self.language = kernel_name, language
         self.pending: dict[str, Execution] = {}
         self.stream: Any = None
+        self.heard = False  # a message arrived on `stream`
         self.died = False
 
     def fields(self) -> dict[str, Any]:
@@ -205,10 +206,11 @@ class Recorder:
     """Writes records for one server; owns the per-kernel watches."""
 
     def __init__(self, origin: Origin, code_policy: str, write: Writer,
-                 session_path: Callable[[str], str | None] = lambda kernel_id: None):
+                 session_path: Callable[[str], str | None] = lambda kernel_id: None,
+                 client_connects: Callable[[str], None] = lambda kernel_id: None):
         keep_code(code_policy, "")  # refuse an unknown policy at once
         self.origin, self.code_policy, self._write = origin, code_policy, write
-        self.session_path = session_path
+        self.session_path, self.client_connects = session_path, client_connects
         self.kernels: dict[str, KernelWatch] = {}
 
     def write(self, record: dict[str, Any]) -> None:
