@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from gateway.job.activity.records import parse_iso, problems
-from tests.helpers.kernels import NOBODY, V1, KernelClient, Server, jupyter_server
+from gateway.lab.jupyter import NOBODY, V1, KernelClient, Server, jupyter_server
 
 HUB_TOKEN = "server-token-1234"
 

@@ -103,6 +103,7 @@ class ActivityRecorder(ExtensionApp):
             self._task = asyncio.ensure_future(self.deliverer.run())
 
     async def stop_extension(self) -> None:
+        self.recorder.drain()
         for watch in list(self.recorder.kernels.values()):
             watch.close_all()
         self.recorder.event("server_stop", reason=self.stop_reason)
@@ -128,10 +129,7 @@ class ActivityRecorder(ExtensionApp):
         kernel_id, action = data.get("kernel_id"), data.get("action")
         if data.get("status") != "success" or not kernel_id:
             return
-        try:
-            self._kernel_action(kernel_id, action)
-        except Exception:
-            self.log.exception("activity: recording %s of kernel %s", action, kernel_id)
+        self.recorder.later(self._kernel_action, kernel_id, action)  # after the messages before it
 
     def _kernel_action(self, kernel_id: str, action: Any) -> None:
         rec = self.recorder
@@ -165,8 +163,10 @@ class ActivityRecorder(ExtensionApp):
         watch = KernelWatch(self.recorder, kernel_id, kernel.kernel_name, self._language(kernel))
         self.recorder.kernels[kernel_id] = watch
         self._listen(watch)
-        km.add_restart_callback(kernel_id, lambda: self._died(watch, "restarting"), "restart")
-        km.add_restart_callback(kernel_id, lambda: self._died(watch, "not restarted"), "dead")
+        km.add_restart_callback(kernel_id, lambda: self.recorder.later(self._died, watch, "restarting"),
+                                "restart")
+        km.add_restart_callback(kernel_id,
+                                lambda: self.recorder.later(self._died, watch, "not restarted"), "dead")
         return watch
 
     def _listen(self, watch: KernelWatch) -> None:
@@ -186,10 +186,7 @@ class ActivityRecorder(ExtensionApp):
 
     def _iopub(self, watch: KernelWatch, msg_list: list[bytes]) -> None:
         watch.heard = True
-        try:
-            watch.iopub(msg_list)
-        except Exception:
-            self.log.debug("activity: unreadable iopub message", exc_info=True)
+        self.recorder.later(watch.iopub, msg_list, time.time())
 
     def _died(self, watch: KernelWatch, how: str) -> None:
         if watch.died:

@@ -2,20 +2,18 @@
 
 jupyter_server builds one connection object per kernel websocket from the web app's setting
 `kernel_websocket_connection_class`; the extension puts a subclass of whatever class is there.
-Each method forwards first (super()), then reads: an execute_request as the server received it
-(JSON text or the v1 binary protocol JupyterLab uses) and each execute_reply going back.
+Each method forwards first (super()), then queues for the recorder (read once the loop is free):
+an execute_request as the server received it (JSON text or the v1 binary protocol JupyterLab
+uses) and each execute_reply going back.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
-from gateway.job.activity.recorder import DELIM, Recorder
-
-log = logging.getLogger("hpcgate.activity")
+from gateway.job.activity.recorder import Recorder
 
 
 def client_request(message: Any, subprotocol: str | None) -> tuple[dict[str, Any], Any, Any] | None:
@@ -37,6 +35,13 @@ def client_request(message: Any, subprotocol: str | None) -> tuple[dict[str, Any
     return (header, msg.get("metadata"), msg.get("content")) if isinstance(header, dict) else None
 
 
+def _client_message(recorder: Recorder, kernel_id: str, message: Any, subprotocol: str | None,
+                    now: float) -> None:
+    request = client_request(message, subprotocol)
+    if request is not None:
+        recorder.from_client(kernel_id, *request, now)
+
+
 def recording_connection(base: type, recorder: Recorder) -> type:
     """A subclass of the server's connection class that tells `recorder` about executions."""
 
@@ -48,23 +53,14 @@ def recording_connection(base: type, recorder: Recorder) -> type:
         def handle_incoming_message(self, incoming_msg: Any) -> None:
             now = time.time()
             super().handle_incoming_message(incoming_msg)
-            try:
-                request = client_request(incoming_msg, self.subprotocol)
-                if request is not None:
-                    recorder.from_client(self.kernel_id, *request, now)
-            except Exception:  # a message we cannot read is still the kernel's business
-                log.debug("activity: unreadable client message", exc_info=True)
+            recorder.later(_client_message, recorder, self.kernel_id, incoming_msg, self.subprotocol,
+                           now)
 
         def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
             super().handle_outgoing_message(stream, outgoing_msg)
             channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
-            if channel != "shell":
-                return
-            try:
-                frames = outgoing_msg[outgoing_msg.index(DELIM) + 2:]
-                recorder.shell_reply(self.kernel_id, [bytes(f) for f in frames[:4]], time.time())
-            except Exception:
-                log.debug("activity: unreadable kernel reply", exc_info=True)
+            if channel == "shell":
+                recorder.later(recorder.shell_out, self.kernel_id, outgoing_msg, time.time())
 
     RecordingConnection.__name__ = RecordingConnection.__qualname__ = f"Recording{base.__name__}"
     return RecordingConnection

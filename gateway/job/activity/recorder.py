@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,8 +106,7 @@ class KernelWatch:
 
     # -- iopub, on the kernel's own SUB socket -------------------------------------------------
 
-    def iopub(self, msg_list: list[bytes]) -> None:
-        now = time.time()
+    def iopub(self, msg_list: list[bytes], now: float) -> None:
         try:
             i = msg_list.index(DELIM)
         except ValueError:
@@ -212,6 +210,26 @@ class Recorder:
         self.origin, self.code_policy, self._write = origin, code_policy, write
         self.session_path, self.client_connects = session_path, client_connects
         self.kernels: dict[str, KernelWatch] = {}
+        self._queue: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._scheduled = False
+
+    def later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` once the loop has handled what is ready now. The taps only queue
+        (a few µs), so reading and writing records never delays the messages they observe;
+        one queue keeps the order in which things happened."""
+        self._queue.append((fn, args))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.drain)
+
+    def drain(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for fn, args in queue:
+            try:
+                fn(*args)
+            except Exception:  # one unreadable message must not stop the others
+                log.debug("activity: could not read a message", exc_info=True)
 
     def write(self, record: dict[str, Any]) -> None:
         self._write(record)
@@ -229,6 +247,11 @@ class Recorder:
         watch = self.kernels.get(kernel_id)
         if watch is not None and header.get("msg_type") == "execute_request":
             watch.request(header, metadata, content, now)
+
+    def shell_out(self, kernel_id: str, msg_list: list[Any], now: float) -> None:
+        """A message from the kernel's shell to a websocket, as zmq gave it."""
+        frames = msg_list[msg_list.index(DELIM) + 2:]
+        self.shell_reply(kernel_id, [bytes(f) for f in frames[:4]], now)
 
     def shell_reply(self, kernel_id: str, frames: list[bytes], now: float) -> None:
         """A message from the kernel's shell to a websocket (frames after the signature)."""
