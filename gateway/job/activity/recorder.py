@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,11 @@ from gateway.job.activity.records import Origin, iso, keep_code, parse_iso
 
 log = logging.getLogger("hpcgate.activity")
 DELIM = b"<IDS|MSG>"
-OUTPUTS = {"stream", "display_data", "execute_result", "update_display_data", "error"}
+OUTPUTS = {b"stream", b"display_data", b"execute_result", b"update_display_data", b"error"}
+_WATCHED = OUTPUTS | {b"status", b"execute_input"}
+_MSG_TYPE = re.compile(rb'"msg_type"\s*:\s*"([a-z_]+)"')
+_MSG_ID = re.compile(rb'"msg_id"\s*:\s*"([^"\\]{1,255})"')
+_COUNT = re.compile(rb'"execution_count"\s*:\s*(\d{1,18})\b')
 REPLY_GRACE = 2.0  # s to wait for the later of reply and idle before closing a record without it
 MAX_PENDING = 10_000  # requests a kernel never answered (kept until it dies, restarts or stops)
 Writer = Callable[[dict[str, Any]], None]
@@ -59,7 +64,7 @@ class Execution:
     def outcome(self) -> str:
         if self.replied is not None:
             return {"ok": "ok", "error": "error", "abort": "aborted"}.get(self.status or "", "aborted")
-        if self.client == "kernel" and self.idle is not None:  # no reply to see: iopub decides
+        if self.idle is not None:  # no reply seen (a direct client, or the websocket closed)
             return "error" if self.ename else "ok"
         return "unfinished"
 
@@ -114,39 +119,42 @@ class KernelWatch:
         frames = msg_list[i + 2:]  # header, parent_header, metadata, content, buffers...
         if len(frames) < 4:
             return
-        msg_type = json.loads(frames[0]).get("msg_type")
-        if msg_type != "status" and msg_type != "execute_input" and msg_type not in OUTPUTS:
+        # Every message of every kernel passes here: fields are picked out of the JSON bytes
+        # (ids are the kernel's and the client's, not ours to trust anyway), json only when needed.
+        found = _MSG_TYPE.search(frames[0])
+        msg_type = found.group(1) if found else b""
+        if msg_type not in _WATCHED:
             return
-        parent = json.loads(frames[1])
-        if not parent or parent.get("msg_type") != "execute_request":
+        parent = frames[1]
+        if b'"execute_request"' not in parent or (found := _MSG_ID.search(parent)) is None:
             return
-        msg_id = parent.get("msg_id")
+        msg_id = found.group(1).decode()
         ex = self.pending.get(msg_id)
-        if msg_type in OUTPUTS:
-            if ex is not None:
-                ex.output_bytes += sum(len(f) for f in frames[3:])
-                if msg_type == "error" and ex.ename is None:
-                    ex.ename = _text(json.loads(frames[3]).get("ename"))
-                elif msg_type == "execute_result" and ex.count is None:
-                    ex.count = _int(json.loads(frames[3]).get("execution_count"))
+        if msg_type == b"status":
+            if b'"busy"' in frames[3]:
+                if ex is None:  # a client on the kernel's own ports: only iopub tells us
+                    ex = Execution(msg_id[:255], _request_time(json.loads(parent), now), "kernel")
+                    self._add(ex)
+                ex.started = ex.started or now
+            elif b'"idle"' in frames[3] and ex is not None:
+                ex.idle = now
+                self._maybe_finish(ex)
+        elif ex is None:
             return
-        content = json.loads(frames[3])
-        if msg_type == "execute_input":
-            if ex is not None:
-                ex.count = _int(content.get("execution_count"))
-                if ex.code is None and isinstance(content.get("code"), str):
-                    ex.code = content["code"]
-                    ex.code_bytes = len(ex.code.encode())
-            return
-        state = content.get("execution_state")
-        if state == "busy":
-            if ex is None:  # a client on the kernel's own ports: only iopub tells us
-                ex = Execution(_text(msg_id) or "", _request_time(parent, now), "kernel")
-                self._add(ex)
-            ex.started = ex.started or now
-        elif state == "idle" and ex is not None:
-            ex.idle = now
-            self._maybe_finish(ex)
+        elif msg_type == b"execute_input":
+            count = _COUNT.search(frames[3])
+            ex.count = int(count.group(1)) if count else ex.count
+            if ex.code is None:
+                code = json.loads(frames[3]).get("code")
+                if isinstance(code, str):
+                    ex.code, ex.code_bytes = code, len(code.encode())
+        else:  # an output: only its size is kept
+            ex.output_bytes += sum(len(f) for f in frames[3:])
+            if msg_type == b"error" and ex.ename is None:
+                ex.ename = _text(json.loads(frames[3]).get("ename"))
+            elif msg_type == b"execute_result" and ex.count is None:
+                count = _COUNT.search(frames[3])
+                ex.count = int(count.group(1)) if count else None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
