@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,12 +65,13 @@ class Server:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM (the server stops its kernels); SIGKILL to its whole session after 20 s."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: start_new_session
                 self.proc.wait()
 
 
@@ -161,6 +163,20 @@ class KernelClient:
         if wait:
             self.wait(msg_id)
         return msg_id
+
+    def output_of(self, code: str) -> str:
+        """Run `code` and return what it printed (stdout)."""
+        msg_id, text, reply, idle = self.execute(code, wait=False), [], None, False
+        while reply is None or not idle:
+            msg = self.receive()
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream" and msg["content"].get("name") == "stdout":
+                text.append(msg["content"]["text"])
+            reply = msg["content"] if kind == "execute_reply" else reply
+            idle = idle or (kind == "status" and msg["content"]["execution_state"] == "idle")
+        return "".join(text)
 
     def wait(self, msg_id: str, state: str = "idle", timeout: float = 60) -> dict[str, Any]:
         """Messages until the kernel's status `state` for `msg_id` (and its reply, for idle)."""

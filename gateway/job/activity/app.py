@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+from jupyter_client.connect import ConnectionFileMixin
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Enum, Float, Unicode, default
@@ -170,11 +172,37 @@ class ActivityRecorder(ExtensionApp):
         return watch
 
     def _listen(self, watch: KernelWatch) -> None:
+        """Our own SUB socket on the kernel's IOPub. Read on the loop's reader callback, every
+        waiting message at once, without a ZMQStream: each IOPub message costs the server one
+        more dispatch, so that dispatch is kept to a non-blocking recv."""
+        self._unlisten(watch)
+        kernel = self.serverapp.kernel_manager.get_kernel(watch.kernel_id)
+        owner = ConnectionFileMixin.connect_iopub(kernel)  # an asyncio socket: it owns the fd
+        sock = zmq.Socket.shadow(owner.underlying)  # a plain view of it, for non-blocking reads
+        watch.heard, watch.stream = False, sock
+        fd = sock.getsockopt(zmq.FD)
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            # zmq's FD is edge-triggered: read until nothing is left.
+            while watch.stream is sock:
+                try:
+                    msg_list = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    self._unlisten(watch)
+                    return
+                watch.heard = True
+                self.recorder.later(watch.iopub, msg_list, time.time())
+        loop.add_reader(fd, readable)
+        watch.unlisten = lambda: (loop.remove_reader(fd), owner.close(linger=0))
+        loop.call_soon(readable)  # messages that came before the reader was in place
+
+    def _unlisten(self, watch: KernelWatch) -> None:
         if watch.stream is not None:
-            watch.stream.close()
-        watch.heard = False
-        watch.stream = self.serverapp.kernel_manager.get_kernel(watch.kernel_id).connect_iopub()
-        watch.stream.on_recv(lambda msg_list: self._iopub(watch, msg_list))
+            watch.stream = None
+            watch.unlisten()
 
     def _client_connects(self, kernel_id: str) -> None:
         """A websocket is connecting. A SUB socket that connected while the kernel was still
@@ -183,10 +211,6 @@ class ActivityRecorder(ExtensionApp):
         watch = self.recorder.kernels.get(kernel_id)
         if watch is not None and not watch.heard:
             self._listen(watch)
-
-    def _iopub(self, watch: KernelWatch, msg_list: list[bytes]) -> None:
-        watch.heard = True
-        self.recorder.later(watch.iopub, msg_list, time.time())
 
     def _died(self, watch: KernelWatch, how: str) -> None:
         if watch.died:
@@ -199,9 +223,7 @@ class ActivityRecorder(ExtensionApp):
 
     def _detach(self, watch: KernelWatch) -> None:
         self.recorder.kernels.pop(watch.kernel_id, None)
-        if watch.stream is not None and not watch.stream.closed():
-            watch.stream.close()
-        watch.stream = None
+        self._unlisten(watch)
         self.paths.forget(watch.kernel_id)
 
     def _language(self, kernel: Any) -> str:

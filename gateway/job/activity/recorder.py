@@ -76,7 +76,8 @@ class KernelWatch:
         self.recorder, self.kernel_id = recorder, kernel_id
         self.kernel_name, self.language = kernel_name, language
         self.pending: dict[str, Execution] = {}
-        self.stream: Any = None
+        self.stream: Any = None  # our SUB socket on the kernel's IOPub
+        self.unlisten: Callable[[], Any] = lambda: None
         self.heard = False  # a message arrived on `stream`
         self.died = False
 
