@@ -80,3 +80,4 @@ bench: setup
 	$(PY) -m benchmarks.ldap_login
 	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
 	$(PY) -m benchmarks.spawn_latency --n 5
+	$(PY) -m benchmarks.activity_overhead
