@@ -112,6 +112,13 @@ def check_records(body: bytes, user: str, server: str) -> tuple[list[dict[str, A
     return good, refused
 
 
+def server_of_token(spawners: dict[str, Any], token: str) -> Any:
+    """The user's server (spawner) whose own token this is; None for any other token."""
+    digest = token_digest(token)
+    return next((s for s in spawners.values() if getattr(s, "token_digest", None)
+                 and hmac.compare_digest(s.token_digest, digest)), None)
+
+
 class ActivityRecordsHandler(APIHandler):
     """POST {records: [...]}: a server's activity records, with that server's own token. Answers
     {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless."""
@@ -122,10 +129,7 @@ class ActivityRecordsHandler(APIHandler):
         from gateway.policy.model import Activity
 
         user = self.current_user
-        token = token_digest(self.get_auth_token() or "")
-        spawner: Any = next((s for s in getattr(user, "spawners", {}).values()
-                             if getattr(s, "token_digest", None)
-                             and hmac.compare_digest(s.token_digest, token)), None)
+        spawner = server_of_token(getattr(user, "spawners", {}), self.get_auth_token() or "")
         if spawner is None:  # a user's other tokens cannot write: only their servers record
             raise web.HTTPError(403, "only a server's own token may deliver its activity")
         good, refused = await asyncio.to_thread(check_records, self.request.body, user.name,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.hub.activity_store import ActivityStore, retention_cutoff
-from gateway.hub.api import check_records
+from gateway.hub.api import check_records, server_of_token, token_digest
 from gateway.job.activity.records import Origin, iso, keep_code, problems
 
 DAY = 86400.0
@@ -84,3 +84,16 @@ def test_the_schema_file_is_in_the_package_and_strict() -> None:
     assert problems({**rec, "time": "yesterday"})
     assert problems({**rec, "id": "../etc"})
     assert os.path.exists(Path(__file__).resolve().parents[2] / "gateway/job/activity_schema.json")
+
+
+def test_only_a_servers_own_token_names_a_server() -> None:
+    class Spawner:
+        def __init__(self, name: str, token: str):
+            self.name, self.token_digest = name, token_digest(token) if token else ""
+
+    spawners = {"": Spawner("", "tok-default"), "gpu": Spawner("gpu", "tok-gpu"),
+                "stopped": Spawner("stopped", "")}
+    assert server_of_token(spawners, "tok-gpu").name == "gpu"
+    assert server_of_token(spawners, "tok-default").name == ""
+    assert server_of_token(spawners, "a-user-api-token") is None
+    assert server_of_token(spawners, "") is None
