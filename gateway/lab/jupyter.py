@@ -167,7 +167,10 @@ class KernelClient:
     def output_of(self, code: str) -> str:
         """Run `code` and return what it printed (stdout)."""
         msg_id, text, reply, idle = self.execute(code, wait=False), [], None, False
+        deadline = time.monotonic() + 60
         while reply is None or not idle:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no reply and idle for {code!r}")
             msg = self.receive()
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue

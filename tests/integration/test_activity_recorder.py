@@ -135,6 +135,10 @@ def test_interrupt_restart_and_a_killed_kernel(server: Server) -> None:
 
     server.api("POST", f"/api/kernels/{kid}/restart")
     assert kernel_events(server, "kernel_restart", kid)[0]["reason"] == "user"
+    # As JupyterLab does after a restart: a new websocket, which the server lets through once the
+    # new kernel's IOPub answers (the old connection's may miss the first messages).
+    client.close()
+    client = KernelClient(server, kid, None)
 
     new_pid = _kernel_pid(client)
     assert new_pid != pid
