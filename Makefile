@@ -35,6 +35,7 @@ $(PY):
 # (a real install, not an editable one: jobs import it as the lab users, whatever the checkout's modes).
 $(VENV)/.deps-stamp: pyproject.toml | $(PY)
 	$(PY) -m pip install -q '.[test,bench]'
+	$(PY) -m bash_kernel.install --sys-prefix  # the bash kernel jobs offer next to python3
 	touch $@
 
 $(VENV)/.hpcgate-stamp: $(VENV)/.deps-stamp pyproject.toml $(SOURCES)
@@ -79,3 +80,4 @@ bench: setup
 	$(PY) -m benchmarks.ldap_login
 	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
 	$(PY) -m benchmarks.spawn_latency --n 5
+	$(PY) -m benchmarks.activity_overhead

@@ -15,17 +15,26 @@ from typing import Any
 def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     from jupyterhub import apihandlers, handlers
 
-    from gateway.hub.api import HEALTH_PATH, REPORT_PATH, ServerAddressHandler, WatcherHealthHandler
+    from gateway.hub.api import (
+        ACTIVITY_PATH,
+        HEALTH_PATH,
+        REPORT_PATH,
+        ActivityRecordsHandler,
+        ServerAddressHandler,
+        WatcherHealthHandler,
+    )
     from gateway.hub.depots_page import PAGE_PATH, DepotsHandler
 
     return ((apihandlers.default_handlers, REPORT_PATH, ServerAddressHandler),
             (apihandlers.default_handlers, HEALTH_PATH, WatcherHealthHandler),
+            (apihandlers.default_handlers, ACTIVITY_PATH, ActivityRecordsHandler),
             (handlers.default_handlers, PAGE_PATH, DepotsHandler))
 
 
 def install_handlers() -> None:
-    """Add the launcher's report API (/hub/api/hpcgate/report), the scheduler health API for
-    operators (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
+    """Add the launcher's report API (/hub/api/hpcgate/report), the servers' activity records API
+    (/hub/api/hpcgate/activity), the scheduler health API for operators
+    (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
     handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):

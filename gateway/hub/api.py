@@ -8,6 +8,7 @@ server's own token, and only a host that is the job's node.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -80,3 +81,63 @@ class WatcherHealthHandler(APIHandler):
 
         watchers = health()
         self.write({"ok": all(w["ok"] for w in watchers), "watchers": watchers})
+
+
+ACTIVITY_PATH = "/api/hpcgate/activity"
+MAX_BATCH = 1000
+
+
+def check_records(body: bytes, user: str, server: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records to store, [{id, reason}] refused) from a server's batch. Only records of that
+    very server (its user, its name) that follow the schema are kept."""
+    from gateway.job.activity.records import problems
+
+    try:
+        doc = json.loads(body)
+    except ValueError as err:
+        raise web.HTTPError(400, "the body must be JSON") from err
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(records, list) or len(records) > MAX_BATCH:
+        raise web.HTTPError(400, f"the body must be {{'records': [...]}} with at most {MAX_BATCH}")
+    good, refused = [], []
+    for rec in records:
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        found = problems(rec)
+        if found:
+            refused.append({"id": rid, "reason": "; ".join(found)[:500]})
+        elif rec["user"] != user or rec["server"] != server:
+            refused.append({"id": rid, "reason": "the record belongs to another server"})
+        else:
+            good.append(rec)
+    return good, refused
+
+
+def server_of_token(spawners: dict[str, Any], token: str) -> Any:
+    """The user's server (spawner) whose own token this is; None for any other token."""
+    digest = token_digest(token)
+    return next((s for s in spawners.values() if getattr(s, "token_digest", None)
+                 and hmac.compare_digest(s.token_digest, digest)), None)
+
+
+class ActivityRecordsHandler(APIHandler):
+    """POST {records: [...]}: a server's activity records, with that server's own token. Answers
+    {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        from gateway.hub.activity_store import ActivityStore
+        from gateway.policy.model import Activity
+
+        user = self.current_user
+        spawner = server_of_token(getattr(user, "spawners", {}), self.get_auth_token() or "")
+        if spawner is None:  # a user's other tokens cannot write: only their servers record
+            raise web.HTTPError(403, "only a server's own token may deliver its activity")
+        good, refused = await asyncio.to_thread(check_records, self.request.body, user.name,
+                                                spawner.name)
+        try:
+            retention = spawner.site_policy().activity.retention
+        except Exception:  # the policy cannot be read now: keep records at least as long as default
+            retention = Activity().retention
+        store = ActivityStore.instance(config=self.settings.get("config"))
+        stored = await store.insert(good, retention) if good else []
+        self.write({"stored": stored, "rejected": refused})

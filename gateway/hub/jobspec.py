@@ -24,6 +24,8 @@ class JobSetup:
     server_dir: str
     """Where the server's launch file and job log live."""
     report_timeout: float
+    activity_code: str
+    """What the server's activity recorder keeps of executed code (policy activity.code)."""
 
 
 def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup:
@@ -36,4 +38,4 @@ def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup
         directives=tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
                          if d.startswith(prefix)),
         workdir=workdir, server_dir=f"{workdir}/.hpcgate/servers/{server or 'default'}",
-        report_timeout=job.report_timeout)
+        report_timeout=job.report_timeout, activity_code=policy.activity.code)

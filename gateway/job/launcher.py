@@ -133,6 +133,14 @@ def use_bound_socket(sock: socket.socket) -> None:
     ServerApp._bind_http_server_tcp = bind_tcp  # type: ignore[method-assign]
 
 
+def activity_args(config: dict[str, Any], state_dir: Path) -> list[str]:
+    """The activity recorder (gateway.job.activity) in this server: its buffer in the server's
+    directory, what it keeps of code as the site policy says."""
+    code = config.get("activity", {}).get("code", "hash")
+    return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True}",
+            f"--ActivityRecorder.state_dir={state_dir}", f"--ActivityRecorder.code={code}"]
+
+
 def launch(path: str) -> None:
     config = json.loads(Path(path).read_text())
     env = config["env"]
@@ -172,7 +180,8 @@ def launch(path: str) -> None:
 
     sys.argv = ["jupyterhub-singleuser", *config.get("args", []),
                 f"--ContentsManager.files_handler_class={HANDLER}",
-                "--ServerApp.contents_manager_class=gateway.job.contents.ContentsManager"]
+                "--ServerApp.contents_manager_class=gateway.job.contents.ContentsManager",
+                *activity_args(config, Path(path).parent)]
     sys.exit(singleuser_main())
 
 

@@ -332,6 +332,19 @@ class Depot:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Activity:
+    """The activity history: every kernel execution and server event, recorded in each server's
+    job and kept in the hub's store (see the README's Activity section)."""
+
+    code: str = setting(
+        "What a record keeps of executed code: none, hash (its SHA-256 and line count) or full "
+        "(the text). Outputs are never kept.", Choice("none", "hash", "full"), "hash")
+    retention: timedelta = setting(
+        "How long the hub keeps activity records (e.g. 180d); older ones are deleted.",
+        Duration(), timedelta(days=180))
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckSettings:
     """Settings for `hpcgate check-config`."""
 
@@ -370,6 +383,8 @@ class SitePolicy:
                                           MapOf(Name(), Section(Depot)), factory=dict)
     check: CheckSettings = setting("Settings for hpcgate check-config.", Section(CheckSettings),
                                    factory=CheckSettings)
+    activity: Activity = setting("The activity history: what is kept of code, and for how long.",
+                                 Section(Activity), factory=Activity)
 
     def problems(self) -> list[tuple[Path, str]]:
         """Rules that span fields: (where, sentence) for each. Empty when the policy holds together."""

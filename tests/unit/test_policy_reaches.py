@@ -150,6 +150,20 @@ def policy_report(p: SitePolicy) -> Any:
     return checker.report.lines()
 
 
+def activity_code_view(p: SitePolicy) -> Any:
+    """What the job's activity recorder keeps of a cell, with the code policy the job gets."""
+    from gateway.job.activity.records import keep_code
+
+    return keep_code(job_setup(p, "alice", "/home/alice", "").activity_code, "print('hi')\n")
+
+
+def retention_view(p: SitePolicy) -> Any:
+    """The hub store's cutoff: records before it are deleted."""
+    from gateway.hub.activity_store import retention_cutoff
+
+    return retention_cutoff(p.activity.retention, 2_000_000_000.0)
+
+
 def server_counts(p: SitePolicy) -> Any:
     """Whether a member of each group may start one more server with 0-4 running."""
     from gateway.policy import PolicyError, check_server_count
@@ -303,6 +317,8 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "check.test_user": (setter("check.test_user", "someone"), check_view),
     "check.job_timeout": (setter("check.job_timeout", "9m"), check_view),
     "check.nodes_per_partition": (setter("check.nodes_per_partition", 5), check_view),
+    "activity.code": (setter("activity.code", "full"), activity_code_view),
+    "activity.retention": (setter("activity.retention", "30d"), retention_view),
 }
 for _f, _v in (("max_walltime", "3h"), ("default_walltime", "20m"), ("max_cpus", 3),
                ("default_cpus", 3), ("max_memory", "3G"), ("default_memory", "1500M"),
