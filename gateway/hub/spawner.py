@@ -390,6 +390,10 @@ class BatchSpawner(Spawner):
         try:
             host, port = await race(self._address)
             self.job_host, self.job_port = host, port
+            # The launcher reports once: a hub killed from here on (before start() returns and
+            # JupyterHub stores the state) must find the address in the database, or it waits
+            # start_timeout for a report that never comes and then ends a working server.
+            self._save_state_now()
             host, port = await race(asyncio.ensure_future(self.connection.open(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
