@@ -390,13 +390,20 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
     try:
         value = str(rng.randrange(10**6))
         _execute(ch, user, name, kernel, f"x = {value}")
-        delay = rng.uniform(0.0, 3.0)
-        trial.timing = f"+{delay:.1f} s"
+        delay, down = rng.uniform(0.0, 3.0), rng.uniform(0.0, 5.0)
+        trial.timing = f"+{delay:.1f} s, down {down:.1f} s"
         time.sleep(delay)
         port = ch.info["ports"]["tunnel"]
         listen = ch.info["tunnel"]["listen"]
+        if ch.pid("tunnel-endpoint") is None:
+            raise RuntimeError("the tunnel endpoint is not running")
         ch.stop_daemon("tunnel-endpoint")
         t0 = time.monotonic()
+        # The fault took effect: with their sshd sessions gone, no server answers.
+        if not _wait(lambda: all(ch.reach(u, s, timeout=2) != 200 for u, s, _ in STEADY), 10,
+                     step=0.05):
+            trial.fail("the servers still answered 10 s after the tunnel endpoint stopped")
+        time.sleep(max(0.0, t0 + down - time.monotonic()))
         restarter = threading.Thread(target=ch.lab_up, daemon=True)
         restarter.start()
         if not _wait(lambda: all(tcp_open(a, port) for a in listen), 60, step=0.05):
