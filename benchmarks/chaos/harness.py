@@ -74,6 +74,8 @@ class Chaos:
         self.say = say
         self.hub = self._new_hub()
         self._tokens: dict[str, str] = {}
+        # When the steady servers' tunnels last (re)connected (time.monotonic()).
+        self.tunnels_since = time.monotonic()
 
     # -- the hub ------------------------------------------------------------------------------------
 

@@ -15,10 +15,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos.harness import PROXY_CHECK_INTERVAL, Chaos, Trial
 from gateway.lab.procs import tcp_open
+from gateway.tunnel.sshargs import Backoff
 
 # "reported": after the launchers reported their address, before the servers answer (the hub
 # used to forget that address: a new hub then waited start_timeout for a report never repeated).
@@ -94,6 +97,7 @@ def ensure_steady(ch: Chaos, say: Callable[[str], None]) -> None:
             ch.remove(user, name)  # a walltime reached between scenarios
         say(f"  starting {user}/{name}")
         ch.spawn(user, name, options)
+        ch.tunnels_since = time.monotonic()
     for user, name, _ in STEADY:
         if not ch.wait_ready(user, name, timeout=150):
             raise RuntimeError(f"the steady server {user}/{name} did not start")
@@ -328,6 +332,127 @@ def ctld_down(ch: Chaos, trial: Trial, rng: random.Random, ctld_down: float = 60
     _check_steady(ch, trial, "after slurmctld returned")
 
 
+# -- 4. the walltime reached / 5. a compute node lost ------------------------------------------------
+
+END_LIMIT = 5.0  # the watcher's steady tick (4 s) and the hub's reaction
+
+
+def _jobcomp(ch: Chaos, job_id: int) -> dict[str, str] | None:
+    """The job's line in the lab's jobcomp file (how Slurm recorded its end), as a dict."""
+    try:
+        text = Path(ch.info["slurm"]["jobcomp"]).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"JobId={job_id} "):
+            return dict(f.split("=", 1) for f in line.split() if "=" in f)
+    return None
+
+
+def _log_time(line: str) -> float | None:
+    m = re.match(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ", line)
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp() if m else None
+
+
+def _end_noticed(ch: Chaos, trial: Trial, user: str, name: str, job_id: int, offset: int,
+                 recorded: float, words: str, timeout: float = 60) -> None:
+    """The hub ends the server and logs why, in words matching `words`, soon after `recorded`
+    (the epoch second Slurm recorded the end)."""
+    gone = _wait(lambda: ch.server(user, name) is None, timeout, step=0.2)
+    lines = [line for line in ch.log_since(offset).splitlines()
+             if f"The job {job_id} of " in line and " ended: " in line]
+    if not gone:
+        trial.wrong_states += 1
+        trial.fail(f"the hub still says {user}/{name} runs {timeout:.0f} s after its job ended")
+    elif ch.key_lines(user, name):
+        trial.fail(f"the tunnel key line of the ended {user}/{name} is still in authorized_keys")
+    if not lines:
+        trial.fail(f"the hub's log does not say how job {job_id} ended")
+        return
+    said = lines[0].split(" ended: ", 1)[1].strip()
+    trial.notes.append(f"hub: {said}")
+    if not re.search(words, said, re.I):
+        trial.fail(f"the hub's words for the end do not say {words!r}: {said}")
+    noticed = _log_time(lines[0])
+    if noticed is not None:
+        trial.detection = max(0.0, noticed - recorded)
+        if trial.detection > END_LIMIT:
+            trial.fail(f"the end was noticed {trial.detection:.1f} s after Slurm recorded it")
+
+
+def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """A server asked for 1 minute ends when Slurm stops it, with the reason in words, within one
+    watcher tick of the end Slurm records (jobcomp: JobState=TIMEOUT, EndTime)."""
+    user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
+    name = f"w{trial.number}"
+    trial.timing = f"{user} on {partition}"
+    offset = ch.log_size()
+    try:
+        ch.spawn(user, name, {"partition": partition, "walltime": "1m"})
+        if not ch.wait_ready(user, name, timeout=120):
+            raise RuntimeError(f"{user}/{name} did not start")
+        job = ch.server_job(user, name)
+        if job is None:
+            raise RuntimeError(f"no job for {user}/{name}")
+        record = _wait(lambda: _jobcomp(ch, job["job_id"]), 180, step=0.5)
+        if not record:
+            trial.fail(f"Slurm recorded no end of job {job['job_id']} within 3 minutes")
+            return
+        if record.get("JobState") != "TIMEOUT":
+            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}, not TIMEOUT")
+        ended = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
+        _end_noticed(ch, trial, user, name, job["job_id"], offset, ended, r"walltime|time limit")
+    finally:
+        gone, errors = ch.remove(user, name)
+        trial.http_5xx += errors
+        if not gone:
+            trial.fail(f"{user}/{name} could not be removed")
+
+
+def node_lost(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """c2's slurmd killed and the node marked down under bob's running server: the server ends
+    with "node ... failed" in words within one watcher tick of Slurm's record; then the node is
+    resumed and its slurmd started again."""
+    user, name = "bob", f"n{trial.number}"
+    offset = ch.log_size()
+    try:
+        ch.spawn(user, name, {"partition": "long", "walltime": "0:20:00"})
+        if not ch.wait_ready(user, name, timeout=120):
+            raise RuntimeError(f"{user}/{name} did not start")
+        job = ch.server_job(user, name)
+        if job is None or job.get("batch_host") != "c2":
+            raise RuntimeError(f"{user}/{name} is not on c2: {job and job.get('batch_host')}")
+        delay = rng.uniform(0.0, 3.0)
+        trial.timing = f"+{delay:.1f} s"
+        time.sleep(delay)
+        ch.stop_daemon("slurmd-c2", signal.SIGKILL)
+        ch.slurm("scontrol", "update", "nodename=c2", "state=down", "reason=chaos")
+        marked = time.time()
+        record = _wait(lambda: _jobcomp(ch, job["job_id"]), 60, step=0.2)
+        if record:
+            trial.notes.append(f"Slurm: {record.get('JobState')}")
+            recorded = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
+        else:
+            now = ch.server_job(user, name)
+            trial.notes.append(f"no jobcomp line; squeue: {now and now['job_state']}")
+            recorded = marked
+        _end_noticed(ch, trial, user, name, job["job_id"], offset, max(recorded, marked - 1),
+                     r"node.*fail|fail.*node")
+    finally:
+        ch.slurm("scontrol", "update", "nodename=c2", "state=resume", check=False)
+        try:
+            ch.lab_up()
+        except Exception as err:  # noqa: BLE001 - said, and the trial fails
+            trial.fail(f"c2 did not come back: {err}")
+        gone, errors = ch.remove(user, name)
+        trial.http_5xx += errors
+        leftover = ch.server_job(user, name)
+        if ch.active(leftover):
+            trial.orphan_jobs += 1
+            trial.fail(f"job {leftover['job_id']} still {leftover['job_state']} after the trial")
+            ch.cancel(str(leftover["job_id"]))
+
+
 # -- 6. the tunnel endpoint restarted -----------------------------------------------------------------
 
 
@@ -386,6 +511,13 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
     """The hub host's tunnel endpoint stopped (its sshd sessions with it) and started again:
     the reverse tunnels are back within 10 s of its return, and a kernel survives."""
     user, name, _ = STEADY[0]
+    # A job's ssh resets its reconnect backoff once a connection has stayed up this long; before
+    # that, each restart finds it waiting longer (0.2 s doubling to 30 s: see the README).
+    stable = Backoff().stable_after + 1
+    wait = ch.tunnels_since + stable - time.monotonic()
+    if wait > 0:
+        trial.notes.append(f"waited {wait:.0f} s for stable tunnels")
+        time.sleep(wait)
     kernel = _kernel(ch, user, name)
     try:
         value = str(rng.randrange(10**6))
@@ -414,6 +546,7 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
         back = _wait(lambda: all(ch.reach(u, s, timeout=2) == 200 for u, s, _ in STEADY), 60,
                      step=0.1)
         restarter.join(120)
+        ch.tunnels_since = time.monotonic()
         if not back:
             trial.lost_servers += len(STEADY)
             trial.fail("the tunnels were not back 60 s after the endpoint returned")
@@ -440,6 +573,8 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "hub_kill": hub_kill,
     "proxy_kill": proxy_kill,
     "ctld_down": ctld_down,
+    "walltime": walltime,
+    "node_lost": node_lost,
     "tunnel_restart": tunnel_restart,
 }
 NEEDS_STEADY = {"proxy_kill", "ctld_down", "tunnel_restart"}
