@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                              "left running")
     parser.add_argument("--trials", type=int, default=4, help="trials per scenario (hub_kill: "
                         "spread over its five moments)")
+    parser.add_argument("--trials-of", action="append", default=[], metavar="SCENARIO=N",
+                        help="another number of trials for one scenario (repeatable), e.g. "
+                             "walltime=2: each of its trials waits a minute for the walltime")
     parser.add_argument("--seed", type=int, default=None, help="for the random timings")
     parser.add_argument("--ctld-down", type=float, default=60.0,
                         help="seconds slurmctld stays stopped (about; drawn from 80-120%%)")
@@ -41,12 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
+    counts = dict.fromkeys(names, args.trials)
+    for item in args.trials_of:
+        scenario, _, n = item.partition("=")
+        if scenario not in SCENARIOS or not n.isdigit():
+            parser.error(f"--trials-of takes SCENARIO=N, not {item!r}")
+        counts[scenario] = int(n)
     moments = [m for m in args.moments.split(",") if m]
     if set(moments) - set(MOMENTS):
         parser.error(f"unknown moments: {', '.join(sorted(set(moments) - set(MOMENTS)))}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     print(f"seed={seed} trials={args.trials} ctld_down={args.ctld_down:g} "
-          f"scenarios={','.join(names)}", flush=True)
+          f"scenarios={','.join(names)} {' '.join(args.trials_of)}".rstrip(), flush=True)
 
     lab = Lab(args.lab_dir)
     was_up = lab.status()["ok"]
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = []
     try:
         chaos.start()
-        trials = run_scenarios(chaos, [(s, args.trials) for s in names], random.Random(seed),
+        trials = run_scenarios(chaos, [(s, counts[s]) for s in names if counts.get(s)], random.Random(seed),
                                {"ctld_down": args.ctld_down, "moments": moments},
                                say=lambda text: print(text, flush=True))
     finally:
