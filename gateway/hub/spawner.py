@@ -514,6 +514,8 @@ class BatchSpawner(Spawner):
         if task is not None:
             task.cancel()  # an end the hub asked for is not news
         if not self.job_id:
+            # A start the hub died in before sbatch may have left a tunnel key line.
+            await self.connection.release()
             return
         scheduler, _, watcher = self._shared()
         user, _ = await self.unix_account()
