@@ -469,6 +469,10 @@ class BatchSpawner(Spawner):
 
     async def poll(self) -> int | None:
         if not self.job_id:
+            # A start the hub died in before sbatch may have left a tunnel key line. JupyterHub
+            # stops a server poll() calls ended without calling stop(): release it here.
+            if not getattr(self, "_spawn_pending", False):
+                await self.connection.release()
             return 0
         try:
             _, _, watcher = self._shared()
