@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(state, ignore_errors=True)
     print()
+    print("not run: the primary directory stopped (issue #16; tests/integration/"
+          "test_ldap_replicas.py covers failover on private slapd copies), the job out of "
+          "memory, the home full at spawn")
     print(table(trials))
     print(last_line(trials), flush=True)
     return 0 if trials and all(t.passed for t in trials) else 1

@@ -74,6 +74,9 @@ class Chaos:
         self.say = say
         self.hub = self._new_hub()
         self._tokens: dict[str, str] = {}
+        # In every server name of this run: jobs and key lines of earlier runs (finished jobs stay
+        # in squeue for MinJobAge) are never taken for this run's.
+        self.run_tag = os.urandom(2).hex()
         # When the steady servers' tunnels last (re)connected (time.monotonic()).
         self.tunnels_since = time.monotonic()
 

@@ -117,8 +117,8 @@ def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running
     Afterwards each server runs and answers through the proxy, or ended with a reason in words;
     no orphan job; no key line of an ended server in authorized_keys."""
     n = trial.number
-    servers = [("alice", f"k{n}a", {"partition": "debug", "walltime": "0:20:00"}),
-               ("bob", f"k{n}b", {"partition": "long", "walltime": "0:20:00"})]
+    servers = [("alice", f"k{n}a-{ch.run_tag}", {"partition": "debug", "walltime": "0:20:00"}),
+               ("bob", f"k{n}b-{ch.run_tag}", {"partition": "long", "walltime": "0:20:00"})]
     first = max((j["job_id"] for j in ch.jobs()), default=0)
     offset = ch.log_size()
 
@@ -384,7 +384,7 @@ def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
     """A server asked for 1 minute ends when Slurm stops it, with the reason in words, within one
     watcher tick of the end Slurm records (jobcomp: JobState=TIMEOUT, EndTime)."""
     user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
-    name = f"w{trial.number}"
+    name = f"w{trial.number}-{ch.run_tag}"
     trial.timing = f"{user} on {partition}"
     offset = ch.log_size()
     try:
@@ -413,7 +413,7 @@ def node_lost(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
     """c2's slurmd killed and the node marked down under bob's running server: the server ends
     with "node ... failed" in words within one watcher tick of Slurm's record; then the node is
     resumed and its slurmd started again."""
-    user, name = "bob", f"n{trial.number}"
+    user, name = "bob", f"n{trial.number}-{ch.run_tag}"
     offset = ch.log_size()
     try:
         ch.spawn(user, name, {"partition": "long", "walltime": "0:20:00"})
