@@ -27,8 +27,10 @@ from schedulers.script import export_lines
 
 def build_script(req: JobRequest) -> str:
     """The batch script: `#SBATCH` header from typed fields, then exports, then the body."""
+    # --no-requeue: the server lives in the job's memory. Requeued after a node failure, the job
+    # would wait in the queue again while the hub shows the server running; it must end instead.
     lines = ["#!/bin/bash", f"#SBATCH --job-name={check_name('job name', req.name)}",
-             "#SBATCH --nodes=1", "#SBATCH --ntasks=1"]
+             "#SBATCH --nodes=1", "#SBATCH --ntasks=1", "#SBATCH --no-requeue"]
     if req.partition:
         lines.append(f"#SBATCH --partition={check_name('partition', req.partition)}")
     if req.account:

@@ -391,6 +391,10 @@ class BatchSpawner(Spawner):
         try:
             host, port = await race(self._address)
             self.job_host, self.job_port = host, port
+            # The launcher reports once: a hub killed from here on (before start() returns and
+            # JupyterHub stores the state) must find the address in the database, or it waits
+            # start_timeout for a report that never comes and then ends a working server.
+            self._save_state_now()
             host, port = await race(asyncio.ensure_future(self.connection.open(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
@@ -466,6 +470,10 @@ class BatchSpawner(Spawner):
 
     async def poll(self) -> int | None:
         if not self.job_id:
+            # A start the hub died in before sbatch may have left a tunnel key line. JupyterHub
+            # stops a server poll() calls ended without calling stop(): release it here.
+            if not getattr(self, "_spawn_pending", False):
+                await self.connection.release()
             return 0
         try:
             _, _, watcher = self._shared()
@@ -511,6 +519,8 @@ class BatchSpawner(Spawner):
         if task is not None:
             task.cancel()  # an end the hub asked for is not news
         if not self.job_id:
+            # A start the hub died in before sbatch may have left a tunnel key line.
+            await self.connection.release()
             return
         scheduler, _, watcher = self._shared()
         user, _ = await self.unix_account()

@@ -68,6 +68,7 @@ class Endpoint:
             for key, _ in sel.select(timeout=1.0):
                 self._accept(key.fileobj)  # type: ignore[arg-type]
             self._reap()
+        self._terminate()  # whatever started while stopping: no session outlives the endpoint
 
     def _reap(self) -> None:
         self.children = [(c, src) for c, src in self.children if c.poll() is None]
@@ -78,6 +79,8 @@ class Endpoint:
         except OSError:
             return
         with conn:
+            if not self.running:
+                return  # stopping: the sessions just ended reconnect at once; refuse them
             self._reap()
             source = peer[0]
             if (len(self.children) >= self.max_sessions
@@ -91,6 +94,9 @@ class Endpoint:
 
     def stop(self, *_: Any) -> None:
         self.running = False
+        self._terminate()
+
+    def _terminate(self) -> None:
         for child, _ in self.children:
             if child.poll() is None:
                 child.terminate()

@@ -55,6 +55,7 @@ def build_rest_job(req: JobRequest, environment: Mapping[str, str]) -> dict[str,
         "tasks": 1,
         "nodes": [1, 1],
         "environment": dict(environment),
+        "requeue": False,  # as the script's --no-requeue (slurmrestd reads these, not #SBATCH)
     }
     if req.partition:
         job["partition"] = req.partition
@@ -85,6 +86,7 @@ def build_job_desc(req: JobRequest, environment: Mapping[str, str]) -> dict[str,
         "minimum_nodes": 1,
         "maximum_nodes": 1,
         "environment": [f"{k}={v}" for k, v in environment.items()],
+        "requeue": False,
     }
     if req.partition:
         job["partition"] = req.partition

@@ -104,3 +104,27 @@ def test_no_branch_on_the_modes_name_outside_the_factory() -> None:
                 consts = [c.value for c in [node.left, *node.comparators]
                           if isinstance(c, ast.Constant)]
                 assert not names & set(consts), f"{path.name}:{node.lineno} branches on a mode name"
+
+
+async def test_stop_without_a_job_still_releases_the_key_line_a_killed_start_left() -> None:
+    """A hub killed after the reverse tunnel's key line was written but before sbatch: the new
+    hub finds the server without a job and stops it. That stop must remove the line (found by
+    benchmarks.chaos, hub_kill at 'submit': the line stayed in authorized_keys for good)."""
+    from gateway.hub.spawner import BatchSpawner
+
+    released = []
+
+    class Restored:
+        async def release(self) -> None:
+            released.append(True)
+
+    await BatchSpawner.stop(SimpleNamespace(job_id="", connection=Restored()))  # type: ignore[arg-type]
+    assert released == [True]
+    # JupyterHub calls stop() only for servers poll() says run: the new hub's poll() finds no
+    # job, so it must release too (but not while a start of this server is under way).
+    await BatchSpawner.poll(SimpleNamespace(job_id="", connection=Restored(),  # type: ignore[arg-type]
+                                            _spawn_pending=False))
+    assert released == [True, True]
+    await BatchSpawner.poll(SimpleNamespace(job_id="", connection=Restored(),  # type: ignore[arg-type]
+                                            _spawn_pending=True))
+    assert released == [True, True]

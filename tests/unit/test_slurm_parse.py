@@ -171,8 +171,8 @@ def test_no_value_can_add_a_directive(value: str) -> None:
         except UnsafeValue:
             continue
         directives = [ln for ln in script.splitlines() if ln.startswith("#SBATCH")]
-        # job name, nodes, ntasks, cpus, and the field itself unless it is the name
-        assert len(directives) == (4 if field == "name" else 5)
+        # job name, nodes, ntasks, no-requeue, cpus, and the field itself unless it is the name
+        assert len(directives) == (5 if field == "name" else 6)
         assert all("\n" not in d for d in directives)
 
 

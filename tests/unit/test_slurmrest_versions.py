@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from schedulers import slurm
 from schedulers.errors import SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, UnsafeValue
 from schedulers.slurmrest import (
@@ -26,7 +27,7 @@ from schedulers.slurmrest import (
     dialect,
     unsupported_version,
 )
-from schedulers.slurmrest.versions import normalize_job, parse_nodes, parse_submit
+from schedulers.slurmrest.versions import build_job_desc, normalize_job, parse_nodes, parse_submit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurmrest"
 NEW = ("v0.0.40", "v0.0.41", "v0.0.42")
@@ -272,3 +273,13 @@ async def test_client_explains_a_refused_submit(version: str, tmp_path: Path) ->
         with pytest.raises(SubmitError) as err:
             await rest.submit(request(partition="nope"), "bob")
     assert "Invalid partition name specified" in err.value.raw
+
+
+def test_a_server_job_is_never_requeued_by_any_transport() -> None:
+    """A notebook server lives in its job's memory: a job Slurm requeued after a node failure
+    came back as a pending job while the hub still showed the server running (found by
+    benchmarks.chaos, node_lost). The job must end as NODE_FAIL instead."""
+    req = request()
+    assert "#SBATCH --no-requeue" in slurm.build_script(req).splitlines()
+    assert build_rest_job(req, ENV)["job"]["requeue"] is False
+    assert build_job_desc(req, ENV)["job"]["requeue"] is False

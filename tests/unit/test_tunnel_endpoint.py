@@ -42,3 +42,23 @@ def test_one_source_cannot_take_more_than_its_share_of_sessions() -> None:
             child.wait(timeout=5)
         for s in endpoint.socks:
             s.close()
+
+
+def test_a_connection_arriving_while_it_stops_gets_no_session_that_outlives_it() -> None:
+    """Stopping ends every session, and the jobs' ssh reconnect at once (0.2 s): a connection
+    accepted after stop() but before the loop ends must not start an sshd that nobody ends (found
+    by benchmarks.chaos: a job's tunnel survived the endpoint's restart, reparented to init)."""
+    endpoint = Endpoint([("127.0.0.1", 0)], ["sleep", "30"])
+    port = endpoint.socks[0].getsockname()[1]
+    endpoint.stop()  # as the SIGTERM handler would, with the loop still in select()
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        endpoint._accept(endpoint.socks[0])  # the loop's pending accept
+        client.settimeout(2)
+        assert client.recv(1) == b""  # closed at once
+        assert not [c for c, _ in endpoint.children if c.poll() is None]
+    finally:
+        client.close()
+        for child, _ in endpoint.children:
+            child.kill()
+            child.wait()
