@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.hub import LabHub
+from gateway.lab.procs import free_port
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, fetch, job_log, running_hub, server_dir, tunnel_port, user_token
 from tests.helpers.lab import as_user, workdir
@@ -165,14 +166,6 @@ def test_job_key_cannot_forward_another_port(alice_up: Hub, tmp_path: Path) -> N
     res = subprocess.run([*base[:1], *base[2:], "127.0.0.1", "id"], capture_output=True, text=True,
                          timeout=20)
     assert "uid=" not in res.stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
