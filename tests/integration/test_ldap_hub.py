@@ -5,6 +5,7 @@ group and proxy) even when a test fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import re
 import secrets
@@ -61,39 +62,41 @@ def start_hub(lab: dict[str, Any], workdir: Path, config: str, crypt_key: bool =
     return hub
 
 
-@pytest.fixture(scope="module")
-def directory_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
-    config = hub_config(lab, [lab["ldap"]["uri"]], allowed_groups={"hub-admins"}, admin_groups={"hub-admins"},
-                        failed_logins_per_user=3)
-    hub = start_hub(lab, tmp_path_factory.mktemp("hub-directory"), config)
+@contextlib.contextmanager
+def running_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, name: str,
+                server_urls: list[str] | None = None, **settings: Any) -> Iterator[HubProcess]:
+    """A hub with these LDAPAuthenticator settings (the lab's directory unless `server_urls`),
+    stopped whatever happens."""
+    config = hub_config(lab, server_urls or [lab["ldap"]["uri"]], **settings)
+    hub = start_hub(lab, tmp_path_factory.mktemp(f"hub-{name}"), config)
     try:
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope="module")
+def directory_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    with running_hub(lab, tmp_path_factory, "directory", allowed_groups={"hub-admins"},
+                     admin_groups={"hub-admins"}, failed_logins_per_user=3) as hub:
+        yield hub
 
 
 @pytest.fixture(scope="module")
 def address_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     # No per-name limit: only the per-address one can stop a spray over many names.
-    config = hub_config(lab, [lab["ldap"]["uri"]], allow_all=True, failed_logins_per_user=0,
-                        failed_logins_per_address=5)
-    hub = start_hub(lab, tmp_path_factory.mktemp("hub-address"), config)
-    try:
+    with running_hub(lab, tmp_path_factory, "address", allow_all=True, failed_logins_per_user=0,
+                     failed_logins_per_address=5) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 @pytest.fixture(scope="module")
 def stalled_hub(lab: dict[str, Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, StalledListener]]:
-    with StalledListener() as stalled:
-        config = hub_config(lab, [stalled.uri], allow_all=True, connect_timeout=1.0, receive_timeout=2.0)
-        hub = start_hub(lab, tmp_path_factory.mktemp("hub-stalled"), config)
-        try:
-            yield hub, stalled
-        finally:
-            hub.stop()
+    with StalledListener() as stalled, running_hub(lab, tmp_path_factory, "stalled", [stalled.uri],
+                                                   allow_all=True, connect_timeout=1.0,
+                                                   receive_timeout=2.0) as hub:
+        yield hub, stalled
 
 
 def session() -> aiohttp.ClientSession:
@@ -173,13 +176,9 @@ async def test_repeated_failures_are_throttled_on_the_page(lab: dict[str, Any],
 @pytest.fixture(scope="module")
 def open_hub(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     # No throttle: hundreds of hostile attempts in a row, each judged on its own.
-    config = hub_config(lab, [lab["ldap"]["uri"]], allow_all=True, failed_logins_per_user=0,
-                        failed_logins_per_address=0)
-    hub = start_hub(lab, tmp_path_factory.mktemp("hub-open"), config)
-    try:
+    with running_hub(lab, tmp_path_factory, "open", allow_all=True, failed_logins_per_user=0,
+                     failed_logins_per_address=0) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 _HOSTILE = ["*", ")", "(", "\\", "\x00", ",", "+", "=", '"', "<", ">", ";", "#", " ", "\n", "%", "\u0130"]
