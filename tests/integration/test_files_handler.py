@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.lab.procs import free_port
+from gateway.lab.jupyter import NOBODY, jupyter_server
 
-REPO = Path(__file__).resolve().parents[2]
 BIG = 3 * (1 << 20) + 12345  # above sendfile_min, not a multiple of any chunk size
 
 
@@ -36,62 +31,24 @@ class Server:
     data: bytes
 
 
-NOBODY = 65534  # the server runs as an ordinary account, as in a job
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    base = Path(tempfile.mkdtemp(prefix="hpcgate-files-", dir="/var/tmp"))
-    base.chmod(0o755)
-    root = base / "root"
-    root.mkdir()
-    data = secrets.token_bytes(BIG)
-    (root / "song.wav").write_bytes(data)
-    (root / "song.flac").write_bytes(data[:4096])
-    (root / ".hidden.wav").write_bytes(data[:4096])
-    with open(root / "sparse.wav", "wb") as f:
-        f.truncate(256 << 20)
-    (root / "locked.wav").write_bytes(data)  # stays root's, mode 0600: the server cannot read it
-    (root / "locked.wav").chmod(0o600)
-    (base / "outside.wav").write_bytes(b"secret" * 1000)
-    for sub in ("cfg", "rt", "data"):
-        (base / sub).mkdir()
-    for path in [root, *root.iterdir(), base / "cfg", base / "rt", base / "data"]:
-        if path.name != "locked.wav":
+    # A real jupyter_server as nobody, started as the recorder's tests start theirs.
+    with jupyter_server(["--ContentsManager.files_handler_class=gateway.job.files.TrackedFileHandler",
+                         "--log-level=DEBUG"], recorder=False) as running:
+        root = running.base / "root"
+        data = secrets.token_bytes(BIG)
+        (root / "song.wav").write_bytes(data)
+        (root / "song.flac").write_bytes(data[:4096])
+        (root / ".hidden.wav").write_bytes(data[:4096])
+        with open(root / "sparse.wav", "wb") as f:
+            f.truncate(256 << 20)
+        for path in root.iterdir():
             os.chown(path, NOBODY, NOBODY)
-    port, token = free_port(), secrets.token_hex(16)
-    log = base / "server.log"
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
-           "PYTHONPATH": str(REPO), "JUPYTER_TOKEN": token, "JUPYTER_CONFIG_DIR": str(base / "cfg"),
-           "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_DATA_DIR": str(base / "data")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             sys.executable, "-m", "jupyter_server", "--no-browser",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-             "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-             "--ContentsManager.files_handler_class=gateway.job.files.TrackedFileHandler",
-             "--log-level=DEBUG"],
-            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"jupyter_server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.1)
-        yield Server(port, token, root, log, data)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(base, ignore_errors=True)
+        (root / "locked.wav").write_bytes(data)  # stays root's, mode 0600: the server cannot read it
+        (root / "locked.wav").chmod(0o600)
+        (running.base / "outside.wav").write_bytes(b"secret" * 1000)
+        yield Server(running.port, running.token, root, running.log, data)
 
 
 @dataclass
