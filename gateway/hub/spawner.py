@@ -34,6 +34,7 @@ from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
 from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, format_duration
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_POLICY_FILES: dict[str, Any] = {}  # policy_file -> its PolicyFile (re-read when it changes)
 
 
 class BatchSpawner(Spawner):
@@ -147,12 +148,15 @@ class BatchSpawner(Spawner):
     def site_policy(self) -> Any:
         """The site policy (also read by the /hub/depots page); SpawnException when it cannot
         be loaded and no earlier version of it was (a broken edit keeps the last good one)."""
-        if getattr(self, "_policy_file", None) is None:
-            from gateway.policy.config import PolicyFile
+        from gateway.policy.config import PolicyFile
 
-            self._policy_file = PolicyFile(self.policy_file, self.log)
+        # One reader per file for the whole hub: every spawner (hundreds at a hub's start) shares
+        # its parsed policy instead of parsing the YAML again for itself.
+        reader = _POLICY_FILES.get(self.policy_file)
+        if reader is None:
+            reader = _POLICY_FILES[self.policy_file] = PolicyFile(self.policy_file, self.log)
         try:
-            return self._policy_file.policy()
+            return reader.policy()
         except PolicyFileError as err:
             raise SpawnException("This hub's site policy cannot be read; please tell an "
                                  "administrator.", reason="hub-config",
