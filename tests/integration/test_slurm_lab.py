@@ -20,7 +20,7 @@ from schedulers.model import JobRequest, JobState
 from schedulers.runners import SSHRunner, SudoRunner
 from schedulers.slurmrest import SlurmRestScheduler
 from schedulers.watcher import JobWatcher
-from tests.helpers.lab import job_output, workdir
+from tests.helpers.lab import job_output, wait_for_file, workdir
 
 pytestmark = pytest.mark.lab
 
@@ -193,6 +193,8 @@ async def test_rest_transport_submits_watches_and_cancels(lab: dict, outputs: Ou
             running = await wait_until(watcher, job_id, lambda s: s.state is JobState.RUNNING, 20)
             assert running.raw["user_name"] == "bob"
             assert running.node_address == lab["nodes"][running.node]["address"]
+            # RUNNING comes before the script's first line: cancel only once `id -un` has written.
+            await asyncio.to_thread(wait_for_file, out, "bob")
             await rest.cancel([job_id], user="bob")
             watcher.poke()
             final = await wait_until(watcher, job_id, lambda s: s.is_final, 20)
