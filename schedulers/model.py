@@ -111,6 +111,11 @@ class JobStatus:
     exit_code: int | None = None
     signal: int | None = None
     estimated_start: datetime | None = None
+    started: datetime | None = None
+    """When the job started running (None while it waits)."""
+    ends: datetime | None = None
+    """When the scheduler will end it at the latest: its start plus its time limit, as the
+    scheduler computes it (None while it waits, or when the scheduler does not say)."""
     raw: Any = None
     """The record as parsed from the scheduler, for logs and debugging."""
 

@@ -276,6 +276,8 @@ def status_from_job(job: Mapping[str, Any], node_addresses: Mapping[str, str] | 
         text, permanent = ("Running" if name == "RUNNING" else name.capitalize()), False
     node = job.get("batch_host") or (job.get("nodes") or "").split(",")[0] or None
     estimated = _epoch(job.get("start_time")) if state.is_waiting else None
+    started = None if state.is_waiting else _epoch(job.get("start_time"))
+    ends = _epoch(job.get("end_time")) if started else None
     return JobStatus(
         job_id=str(job.get("job_id")),
         state=state,
@@ -287,6 +289,8 @@ def status_from_job(job: Mapping[str, Any], node_addresses: Mapping[str, str] | 
         exit_code=exit_code if state.is_final else None,
         signal=signal if state.is_final else None,
         estimated_start=estimated,
+        started=started,
+        ends=ends,
         raw=dict(job),
     )
 
