@@ -24,17 +24,31 @@ def _routes() -> tuple[tuple[list[Any], str, type], ...]:
         WatcherHealthHandler,
     )
     from gateway.hub.depots_page import PAGE_PATH, DepotsHandler
+    from gateway.hub.sessions_api import (
+        LOG_PATH,
+        SESSIONS_PATH,
+        USER_SESSIONS_PATH,
+        JobLogHandler,
+        SessionsHandler,
+        UserSessionsHandler,
+    )
+    from gateway.hub.sessions_page import OPERATOR_PATH, OperatorSessionsHandler
 
     return ((apihandlers.default_handlers, REPORT_PATH, ServerAddressHandler),
             (apihandlers.default_handlers, HEALTH_PATH, WatcherHealthHandler),
             (apihandlers.default_handlers, ACTIVITY_PATH, ActivityRecordsHandler),
-            (handlers.default_handlers, PAGE_PATH, DepotsHandler))
+            (apihandlers.default_handlers, SESSIONS_PATH, SessionsHandler),
+            (apihandlers.default_handlers, LOG_PATH, JobLogHandler),
+            (apihandlers.default_handlers, USER_SESSIONS_PATH, UserSessionsHandler),
+            (handlers.default_handlers, PAGE_PATH, DepotsHandler),
+            (handlers.default_handlers, OPERATOR_PATH, OperatorSessionsHandler))
 
 
 def install_handlers() -> None:
     """Add the launcher's report API (/hub/api/hpcgate/report), the servers' activity records API
     (/hub/api/hpcgate/activity), the scheduler health API for operators
-    (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
+    (/hub/api/hpcgate/health), the sessions API (/hub/api/hpcgate/sessions...), the depots page
+    (/hub/depots) and the operator's sessions view (/hub/sessions/all) to JupyterHub's
     handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):
@@ -62,6 +76,13 @@ def configure(c: Any, policy_file: str) -> None:
     except (PolicyFileError, ValueError, OSError) as err:
         raise SystemExit(f"hpcgate: the hub cannot start with the site policy {policy_file}:"
                          f"\n{err}") from None
+    from gateway.hub.sessions_page import TEMPLATE_DIR
+
     c.JupyterHub.spawner_class = "hpcgate"
     c.BatchSpawner.policy_file = policy_file
+    # The sessions page (home.html) and the nav bar and walltime banner of every page (page.html).
+    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+    c.JupyterHub.template_paths = [TEMPLATE_DIR, *(p for p in paths if p != TEMPLATE_DIR)]
+    # Several sessions where the policy allows them (groups' max_servers, checked at each spawn).
+    c.JupyterHub.allow_named_servers = True
     install_handlers()

@@ -53,12 +53,44 @@ def same_host(reported: str, expected: str) -> bool:
         return reported == expected
 
 
+ENDINGS = ("time-limit",)
+
+
+def parse_ending(body: bytes) -> tuple[str, str] | None:
+    """(server name, ending) when the launcher reports how its job ends ({"server_name",
+    "ending": "time-limit"}); None for any other body (an address report)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "ending" not in doc:
+        return None
+    if set(doc) - {"server_name", "ending"} or doc["ending"] not in ENDINGS:
+        raise web.HTTPError(400, f"ending must be one of {', '.join(ENDINGS)}")
+    name = doc.get("server_name", "")
+    if not isinstance(name, str):
+        raise web.HTTPError(400, "server_name must be a string")
+    return name, doc["ending"]
+
+
 class ServerAddressHandler(APIHandler):
-    """POST {host, port, server_name}: the job's server is listening there."""
+    """POST {host, port, server_name}: the job's server is listening there. POST {server_name,
+    ending}: the job is ending on its own (its walltime is near), so the portal says so."""
 
     @web.authenticated
     async def post(self) -> None:
+        ending = parse_ending(self.request.body)
+        if ending is not None:
+            self._own_spawner(ending[0]).ending_reported(ending[1])
+            self.write({"ok": True})
+            return
         name, host, port = parse_report(self.request.body)
+        spawner = self._own_spawner(name)
+        await spawner.address_reported(host, port)
+        self.set_status(200)
+        self.write({"ok": True})
+
+    def _own_spawner(self, name: str) -> Any:
         user = self.current_user
         token = self.get_auth_token() or ""
         spawner: Any = user.spawners.get(name) if hasattr(user, "spawners") else None
@@ -66,9 +98,7 @@ class ServerAddressHandler(APIHandler):
         if spawner is None or not expected or not hmac.compare_digest(expected, token_digest(token)):
             # Only the server's own token may say where that server is.
             raise web.HTTPError(403, "this token does not belong to that server")
-        await spawner.address_reported(host, port)
-        self.set_status(200)
-        self.write({"ok": True})
+        return spawner
 
 
 class WatcherHealthHandler(APIHandler):

@@ -277,6 +277,8 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "job.extra_directives": (setter("job.extra_directives", ["#SBATCH --exclusive"]), job_view),
     "job.workdir": (setter("job.workdir", "/scratch/{user}"), job_view),
     "job.report_timeout": (setter("job.report_timeout", 60), job_view),
+    "job.end_signal": (setter("job.end_signal", 300), job_view),
+    "job.walltime_warnings": (setter("job.walltime_warnings", ["30m"]), job_view),
     "default_partition": (lambda d: d.update(default_partition=list(d["partitions"])[-1]), offer_view),
     "accounts.*.description": (
         lambda d: [a.update(description="changed") for a in d["accounts"].values()], offer_view),
