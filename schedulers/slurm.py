@@ -220,6 +220,9 @@ _LIMIT_PATTERN = re.compile(r"^(Assoc|QOS)(Grp|Max)\w+|^Max\w*Per(Account|User)\
 def explain_reason(reason: str) -> tuple[str, bool]:
     """(plain words, can never clear) for a Slurm reason such as `Resources` or `QOSGrpCpuLimit`."""
     base = reason.split(",")[0].strip()
+    if base == "Nodes required for job are DOWN":  # the description 22.05 shows for ReqNodeNotAvail
+        return ("Queued: the nodes this job needs are down, drained or reserved for jobs in higher "
+                "priority partitions", False)
     if base in _REASONS:
         return _REASONS[base]
     if _PERMANENT_PATTERN.match(base):

@@ -18,7 +18,10 @@ from schedulers.model import JobState, JobStatus
 HISTORY_KEPT = 5
 # Slurm's reasons that may mean "no node of the partition can run anything now": worth asking
 # sinfo for the admins' drain or down reason, which says more than the reason code.
-_NODE_REASONS = {"Resources", "ReqNodeNotAvail", "NodeDown", "PartitionDown", "PartitionInactive"}
+# 22.05 also puts its description in the reason once the scheduler has looked at the job:
+# "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions".
+_NODE_REASONS = {"Resources", "ReqNodeNotAvail", "NodeDown", "PartitionDown", "PartitionInactive",
+                 "Nodes required for job are DOWN"}
 
 
 def _epoch(moment: datetime | None) -> float | None:

@@ -58,3 +58,13 @@ def test_pbs_running_job_ends_at_start_plus_walltime():
     status = pbs.status_from_job(job_id, job)
     assert status.started == datetime(2022, 10, 4, 21, 23, 33)
     assert status.ends == datetime(2022, 10, 4, 21, 24, 33)  # Resource_List.walltime 00:01:00
+
+
+def test_slurm_description_as_reason_is_worded_and_asks_for_the_nodes():
+    from gateway.hub.sessions import queue_words_need_nodes
+
+    line = ("6|PENDING|Nodes required for job are DOWN, DRAINED or reserved for jobs in higher "
+            "priority partitions|||N/A|N/A|0|")  # the lab's squeue with c1 and c2 drained
+    status = slurm.parse_status_lines(line)["6"]
+    assert status.reason_text.startswith("Queued: the nodes this job needs are down, drained")
+    assert queue_words_need_nodes(status)

@@ -94,7 +94,11 @@
     if (log.hidden) { return; }
     H.api("hpcgate/sessions/" + encodeURIComponent(user) + "/log?server=" + encodeURIComponent(name))
       .then(function (r) { return r.json(); })
-      .then(function (doc) { log.textContent = doc.log || doc.note || doc.message || "(empty)"; })
+      .then(function (doc) {
+        var atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.textContent = doc.log || doc.note || doc.message || "(empty)";
+        if (atEnd) { log.scrollTop = log.scrollHeight; }  // follow the tail unless scrolled up
+      })
       .catch(function () { log.textContent = "The job's output could not be read just now."; });
   }
 
@@ -126,6 +130,7 @@
     q("stop").hidden = !live || s.state === "stopping";
     q("relaunch").hidden = live || !s.options || !Object.keys(s.options).length;
     q("edit").hidden = live;
+    card.querySelector("dl").hidden = !s.job_id;
     if (!live && !s.job_id) {
       q("state-text").textContent = (s.history && s.history.length) ? "Not running." :
         "No session yet: start one with the form.";
@@ -178,6 +183,7 @@
     return H.api("hpcgate/sessions").then(function (r) { return r.ok ? r.json() : null; }).then(function (doc) {
       if (!doc) { H.say(status, "The session list could not be loaded."); return; }
       skew = doc.now - Date.now() / 1000;
+      if (window.hpcgateBanner) { window.hpcgateBanner(doc); }
       doc.sessions.forEach(function (s) {
         notifyStarts(s);
         var card = byName[s.name] || (byName[s.name] = makeCard(s.name));
