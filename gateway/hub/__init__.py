@@ -15,6 +15,12 @@ from typing import Any
 def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     from jupyterhub import apihandlers, handlers
 
+    from gateway.hub.activity_page import (
+        EXPORT_PATH,
+        ActivityExportHandler,
+        ActivityPageHandler,
+    )
+    from gateway.hub.activity_page import PAGE_PATH as ACTIVITY_PAGE_PATH
     from gateway.hub.api import (
         ACTIVITY_PATH,
         HEALTH_PATH,
@@ -28,14 +34,17 @@ def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     return ((apihandlers.default_handlers, REPORT_PATH, ServerAddressHandler),
             (apihandlers.default_handlers, HEALTH_PATH, WatcherHealthHandler),
             (apihandlers.default_handlers, ACTIVITY_PATH, ActivityRecordsHandler),
-            (handlers.default_handlers, PAGE_PATH, DepotsHandler))
+            (handlers.default_handlers, PAGE_PATH, DepotsHandler),
+            (handlers.default_handlers, ACTIVITY_PAGE_PATH, ActivityPageHandler),
+            (handlers.default_handlers, EXPORT_PATH, ActivityExportHandler))
 
 
 def install_handlers() -> None:
-    """Add the launcher's report API (/hub/api/hpcgate/report), the servers' activity records API
-    (/hub/api/hpcgate/activity), the scheduler health API for operators
-    (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
-    handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
+    """Add the launcher's report API (/hub/api/hpcgate/report), the activity records API
+    (/hub/api/hpcgate/activity: servers deliver, readers read), the scheduler health API for
+    operators (/hub/api/hpcgate/health), the depots page (/hub/depots) and the activity page
+    (/hub/activity, /hub/activity/export) to JupyterHub's handlers. Call it from
+    jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):
             table.append((path, handler))
@@ -62,6 +71,11 @@ def configure(c: Any, policy_file: str) -> None:
     except (PolicyFileError, ValueError, OSError) as err:
         raise SystemExit(f"hpcgate: the hub cannot start with the site policy {policy_file}:"
                          f"\n{err}") from None
+    from gateway.hub.activity_access import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
+
     c.JupyterHub.spawner_class = "hpcgate"
     c.BatchSpawner.policy_file = policy_file
+    # The scope a site's roles give to see everyone's activity history (operators; admins have
+    # it through admin:users). Defined here so roles in the rest of the file can name it.
+    c.JupyterHub.custom_scopes.update({READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION}})
     install_handlers()
