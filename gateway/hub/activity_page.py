@@ -143,8 +143,8 @@ class ActivityPageHandler(ActivityRequest):
                 "Download CSV</a></p>")
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
+def _ms(value: Any) -> str:
+    if not isinstance(value, (int, float)):  # None, or Jinja's Undefined for an event record
         return ""
     return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
 

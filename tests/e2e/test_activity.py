@@ -9,6 +9,7 @@ every earlier record in the store and the one in flight marked unfinished."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
@@ -28,17 +29,15 @@ from gateway.lab.hub import LabHub
 from gateway.lab.jupyter import V1, KernelClient
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, fetch, running_hub, server_dir, user_token
-from tests.helpers.lab import as_user
+from tests.helpers.lab import as_user, passwords
 from tests.helpers.paths import REPO
+from tests.helpers.portal import Portal
 
 pytestmark = pytest.mark.lab
 
 DIRECT = with_changes(PINNED_NODES, {"connection": {"mode": "direct"}})
 REVERSE = with_changes(PINNED_NODES, {"connection": {"mode": "reverse", "down_timeout": 0}})
-# carol holds the operators' scope here (LDAP login gives it to hub-admins through a role).
-CONFIG = ('c.BatchSpawner.poll_interval = 2\n'
-          'c.JupyterHub.load_roles.append({"name": "activity-operator", "users": ["carol"],\n'
-          '                                "scopes": ["custom:hpcgate:read:activity"]})\n')
+CONFIG = 'c.BatchSpawner.poll_interval = 2\n'
 SPAWN = {"walltime": "15m", "cpus": "1", "memory": "1G"}
 HUB_DOWN = 30.0
 
@@ -113,10 +112,23 @@ def start(hub: Hub, user: str, partition: str) -> None:
     hub.wait_ready(user, timeout=180)
 
 
+class ActivityHub(Hub):
+    portals: dict[str, Portal]
+    """Each user's browser session (the hub's pages take cookies, not tokens)."""
+
+
 @pytest.fixture(scope="module")
-def direct_hub(lab: dict) -> Iterator[Hub]:
-    with running_hub(lab, "activity", ("alice", "bob", "carol"), policy=DIRECT,
-                     extra_config=CONFIG) as h:
+def direct_hub(lab: dict) -> Iterator[ActivityHub]:
+    # Logged in through the lab's directory, as people use the portal: their groups come from
+    # it, and carol (hub-admins) gets the hub-operator role, which may read everyone's activity.
+    with running_hub(lab, "activity", hub_class=ActivityHub, policy=DIRECT, extra_config=CONFIG,
+                     ldap_login=True) as h:
+        h.portals = {}
+        for user in ("alice", "bob", "carol"):
+            portal = Portal(h.hub.url)
+            status, url, body = portal.login(user, passwords(lab)[user])
+            assert status == 200 and "/hub/login" not in url, Portal.login_error(body)
+            h.portals[user] = portal
         start(h, "alice", "debug")
         yield h
 
@@ -162,25 +174,25 @@ def test_executions_in_two_languages_reach_the_store_in_order(
 
 
 def test_alice_sees_her_timeline_and_downloads_it(
-        direct_hub: Hub, tokens: dict[str, str], alice_cells: dict[str, Any]) -> None:
-    status, _, body = fetch(direct_hub, "/hub/activity", tokens["alice"], timeout=30)
-    page = body.decode()
-    assert status == 200, page[:500]
+        direct_hub: ActivityHub, tokens: dict[str, str], alice_cells: dict[str, Any]) -> None:
+    status, url, page = direct_hub.portals["alice"].request("/hub/activity")
+    assert status == 200 and url.endswith("/hub/activity"), (url, page[:500])
     assert "Activity of alice" in page and 'id="activity-chart"' in page
     assert page.count('class="bar"') >= 1 and 'class="error-mark"' in page
     assert "study.ipynb" in page and "console-1" in page and "ZeroDivisionError" in page
     assert "keeps activity records for 180 days" in page
-    status, headers, body = fetch(direct_hub, "/hub/activity/export?format=csv&since=1d",
-                                  tokens["alice"], timeout=30)
-    assert status == 200 and headers["Content-Type"].startswith("text/csv")
-    assert headers["Content-Disposition"].startswith('attachment; filename="activity-alice-')
-    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    link = page[page.index('id="download-csv" href="') + 24:]
+    link = html.unescape(link[:link.index('"')])
+    assert link.startswith("/hub/activity/export?") and "format=csv" in link
+    status, _, body = direct_hub.portals["alice"].request(link)
+    assert status == 200, body[:300]
+    rows = list(csv.DictReader(io.StringIO(body)))
     assert {r["user"] for r in rows} == {"alice"}
     assert set(alice_cells.values()) <= {r["msg_id"] for r in rows}
 
 
 def test_a_lead_sees_the_groups_members_and_no_one_else(
-        direct_hub: Hub, tokens: dict[str, str], alice_cells: dict[str, Any]) -> None:
+        direct_hub: ActivityHub, tokens: dict[str, str], alice_cells: dict[str, Any]) -> None:
     hub = direct_hub
     for user in ("bob", "carol"):  # their servers' start records reach the store
         start(hub, user, "debug")
@@ -192,35 +204,37 @@ def test_a_lead_sees_the_groups_members_and_no_one_else(
     status, doc = api_records(hub, alice, "bob")
     assert status == 200 and doc["records"] and {r["user"] for r in doc["records"]} == {"bob"}
     assert api_records(hub, alice, "carol")[0] == 403
-    status, _, body = fetch(hub, "/hub/activity?group=soundscape-lab&since=1d", alice, timeout=30)
-    page = body.decode()
-    assert status == 200 and "Activity of group soundscape-lab" in page
+    lead = hub.portals["alice"]
+    status, _, page = lead.request("/hub/activity?group=soundscape-lab&since=1d")
+    assert status == 200 and "Activity of group soundscape-lab" in page, page[:300]
     members = page[page.index('id="activity-members"'):page.index('id="activity-sessions"')]
     assert ">alice</a>" in members and ">bob</a>" not in members  # bob ran no cell...
     assert "carol" not in page
-    status, _, body = fetch(hub, "/hub/activity/export?group=soundscape-lab&format=jsonl&since=1d",
-                            alice, timeout=30)
-    users = {json.loads(line)["user"] for line in body.decode().splitlines()}
+    status, _, body = lead.request("/hub/activity/export?group=soundscape-lab&format=jsonl&since=1d")
+    users = {json.loads(line)["user"] for line in body.splitlines()}
     assert status == 200 and users == {"alice", "bob"}  # ...but his records are there
-    assert fetch(hub, "/hub/activity?group=hub-admins", alice)[0] == 403
-    assert fetch(hub, "/hub/activity?user=carol", alice)[0] == 403
+    assert lead.request("/hub/activity?group=hub-admins")[0] == 403
+    assert lead.request("/hub/activity?user=carol")[0] == 403
+    assert lead.request("/hub/activity?user=bob&since=1d")[0] == 200
     # carol, an operator, sees anyone's.
     status, doc = api_records(hub, tokens["carol"], "alice")
     assert status == 200 and set(alice_cells.values()) <= {r.get("msg_id") for r in doc["records"]}
 
 
-def test_bob_gets_nothing_of_alices(direct_hub: Hub, tokens: dict[str, str],
+def test_bob_gets_nothing_of_alices(direct_hub: ActivityHub, tokens: dict[str, str],
                                     alice_cells: dict[str, Any]) -> None:
-    hub, bob = direct_hub, tokens["bob"]
+    hub, bob, portal = direct_hub, tokens["bob"], direct_hub.portals["bob"]
     for path in ("/hub/activity?user=alice", "/hub/activity?group=soundscape-lab",
                  "/hub/activity/export?user=alice&format=csv",
                  "/hub/activity/export?group=soundscape-lab&format=jsonl",
-                 "/hub/api/hpcgate/activity?user=alice", "/hub/activity?user=nobody-here"):
-        status, _, body = fetch(hub, path, bob, timeout=30)
+                 "/hub/activity?user=nobody-here"):
+        status, _, page = portal.request(path)
         assert status == 403, (path, status)
-        assert b"study.ipynb" not in body and alice_cells["ok"].encode() not in body
-    status, _, body = fetch(hub, "/hub/activity?since=1d", bob, timeout=30)
-    assert status == 200 and b"Activity of bob" in body and b"study.ipynb" not in body
+        assert "study.ipynb" not in page and alice_cells["ok"] not in page
+    status, _, body = fetch(hub, "/hub/api/hpcgate/activity?user=alice", bob, timeout=30)
+    assert status == 403 and b"study.ipynb" not in body
+    status, _, page = portal.request("/hub/activity?since=1d")
+    assert status == 200 and "Activity of bob" in page and "study.ipynb" not in page
     status, doc = api_records(hub, bob, "")  # no user: his own
     assert status == 200 and {r["user"] for r in doc["records"]} == {"bob"}
     # The store's file is the hub's alone: bob cannot read it on the host, nor export from it.
@@ -258,7 +272,8 @@ def hub_down_while_cells_run(hub: Hub, user: str, policy: dict) -> None:
     written = {r.get("msg_id") for r in buffer_records(hub, user, job_id)}
     assert set(during) <= written  # in the job's buffer...
     assert not set(during) & {r.get("msg_id") for r in stored_records(hub)}  # ...not in the store
-    hub.hub = LabHub(old.info, old.dir, policy=policy, extra_config=CONFIG)
+    hub.hub = LabHub(old.info, old.dir, policy=policy, extra_config=CONFIG,
+                     ldap_login=old.ldap_login)
     hub.hub.start()
     token = user_token(hub, user)
     records = wait_in_store(hub, token, user,

@@ -124,19 +124,20 @@ def render(**ns: object) -> str:
 
 def test_the_page_escapes_what_users_wrote() -> None:
     from gateway.hub.activity_access import ActivityScope
-    from gateway.hub.activity_page import Target
+    from gateway.hub.activity_page import Target, _ms
     from gateway.hub.activity_view import time_text
 
     evil = '<script>alert("x")</script>.ipynb'
     rng = TimeRange(NOW - 5 * HOUR, NOW)
-    recs = [execution(path=evil), execution(kernel="<b>k</b>", outcome="error")]
+    recs = [execution(path=evil), execution(kernel="<b>k</b>", outcome="error"),
+            Origin(user="alice").record("notebook_open", time=iso(NOW - HOUR), path=evil)]
     s = summarize(recs, rng)
     html = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
-                  summary=s, chart=chart(s), recent=recs, shown=2, total=2, since="a", until="b",
+                  summary=s, chart=chart(s), recent=recs, shown=3, total=3, since="a", until="b",
                   clipped=False, retention_days=180, cutoff="x", oldest=None,
                   user_choices=["alice"], group_choices=[], csv_url="/hub/activity/export?x=1&y=2",
                   jsonl_url="j", page_url="/hub/activity", time_text=time_text, hourly=True,
-                  ms=lambda v: "" if v is None else f"{v:.0f} ms")
+                  ms=_ms)
     assert "<script>" not in html and "<b>k</b>" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;k&lt;/b&gt;" in html
     assert 'id="activity-chart"' in html and html.count('class="bar"') == 2
