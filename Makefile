@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light
-SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
+	python3 python3-venv systemd nginx-light chromium
+SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
+	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
 

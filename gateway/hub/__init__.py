@@ -15,6 +15,12 @@ from typing import Any
 def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     from jupyterhub import apihandlers, handlers
 
+    from gateway.hub.activity_page import (
+        EXPORT_PATH,
+        ActivityExportHandler,
+        ActivityPageHandler,
+    )
+    from gateway.hub.activity_page import PAGE_PATH as ACTIVITY_PAGE_PATH
     from gateway.hub.api import (
         ACTIVITY_PATH,
         HEALTH_PATH,
@@ -41,15 +47,18 @@ def _routes() -> tuple[tuple[list[Any], str, type], ...]:
             (apihandlers.default_handlers, LOG_PATH, JobLogHandler),
             (apihandlers.default_handlers, USER_SESSIONS_PATH, UserSessionsHandler),
             (handlers.default_handlers, PAGE_PATH, DepotsHandler),
-            (handlers.default_handlers, OPERATOR_PATH, OperatorSessionsHandler))
+            (handlers.default_handlers, OPERATOR_PATH, OperatorSessionsHandler),
+            (handlers.default_handlers, ACTIVITY_PAGE_PATH, ActivityPageHandler),
+            (handlers.default_handlers, EXPORT_PATH, ActivityExportHandler))
 
 
 def install_handlers() -> None:
-    """Add the launcher's report API (/hub/api/hpcgate/report), the servers' activity records API
-    (/hub/api/hpcgate/activity), the scheduler health API for operators
-    (/hub/api/hpcgate/health), the sessions API (/hub/api/hpcgate/sessions...), the depots page
-    (/hub/depots) and the operator's sessions view (/hub/sessions/all) to JupyterHub's
-    handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
+    """Add the launcher's report API (/hub/api/hpcgate/report), the activity records API
+    (/hub/api/hpcgate/activity: servers deliver, readers read), the scheduler health API for
+    operators (/hub/api/hpcgate/health), the sessions API (/hub/api/hpcgate/sessions...), the
+    depots page (/hub/depots), the operator's sessions view (/hub/sessions/all) and the activity
+    page (/hub/activity, /hub/activity/export) to JupyterHub's handlers. Call it from
+    jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):
             table.append((path, handler))
@@ -76,6 +85,7 @@ def configure(c: Any, policy_file: str) -> None:
     except (PolicyFileError, ValueError, OSError) as err:
         raise SystemExit(f"hpcgate: the hub cannot start with the site policy {policy_file}:"
                          f"\n{err}") from None
+    from gateway.hub.activity_access import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
     from gateway.hub.sessions_page import TEMPLATE_DIR
 
     c.JupyterHub.spawner_class = "hpcgate"
@@ -85,4 +95,7 @@ def configure(c: Any, policy_file: str) -> None:
     c.JupyterHub.template_paths = [TEMPLATE_DIR, *(p for p in paths if p != TEMPLATE_DIR)]
     # Several sessions where the policy allows them (groups' max_servers, checked at each spawn).
     c.JupyterHub.allow_named_servers = True
+    # The scope a site's roles give to see everyone's activity history (operators; admins have
+    # it through admin:users). Defined here so roles in the rest of the file can name it.
+    c.JupyterHub.custom_scopes.update({READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION}})
     install_handlers()

@@ -115,6 +115,7 @@ class WatcherHealthHandler(APIHandler):
 
 ACTIVITY_PATH = "/api/hpcgate/activity"
 MAX_BATCH = 1000
+MAX_READ = 10_000  # records per GET; the page's export has them all
 
 
 def check_records(body: bytes, user: str, server: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -151,7 +152,36 @@ def server_of_token(spawners: dict[str, Any], token: str) -> Any:
 
 class ActivityRecordsHandler(APIHandler):
     """POST {records: [...]}: a server's activity records, with that server's own token. Answers
-    {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless."""
+    {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless.
+
+    GET ?user=U&since=T&until=T&limit=N: U's records (default: the caller's own), oldest first,
+    for whoever may see them (gateway.hub.activity_access); 403 for anyone else, whether or not
+    U exists."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        import time
+
+        from gateway.hub.activity_access import hub_policy, request_scope, retention_of
+        from gateway.hub.activity_store import ActivityStore
+        from gateway.hub.activity_view import time_range
+
+        policy = await asyncio.to_thread(hub_policy, self.settings.get("config"))
+        scope = await request_scope(self, policy)
+        user = self.get_argument("user", "") or scope.own or ""
+        if not user or not scope.allows_user(user):
+            raise web.HTTPError(403, "You may not see this activity history.")
+        try:
+            rng = time_range(self.get_argument("since", None) or None,
+                             self.get_argument("until", None) or None, time.time(),
+                             retention_of(policy))
+            limit = int(self.get_argument("limit", str(MAX_READ)))
+        except ValueError as err:
+            raise web.HTTPError(400, str(err)) from None
+        store = ActivityStore.instance(config=self.settings.get("config"))
+        records = await store.records_of([user], rng.since, rng.until,
+                                         limit=max(1, min(limit, MAX_READ)))
+        self.write({"user": user, "since": rng.since, "until": rng.until, "records": records})
 
     @web.authenticated
     async def post(self) -> None:

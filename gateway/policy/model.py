@@ -351,6 +351,11 @@ class Activity:
     retention: timedelta = setting(
         "How long the hub keeps activity records (e.g. 180d); older ones are deleted.",
         Duration(), timedelta(days=180))
+    viewers: Mapping[str, tuple[str, ...]] = setting(
+        "Who sees a group's activity besides each member's own: directory group -> the directory "
+        "groups (leads, instructors) whose members see every member's timeline, the group's "
+        "aggregates, and download them (e.g. soundscape-lab: [soundscape-leads]).",
+        MapOf(GroupName(), ListOf(GroupName())), factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
