@@ -114,7 +114,8 @@
     q("job").textContent = s.job_id || "–";
     q("where").textContent = (r.partition || "default partition") + (r.account ? " / " + r.account : "");
     q("node").textContent = s.node || (s.state === "queued" ? "not yet chosen" : "–");
-    q("size").textContent = (r.cpus || "–") + " cores, " + H.memory(r.memory_mb) + ", " + (r.gpus || 0) + " GPUs";
+    q("size").textContent = (r.cpus || "–") + (r.cpus === 1 ? " core, " : " cores, ") + H.memory(r.memory_mb) +
+      ", " + (r.gpus || 0) + (r.gpus === 1 ? " GPU" : " GPUs");
     q("walltime").textContent = H.words(r.walltime_seconds);
     q("started").textContent = s.started ? H.clock(s.started) :
       (s.expected_start ? "expected " + H.clock(s.expected_start) : "not yet");
