@@ -7,6 +7,7 @@ VENV ?= /opt/hpcgate/venv
 PY := $(VENV)/bin/python
 CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
+LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
 	python3 python3-venv systemd nginx-light chromium
 SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
@@ -14,7 +15,7 @@ SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
 
-setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy
+setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy $(LABEXT)
 
 debs:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -62,6 +63,19 @@ $(VENV)/bin/configurable-http-proxy: $(CHP_JS) Makefile | $(PY)
 	  'GLIBC_TUNABLES=glibc.malloc.trim_threshold=134217728$${GLIBC_TUNABLES:+:$$GLIBC_TUNABLES} \' \
 	  '  exec node $(CHP_JS) "$$@"' >$@
 	chmod 0755 $@
+
+# The JupyterLab extension (labextension/: time left, walltime warnings, the end at the limit),
+# built with npm's @jupyterlab/builder against this JupyterLab's own core packages (its
+# `labextension build` wants a jupyter-builder that is not installed) into the environment's
+# labextensions directory, where every server the jobs run finds it.
+$(LABEXT): labextension/package.json labextension/package-lock.json labextension/lib/index.js \
+		labextension/style/index.css $(VENV)/.deps-stamp
+	cd labextension && npm ci --silent --no-fund --no-audit
+	cd labextension && rm -rf build && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
+	  --core-path "$$($(PY) -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
+	rm -rf $(dir $@)
+	mkdir -p $(dir $(patsubst %/,%,$(dir $@)))
+	cp -r labextension/build/hpcgate-session $(dir $@)
 
 lint: setup
 	$(VENV)/bin/ruff check schedulers auth gateway tests benchmarks

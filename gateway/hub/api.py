@@ -90,6 +90,15 @@ class ServerAddressHandler(APIHandler):
         self.set_status(200)
         self.write({"ok": True})
 
+    @web.authenticated
+    async def get(self) -> None:
+        """GET ?server_name=NAME with that server's own token: its session card (the time left,
+        the warnings, how it is ending), for JupyterLab inside the job (gateway.job.session)."""
+        from gateway.hub.sessions_api import server_card
+
+        spawner = self._own_spawner(self.get_argument("server_name", ""))
+        self.write(await server_card(spawner))
+
     def _own_spawner(self, name: str) -> Any:
         user = self.current_user
         token = self.get_auth_token() or ""

@@ -153,5 +153,6 @@ async def describe(spawner: Any, watcher: Any | None, scheduler: Any | None,
         "connection": spawner.connection.mode if spawner.job_id else None,
         "url": user.server_url(spawner.name) if spawner.ready else None,
         "options": dict(spawner.user_options or {}),
+        "ending": spawner.ending or None,
         "history": list(spawner.history),
     }

@@ -34,24 +34,26 @@ def sees_everyone(handler: Any) -> bool:
     return handler.parsed_scopes.get("read:servers") is Scope.ALL
 
 
+async def server_card(spawner: Any) -> dict[str, Any]:
+    """One server's card, with the scheduler's live details when the hub can reach them."""
+    watcher = scheduler = None
+    warnings: tuple[int, ...] = ()
+    try:
+        scheduler, _, watcher = spawner.scheduler_connection()
+        policy = spawner.site_policy()
+        warnings = tuple(sorted({int(w.total_seconds()) for w in policy.job.walltime_warnings},
+                                reverse=True))
+    except Exception:  # noqa: BLE001 - a card without live details beats no page at all
+        spawner.log.debug("no scheduler details for %s", spawner._log_name, exc_info=True)
+    return await describe(spawner, watcher, scheduler, warnings)
+
+
 async def user_sessions(user: Any) -> dict[str, Any]:
     """Every server of `user` worth a card (active, or with a history), default first."""
-    cards = []
-    max_servers = 1
-    for spawner in sorted(user.spawners.values(), key=lambda s: (s.name != "", s.name)):
-        watcher = scheduler = None
-        warnings: tuple[int, ...] = ()
-        try:
-            scheduler, _, watcher = spawner._shared()
-            policy = spawner.site_policy()
-            warnings = tuple(sorted({int(w.total_seconds()) for w in policy.job.walltime_warnings},
-                                    reverse=True))
-        except Exception:  # noqa: BLE001 - a card without live details beats no page at all
-            spawner.log.debug("no scheduler details for %s", spawner._log_name, exc_info=True)
-        if spawner.active or spawner.history or spawner.name == "":
-            cards.append(await describe(spawner, watcher, scheduler, warnings))
-    max_servers = await _max_servers(user)
-    return {"user": user.name, "max_servers": max_servers, "sessions": cards}
+    cards = [await server_card(spawner)
+             for spawner in sorted(user.spawners.values(), key=lambda s: (s.name != "", s.name))
+             if spawner.active or spawner.history or spawner.name == ""]
+    return {"user": user.name, "max_servers": await _max_servers(user), "sessions": cards}
 
 
 async def _max_servers(user: Any) -> int:
@@ -120,7 +122,7 @@ async def job_log(spawner: Any) -> tuple[str, str]:
     from schedulers.errors import SchedulerError
 
     try:
-        _, runner, _ = spawner._shared()
+        _, runner, _ = spawner.scheduler_connection()
         unix_user, home = await spawner.unix_account()
         setup = job_setup(spawner.site_policy(), unix_user, home, spawner.name)
         res = await runner.run(["tail", "-c", str(LOG_BYTES), f"{setup.server_dir}/job.log"],

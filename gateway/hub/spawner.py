@@ -142,6 +142,11 @@ class BatchSpawner(Spawner):
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    def scheduler_connection(self) -> tuple[Any, Any, Any]:
+        """The hub's scheduler, runner and watcher for the policy's cluster (shared by every
+        spawner of the hub); SpawnException when the policy cannot give one."""
+        return self._shared()
+
     def _shared(self) -> tuple[Any, Any, Any]:
         """The hub's scheduler, runner and watcher for the policy's cluster."""
         try:

@@ -62,6 +62,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 def post_json(url: str, body: bytes, token: str, timeout: float = 10) -> tuple[int, bytes]:
     """POST to the hub API: over TCP, or over the tunnel's Unix socket (`http+unix://<quoted
     path>/...`, reverse mode). (status, body); OSError when nothing answers."""
+    return hub_request("POST", url, body, token, timeout)
+
+
+def hub_request(method: str, url: str, body: bytes | None, token: str,
+                timeout: float = 10) -> tuple[int, bytes]:
+    """One request to the hub API (see post_json); the query string is kept."""
     parts = urlsplit(url)
     headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
     if parts.scheme == "http+unix":
@@ -71,7 +77,8 @@ def post_json(url: str, body: bytes, token: str, timeout: float = 10) -> tuple[i
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        conn.request("POST", parts.path, body=body, headers=headers)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()
     except http.client.HTTPException as err:
@@ -162,7 +169,9 @@ def activity_args(config: dict[str, Any], state_dir: Path) -> list[str]:
     """The activity recorder (gateway.job.activity) in this server: its buffer in the server's
     directory, what it keeps of code as the site policy says."""
     code = config.get("activity", {}).get("code", "hash")
-    return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True}",
+    # gateway.job.session: the time left and the session's end, for JupyterLab (see there).
+    return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True, "
+            "'gateway.job.session': True}",
             f"--ActivityRecorder.state_dir={state_dir}", f"--ActivityRecorder.code={code}"]
 
 

@@ -119,10 +119,15 @@ def test_alice_spawns_and_her_card_shows_the_job(hub: Hub, browser: Any,
     c.locator(".hpcgate-log-toggle").click()
     page.wait_for_function("document.querySelector('#hpcgate-card-default .hpcgate-log')"
                            ".textContent.includes('hpcgate: JupyterLab for alice')")
-    # Open leads into her JupyterLab.
+    # Open leads into her JupyterLab, which shows the time left (the hpcgate-session extension).
     with page.expect_navigation():
         c.locator(".hpcgate-open").click()
     page.wait_for_url("**/user/alice/lab**")
+    indicator = page.locator("#hpcgate-time-left")
+    page.wait_for_function("(document.getElementById('hpcgate-time-left') || {}).textContent"
+                           "?.startsWith('Time left: ')", timeout=60_000)
+    assert re.match(r"Time left: 1\d minutes", indicator.text_content()), indicator.text_content()
+    shot(page, "jupyterlab-time-left")
 
 
 def test_keyboard_reaches_every_control(hub: Hub, browser: Any, passwords: dict[str, str]) -> None:
@@ -278,6 +283,9 @@ def test_walltime_warning_then_a_clean_end_at_the_time_limit(hub: Hub, browser: 
     page = as_user(browser, hub, passwords, "alice")
     spawn_from_form(page, hub, partition="debug", walltime="3m")
     wait_state(page, hub, "", ("running",))
+    lab = page.context.new_page()  # her JupyterLab, open next to the hub's pages
+    lab.goto(hub.hub.url + "/user/alice/lab")
+    lab.locator("#hpcgate-time-left").wait_for(timeout=60_000)
     # 2 minutes before the limit: the card and the banner of every hub page warn.
     banner = page.locator("#hpcgate-walltime-banner")
     banner.wait_for(state="visible", timeout=120_000)
@@ -286,7 +294,14 @@ def test_walltime_warning_then_a_clean_end_at_the_time_limit(hub: Hub, browser: 
     page.goto(hub.hub.url + "/hub/token")  # any hub page
     page.locator("#hpcgate-walltime-banner").wait_for(state="visible", timeout=40_000)
     shot(page, "walltime-banner")
-    # Slurm signals the job 30 s (up to 60 s more) before the limit; it ends cleanly as "time limit".
+    # Inside JupyterLab: a notification at the threshold.
+    lab.get_by_text("left before the walltime ends this session").first.wait_for(timeout=30_000)
+    shot(lab, "jupyterlab-walltime-warning")
+    # Slurm signals the job 30 s (up to 60 s more) before the limit; it ends cleanly as "time limit",
+    # and the open JupyterLab says so and offers a relaunch (not "server unavailable").
+    lab.get_by_text("Session reached its time limit", exact=True).wait_for(timeout=200_000)
+    assert lab.get_by_role("button", name="Relaunch").is_visible()
+    shot(lab, "jupyterlab-time-limit")
     page.goto(hub.hub.url + "/hub/home")
     page.wait_for_selector("#hpcgate-history tbody td:has-text('Reached its time limit.')",
                            timeout=200_000)
