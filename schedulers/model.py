@@ -90,7 +90,7 @@ class JobRequest:
     extra_directives: tuple[str, ...] = ()
     """Site-written raw header lines (from the site policy, never from users)."""
     end_signal_seconds: int = 0
-    """Ask the scheduler to signal the job (SIGUSR1 to the batch shell) this long before its
+    """Ask the scheduler to signal the job (SIGUSR2 to the batch shell) this long before its
     walltime, so it can end cleanly; 0 for no such signal."""
 
     def walltime_seconds(self) -> int | None:

@@ -53,7 +53,7 @@ def build_script(req: JobRequest) -> str:
             # early; it never sends it when the limit is shorter than the lead time.
             if not isinstance(req.end_signal_seconds, int) or not 0 < req.end_signal_seconds <= 65535:
                 raise UnsafeValue(f"end signal lead must be 1-65535 s, not {req.end_signal_seconds!r}")
-            lines.append(f"#SBATCH --signal=B:USR1@{req.end_signal_seconds}")
+            lines.append(f"#SBATCH --signal=B:USR2@{req.end_signal_seconds}")
     if req.workdir:
         lines.append(f"#SBATCH --chdir={check_path('working directory', req.workdir)}")
     if req.output:

@@ -110,14 +110,17 @@ def report(config: dict[str, Any], host: str, port: int, deadline: float) -> Non
         delay = min(delay * 2, 10)
 
 
-def end_at_walltime(config: dict[str, Any]) -> None:
-    """On SIGUSR1 (the scheduler's warning shortly before the walltime, see JobRequest's
-    end_signal_seconds): tell the hub the session ends at its time limit, then stop the server
-    the way SIGTERM does, which shuts its kernels down, so the job ends cleanly, not killed."""
+def end_at_walltime(config: dict[str, Any], grace: float = 8.0) -> None:
+    """On SIGUSR2 (the scheduler's warning shortly before the walltime, see JobRequest's
+    end_signal_seconds): tell the hub and the open JupyterLab tabs (gateway.job.session reads
+    HPCGATE_ENDING) that the session ends at its time limit, give the tabs `grace` seconds to
+    ask, then stop the server the way SIGTERM does, which shuts its kernels down: the job ends
+    cleanly, not killed."""
     import signal
     import threading
 
-    def tell_hub_then_stop() -> None:
+    def tell_then_stop() -> None:
+        os.environ["HPCGATE_ENDING"] = "time-limit"
         env = config["env"]
         url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/hpcgate/report"
         body = json.dumps({"server_name": env.get("JUPYTERHUB_SERVER_NAME", ""),
@@ -127,12 +130,14 @@ def end_at_walltime(config: dict[str, Any]) -> None:
         except OSError:
             pass  # the hub learns it from the job's end anyway; stopping cleanly matters more
         print("hpcgate: the walltime is near: stopping JupyterLab and its kernels", flush=True)
+        time.sleep(grace)  # JupyterLab asks every 5 s this close to the end
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def on_usr1(signum: int, frame: Any) -> None:
-        threading.Thread(target=tell_hub_then_stop, daemon=True).start()
+    def on_usr2(signum: int, frame: Any) -> None:
+        threading.Thread(target=tell_then_stop, daemon=True).start()
 
-    signal.signal(signal.SIGUSR1, on_usr1)
+    # USR2, not USR1: jupyter_server takes SIGUSR1 for itself (it prints its info).
+    signal.signal(signal.SIGUSR2, on_usr2)
 
 
 def open_tunnel(config: dict[str, Any], state_dir: Path, server_port: int) -> tuple[str, int]:

@@ -50,7 +50,9 @@ class SessionInfo(ExtensionApp):
                 fetched = await asyncio.to_thread(fetch_card)
                 if fetched is not None:  # a hub away for a moment: keep the last answer
                     self._card, self._at = fetched, time.monotonic()
-            return {**self._card, "now": time.time()}
+            # The launcher's SIGUSR2 handler says so at once, before the hub's card can.
+            ending = os.environ.get("HPCGATE_ENDING") or self._card.get("ending")
+            return {**self._card, "ending": ending, "now": time.time()}
 
 
 def fetch_card() -> dict[str, Any] | None:

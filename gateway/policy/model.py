@@ -245,7 +245,7 @@ class JobEnvironment:
         "Seconds the job's launcher keeps trying to tell the hub where its server listens (a hub "
         "restart included).", Seconds(10, 86400), 600.0)
     end_signal: float = setting(
-        "Seconds before the walltime the scheduler signals the job (Slurm `--signal=B:USR1@N`), "
+        "Seconds before the walltime the scheduler signals the job (Slurm `--signal=B:USR2@N`), "
         "so the server stops its kernels and ends as \"reached its time limit\" instead of being "
         "killed. 0 turns it off (PBS has no such signal: its SIGTERM at the limit does the same, "
         "with less time).", Seconds(0, 3600), 90.0)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.browser import chromium, login, shot
-from tests.helpers.hub import Hub, fetch, running_hub, user_token
+from tests.helpers.hub import Hub, fetch, job_log, running_hub, user_token
 from tests.helpers.lab import passwords as lab_passwords
 
 pytestmark = pytest.mark.lab
@@ -150,6 +150,19 @@ def test_keyboard_reaches_every_control(hub: Hub, browser: Any, passwords: dict[
         .filter(e => e.offsetParent !== null && !(e.textContent.trim() || e.getAttribute('aria-label')
         || (e.id && document.querySelector('label[for="' + e.id + '"]')))).map(e => e.outerHTML)""")
     assert not unnamed, unnamed
+    # JupyterHub's dark theme: the cards follow it (Bootstrap's theme colours, nothing fixed).
+    def text_lightness() -> float:
+        rgb = page.evaluate("getComputedStyle(document.querySelector('#hpcgate-card-default "
+                            ".hpcgate-state-text')).color")
+        r, g, b = (int(v) for v in re.findall(r"\d+", rgb)[:3])
+        return (r + g + b) / 765
+
+    light = text_lightness()
+    page.click("#dark-theme-toggle")
+    page.wait_for_function("document.documentElement.dataset.bsTheme === 'dark'")
+    assert light < 0.5 < text_lightness()
+    shot(page, "sessions-dark")
+    page.click("#dark-theme-toggle")
 
 
 def test_bob_cannot_see_alices_sessions_or_log(hub: Hub) -> None:
@@ -306,3 +319,7 @@ def test_walltime_warning_then_a_clean_end_at_the_time_limit(hub: Hub, browser: 
     page.wait_for_selector("#hpcgate-history tbody td:has-text('Reached its time limit.')",
                            timeout=200_000)
     assert not hub.active_jobs("alice")
+    # It was the launcher that ended it, on the scheduler's signal, not the scheduler's kill.
+    text = job_log(hub.lab, "alice")
+    assert "hpcgate: the walltime is near: stopping JupyterLab and its kernels" in text
+    assert "DUE TO TIME LIMIT" not in text

@@ -1,4 +1,5 @@
-"""Why a partition runs nothing: sinfo's node states and the admins' drain reasons, in words.
+"""What the sessions page needs from Slurm: why a partition runs nothing (sinfo's node states and
+the admins' drain reasons, in words), a job's start and end, and the signal before the walltime.
 The sinfo lines were printed by the lab's Slurm 22.05 (`sinfo -h -N -p debug -o '%N|%T|%E'`)."""
 
 from datetime import datetime
@@ -68,3 +69,15 @@ def test_slurm_description_as_reason_is_worded_and_asks_for_the_nodes():
     status = slurm.parse_status_lines(line)["6"]
     assert status.reason_text.startswith("Queued: the nodes this job needs are down, drained")
     assert queue_words_need_nodes(status)
+
+
+def test_the_job_asks_for_its_end_signal_only_with_a_walltime():
+    from datetime import timedelta
+
+    from schedulers.model import JobRequest
+
+    script = slurm.build_script(JobRequest(script="true", walltime=timedelta(minutes=3),
+                                           end_signal_seconds=30))
+    # USR2: jupyter_server in the job takes SIGUSR1 for itself.
+    assert "#SBATCH --signal=B:USR2@30" in script.splitlines()
+    assert "--signal" not in slurm.build_script(JobRequest(script="true", end_signal_seconds=30))
