@@ -153,7 +153,7 @@ class HubCollector:
     """Gauges computed at each scrape from the hub's memory (no I/O, no scheduler call)."""
 
     def describe(self) -> list[Metric]:
-        return list(self._families())
+        return list(self._families().values())
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
@@ -233,16 +233,16 @@ class HubCollector:
 
     @staticmethod
     def _tunnels(families: dict[str, GaugeMetricFamily]) -> None:
-        from gateway.hub.connections import TunnelledMode
-
         app = _hub_app()
         if app is None:
             return
         counts = {(mode, state): 0 for mode in ("reverse", "login-node") for state in ("up", "down")}
         for spawner in _spawners(app):
+            # Tunnelled modes (gateway.hub.connections.TunnelledMode) say is_down; direct has none.
             conn = getattr(spawner, "_connection", None)
-            if isinstance(conn, TunnelledMode) and conn.port and getattr(spawner, "job_port", 0):
-                key = (conn.mode, "down" if conn.is_down else "up")
+            is_down = getattr(conn, "is_down", None)
+            if is_down is not None and conn.port and getattr(spawner, "job_port", 0):
+                key = (conn.mode, "down" if is_down else "up")
                 counts[key] = counts.get(key, 0) + 1
         for key, count in sorted(counts.items()):
             families["tunnels"].add_metric(list(key), count)
