@@ -13,7 +13,7 @@ DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo 
 # daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
 # The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
 DEB_PACKAGES_NO_RECOMMENDS := prometheus
-SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
+SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' \) 2>/dev/null)
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
 

@@ -23,6 +23,7 @@ from gateway.lab.procs import LabError
 from gateway.lab.prometheus import LabPrometheus, metrics_service_config
 from tests.helpers.hub import Hub, running_hub
 from tests.helpers.lab import passwords
+from tests.helpers.monitoring import RULES, dashboard_exprs
 from tests.helpers.paths import REPO
 from tests.helpers.portal import Portal
 
@@ -69,7 +70,8 @@ def hub(lab: dict) -> Iterator[MetricsHub]:
 @pytest.fixture(scope="module")
 def prom(hub: MetricsHub) -> Iterator[LabPrometheus]:
     state = Path("/var/tmp") / f"hpcgate-prometheus-{uuid.uuid4().hex[:8]}"
-    server = LabPrometheus(state, target=f"127.0.0.1:{hub.hub.proxy_port}", token=hub.metrics_token)
+    server = LabPrometheus(state, target=f"127.0.0.1:{hub.hub.proxy_port}", token=hub.metrics_token,
+                           rule_files=(str(RULES),))
     try:
         try:
             server.start()
@@ -94,7 +96,7 @@ def eventually(prom: LabPrometheus, expr: str, check: Callable[[list[dict[str, A
 
 
 def values(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
-    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("instance", "job"))):
+    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("__name__", "instance", "job"))):
             float(r["value"][1]) for r in result}
 
 
@@ -153,11 +155,11 @@ def test_prometheus_reads_back_spawn_watcher_login_and_directory(hub: MetricsHub
 
     watcher = values(eventually(prom, "hpcgate_watcher_query_seconds_count",
                                 lambda r: sum(values(r).values()) > 0))
-    assert list(watcher) == [(("scheduler", "slurm"), ("transport", "cli"))], watcher
+    assert list(watcher) == [(("scheduler", "slurm"), ("transport", "sudo"))], watcher
     failures = values(prom.query("hpcgate_watcher_query_failures_total"))
-    assert failures == {(("scheduler", "slurm"), ("transport", "cli")): 0.0}
+    assert failures == {(("scheduler", "slurm"), ("transport", "sudo")): 0.0}
     assert values(prom.query("hpcgate_watcher_failures_in_a_row")) == {
-        (("scheduler", "slurm"), ("transport", "cli")): 0.0}
+        (("scheduler", "slurm"), ("transport", "sudo")): 0.0}
     jobs = values(eventually(prom, "hpcgate_jobs",
                              lambda r: values(r).get((("partition", "long"),
                                                       ("state", "RUNNING")), 0) == 1))
@@ -180,3 +182,26 @@ def test_depot_sizes_come_from_the_depots_page_cache(hub: MetricsHub, prom: LabP
     assert sizes[key] == DEPOT_BYTES
     assert values(prom.query("hpcgate_depot_files"))[key] == 1
     assert values(prom.query("hpcgate_depot_size_complete"))[key] == 1
+
+
+def test_prometheus_evaluates_the_example_rules_and_dashboard(hub: MetricsHub,
+                                                              prom: LabPrometheus) -> None:
+    """The example alert rules, loaded by this Prometheus, evaluate without error on the hub's
+    real series, none of them firing on a healthy lab; every dashboard query is accepted."""
+    def evaluated(groups: list[dict[str, Any]]) -> bool:
+        rules = [r for g in groups for r in g["rules"]]
+        return bool(rules) and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+
+    deadline = time.monotonic() + 30
+    while not evaluated(groups := prom.api("rules")["groups"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert "HpcgateSchedulerUnreachable" in rules and "HpcgateDirectoryDown" in rules
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", (name, rule.get("lastError"))
+        assert rule["state"] == "inactive", (name, rule.get("alerts"))
+    for expr in dashboard_exprs():
+        grafana = expr.replace("$__rate_interval", "1m").replace("$partition", ".*")
+        if grafana.startswith("label_values("):  # Grafana's own function: ask for the series
+            grafana = grafana.removeprefix("label_values(").split(",")[0]
+        prom.query(grafana)  # LabError if Prometheus refuses the expression
