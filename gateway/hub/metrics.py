@@ -224,7 +224,12 @@ class HubCollector:
     def _pending(families: dict[str, GaugeMetricFamily]) -> None:
         now = time.monotonic()
         oldest: dict[str, float] = {}
-        for spawn in list(_spawns.values()):
+        for spawner, spawn in list(_spawns.items()):
+            if getattr(spawner, "pending", None) != "spawn":
+                # The spawn failed or was stopped (JupyterHub's flag, cleared either way): it
+                # must not look like a job waiting forever.
+                _spawns.pop(spawner, None)
+                continue
             if spawn.submitted_at is not None and spawn.done == PHASES.index("submit"):
                 oldest[spawn.partition] = max(oldest.get(spawn.partition, 0.0),
                                               now - spawn.submitted_at)
@@ -238,10 +243,12 @@ class HubCollector:
             return
         counts = {(mode, state): 0 for mode in ("reverse", "login-node") for state in ("up", "down")}
         for spawner in _spawners(app):
+            if not getattr(spawner, "job_port", 0):  # no server reported (or not hpcgate's)
+                continue
             # Tunnelled modes (gateway.hub.connections.TunnelledMode) say is_down; direct has none.
-            conn = getattr(spawner, "_connection", None)
+            conn = spawner.connection
             is_down = getattr(conn, "is_down", None)
-            if is_down is not None and conn.port and getattr(spawner, "job_port", 0):
+            if is_down is not None and conn.port:
                 key = (conn.mode, "down" if is_down else "up")
                 counts[key] = counts.get(key, 0) + 1
         for key, count in sorted(counts.items()):

@@ -57,9 +57,11 @@ def test_every_metric_is_named_hpcgate_and_has_help() -> None:
 
 
 class _Spawner:
-    """Stands for a spawner: the hooks only need a weak-referenceable object with a job id."""
+    """Stands for a spawner: the hooks need a weak-referenceable object with a job id, and
+    JupyterHub's `pending` ("spawn" while a spawn is under way)."""
 
     job_id = ""
+    pending: str | None = "spawn"
 
 
 def test_spawn_phases_are_observed_once_each_and_in_order() -> None:
@@ -95,6 +97,17 @@ def test_a_default_partition_is_labelled_default_and_waiting_spawns_show() -> No
     metrics.spawn_phase(spawner, "queue_wait")
     assert (("partition", "default"),) not in scrape(reg).get("hpcgate_spawn_oldest_pending_seconds",
                                                               {})
+
+
+def test_a_failed_spawn_stops_counting_as_waiting() -> None:
+    reg = registry()
+    spawner = _Spawner()
+    metrics.spawn_phase(spawner, "start")
+    metrics.spawn_phase(spawner, "submit", "stuck")
+    assert (("partition", "stuck"),) in scrape(reg)["hpcgate_spawn_oldest_pending_seconds"]
+    spawner.pending = None  # JupyterHub cleared its flag: start() failed or the user cancelled
+    assert (("partition", "stuck"),) not in scrape(reg).get("hpcgate_spawn_oldest_pending_seconds",
+                                                            {})
 
 
 async def test_the_watcher_reports_queries_failures_and_jobs(tmp_path: Path) -> None:
