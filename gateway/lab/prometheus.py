@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.lab.procs import LabError, free_port, stop_pids
+from gateway.lab.procs import LAB_MARK, LabError, free_port, stop_pids
 
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -58,7 +58,11 @@ class LabPrometheus:
     """One prometheus process in `state_dir`; `start()`, `query()`, `stop()` (or `with`)."""
 
     def __init__(self, state_dir: Path, target: str, token: str, metrics_path: str = "/hub/metrics",
-                 interval: str = "1s", rule_files: tuple[str, ...] = ()):
+                 interval: str = "1s", rule_files: tuple[str, ...] = (),
+                 lab_dir: str | Path | None = None):
+        """`lab_dir`: the lab this Prometheus belongs to; `hpcgate lab down` ends it too, should
+        the process that started it die without stopping it."""
+        self.lab_dir = lab_dir
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.token_file = self.dir / "hub-token"
@@ -85,7 +89,8 @@ class LabPrometheus:
                 [binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
                  f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d",
                  "--log.level=warn"],
-                cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=self.dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **({LAB_MARK: str(self.lab_dir)} if self.lab_dir else {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -71,7 +71,7 @@ def hub(lab: dict) -> Iterator[MetricsHub]:
 def prom(hub: MetricsHub) -> Iterator[LabPrometheus]:
     state = Path("/var/tmp") / f"hpcgate-prometheus-{uuid.uuid4().hex[:8]}"
     server = LabPrometheus(state, target=f"127.0.0.1:{hub.hub.proxy_port}", token=hub.metrics_token,
-                           rule_files=(str(RULES),))
+                           rule_files=(str(RULES),), lab_dir=hub.lab["dir"])
     try:
         try:
             server.start()
