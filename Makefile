@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light
+	python3 python3-venv systemd nginx-light chromium
 # Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
 # daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
 # The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
 DEB_PACKAGES_NO_RECOMMENDS := prometheus
-SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' \) 2>/dev/null)
+SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
+	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
 

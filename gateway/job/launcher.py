@@ -103,6 +103,31 @@ def report(config: dict[str, Any], host: str, port: int, deadline: float) -> Non
         delay = min(delay * 2, 10)
 
 
+def end_at_walltime(config: dict[str, Any]) -> None:
+    """On SIGUSR1 (the scheduler's warning shortly before the walltime, see JobRequest's
+    end_signal_seconds): tell the hub the session ends at its time limit, then stop the server
+    the way SIGTERM does, which shuts its kernels down, so the job ends cleanly, not killed."""
+    import signal
+    import threading
+
+    def tell_hub_then_stop() -> None:
+        env = config["env"]
+        url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/hpcgate/report"
+        body = json.dumps({"server_name": env.get("JUPYTERHUB_SERVER_NAME", ""),
+                           "ending": "time-limit"}).encode()
+        try:
+            post_json(url, body, env["JUPYTERHUB_API_TOKEN"], timeout=5)
+        except OSError:
+            pass  # the hub learns it from the job's end anyway; stopping cleanly matters more
+        print("hpcgate: the walltime is near: stopping JupyterLab and its kernels", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_usr1(signum: int, frame: Any) -> None:
+        threading.Thread(target=tell_hub_then_stop, daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+
+
 def open_tunnel(config: dict[str, Any], state_dir: Path, server_port: int) -> tuple[str, int]:
     """Reverse mode: open the supervised SSH tunnel to the hub host and point the server's hub
     URLs through it. Returns what to report: the hub-side end of the tunnel (127.0.0.1:P)."""
@@ -173,6 +198,7 @@ def launch(path: str) -> None:
     if config.get("tunnel"):
         report_host, report_port = open_tunnel(config, Path(path).parent, port)
     report(config, report_host, report_port, time.monotonic() + config.get("report_timeout", 600))
+    end_at_walltime(config)
     use_bound_socket(sock)
     from jupyterhub.singleuser import main as singleuser_main
 
