@@ -85,7 +85,8 @@ _job_partitions: dict[str, str] = {}  # job id -> partition, for the jobs gauge
 
 def spawn_phase(spawner: Any, phase: str, partition: str | None = None) -> None:
     """The spawner reached the end of `phase` ("start" begins a spawn). Each phase is observed
-    once per spawn and only in order: a repeated or late one (a second RUNNING status) is ignored.
+    once per spawn and only in order: a repeated or late one (a second RUNNING status) is ignored,
+    and a phase whose predecessor was not seen counts from the last one that was.
     `partition` comes with "submit" (None: the scheduler's default)."""
     now = time.monotonic()
     if phase == "start":
@@ -174,7 +175,8 @@ class HubCollector:
             ("tracked", "hpcgate_watcher_tracked_jobs", "Jobs a watcher follows.",
              ["scheduler", "transport"]),
             ("in_a_row", "hpcgate_watcher_failures_in_a_row", "The watcher's failed queries since "
-             "its last good one (0: the scheduler answers).", ["scheduler", "transport"]),
+             "its last good one (0: the scheduler answers, or no job is followed and nothing "
+             "asked).", ["scheduler", "transport"]),
             ("last_ok", "hpcgate_watcher_last_success_timestamp_seconds", "Unix time of the "
              "watcher's last good query (0: none yet).", ["scheduler", "transport"]),
             ("pending", "hpcgate_spawn_oldest_pending_seconds", "How long the longest-waiting "
@@ -214,11 +216,19 @@ class HubCollector:
 
     @staticmethod
     def _watcher_state(families: dict[str, GaugeMetricFamily]) -> None:
+        # A policy edit makes a new watcher for the same scheduler (the old one keeps its jobs):
+        # one series per label set, or Prometheus would reject the scrape's duplicates.
+        merged: dict[tuple[str, str], list[float]] = {}
         for watcher, labels in list(_watchers.items()):
             health = watcher.health()
-            families["tracked"].add_metric(list(labels), health["tracked"])
-            families["in_a_row"].add_metric(list(labels), health["failures_in_a_row"])
-            families["last_ok"].add_metric(list(labels), health["last_ok"] or 0)
+            tracked, in_a_row, last_ok = merged.setdefault(labels, [0, 0, 0])
+            merged[labels] = [tracked + health["tracked"],
+                              max(in_a_row, health["failures_in_a_row"] if health["tracked"] else 0),
+                              max(last_ok, health["last_ok"] or 0)]
+        for labels, (tracked, in_a_row, last_ok) in sorted(merged.items()):
+            families["tracked"].add_metric(list(labels), tracked)
+            families["in_a_row"].add_metric(list(labels), in_a_row)
+            families["last_ok"].add_metric(list(labels), last_ok)
 
     @staticmethod
     def _pending(families: dict[str, GaugeMetricFamily]) -> None:

@@ -132,3 +132,26 @@ async def test_the_watcher_reports_queries_failures_and_jobs(tmp_path: Path) -> 
     watcher.untrack("7")
     assert not scrape(reg).get("hpcgate_jobs")
     assert "7" not in metrics._job_partitions  # forgotten once no watcher follows it
+
+
+async def test_two_watchers_of_one_scheduler_give_one_series_each(tmp_path: Path) -> None:
+    """After a policy edit the hub has an old and a new watcher for the same scheduler: duplicate
+    series would make Prometheus reject the whole scrape."""
+    reg = registry()
+    settings = SchedulerSettings(kind="pbs", transport="local", command_path=str(tmp_path))
+    watchers = [JobWatcher(make_scheduler(settings)) for _ in range(2)]
+    for n, watcher in enumerate(watchers):
+        watcher.on_query = metrics.watch(watcher, "pbs", "local")
+        watcher._latest[f"{n}.server"] = JobStatus(f"{n}.server", JobState.PENDING)
+        await watcher.tick()
+    labels = (("scheduler", "pbs"), ("transport", "local"))
+    text = generate_latest(reg).decode()
+    assert text.count('hpcgate_watcher_tracked_jobs{scheduler="pbs",transport="local"}') == 1
+    seen = scrape(reg)
+    assert seen["hpcgate_watcher_tracked_jobs"][labels] == 2
+    assert seen["hpcgate_watcher_failures_in_a_row"][labels] == 1
+    assert seen["hpcgate_watcher_query_failures_total"][labels] == 2
+    for n, watcher in enumerate(watchers):
+        watcher.untrack(f"{n}.server")
+    # Following nothing, a watcher asks nothing: its old failures no longer say "unreachable".
+    assert scrape(reg)["hpcgate_watcher_failures_in_a_row"][labels] == 0
