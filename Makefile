@@ -10,6 +10,10 @@ LAB_DIR ?= /var/tmp/hpcgate-lab
 LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
 	python3 python3-venv systemd nginx-light chromium
+# Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
+# daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
+# The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
+DEB_PACKAGES_NO_RECOMMENDS := prometheus
 SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
 	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
@@ -24,6 +28,14 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(DEB_PACKAGES_NO_RECOMMENDS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages (without recommends):$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
 	fi
 	@# Node.js may come from elsewhere than Debian (NodeSource): look for the command, not the package.
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }

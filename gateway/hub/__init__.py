@@ -72,10 +72,11 @@ def handlers_installed() -> bool:
 
 
 def configure(c: Any, policy_file: str) -> None:
-    """jupyterhub_config.py's hpcgate part in one call: the spawner, its site policy, and
-    hpcgate's routes. A policy the hub cannot work with (it does not load, or names a scheduler
-    and transport that cannot be built, such as transport ssh without a service account for the
-    status queries, or a slurmrestd key it cannot read) stops the hub here, with the reason."""
+    """jupyterhub_config.py's hpcgate part in one call: the spawner, its site policy, hpcgate's
+    routes and its metrics on /hub/metrics (`gateway.hub.metrics`). A policy the hub cannot work
+    with (it does not load, or names a scheduler and transport that cannot be built, such as
+    transport ssh without a service account for the status queries, or a slurmrestd key it cannot
+    read) stops the hub here, with the reason."""
     from gateway.hub.scheduling import scheduler_settings
     from gateway.policy.load import PolicyFileError, load_policy
     from schedulers.registry import make_scheduler
@@ -99,3 +100,7 @@ def configure(c: Any, policy_file: str) -> None:
     # it through admin:users). Defined here so roles in the rest of the file can name it.
     c.JupyterHub.custom_scopes.update({READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION}})
     install_handlers()
+    from gateway.hub import metrics
+
+    metrics.install()  # hpcgate_* next to JupyterHub's own on /hub/metrics
+    c.LDAPAuthenticator.login_observer = metrics.observe_login

@@ -29,6 +29,7 @@ from gateway.hub import api as hubapi
 from gateway.hub import handlers_installed, sessions
 from gateway.hub.connections import ConnectionMode, connection_from_state, make_connection
 from gateway.hub.jobspec import job_setup
+from gateway.hub.metrics import spawn_phase
 from gateway.hub.scheduling import shared
 from gateway.policy.load import PolicyFileError
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
@@ -311,6 +312,7 @@ class BatchSpawner(Spawner):
                 "gateway.hub.install_handlers(): without its report API no launcher can say "
                 "where its server listens")
         scheduler, runner, watcher = self._shared()
+        spawn_phase(self, "start")
         self._events = []
         self._events_changed = asyncio.Event()
         self._emit(5, "Preparing your job")
@@ -373,6 +375,7 @@ class BatchSpawner(Spawner):
         self.submitted_at = time.time()
         self._save_state_now()
         self._emit(10, f"Submitted job {self.job_id}")
+        spawn_phase(self, "submit", fields["partition"])
         watcher.track(self.job_id)
         try:
             host, port = await self._follow(watcher, runner, user, log_file)
@@ -456,6 +459,7 @@ class BatchSpawner(Spawner):
         try:
             host, port = await race(self._address)
             self.job_host, self.job_port = host, port
+            spawn_phase(self, "server_boot")
             # The launcher reports once: a hub killed from here on (before start() returns and
             # JupyterHub stores the state) must find the address in the database, or it waits
             # start_timeout for a report that never comes and then ends a working server.
@@ -463,6 +467,7 @@ class BatchSpawner(Spawner):
             host, port = await race(asyncio.ensure_future(self.connection.open(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
+            spawn_phase(self, "route")
             return host, port
         finally:
             next_status.cancel()
@@ -482,6 +487,8 @@ class BatchSpawner(Spawner):
         if status.reason_is_permanent:
             raise SpawnException(f"{status.reason_text}. The job was cancelled.",
                                  reason="never-starts")
+        if status.state is JobState.RUNNING:
+            spawn_phase(self, "queue_wait")
         progress = {JobState.RUNNING: 60}.get(status.state, 30)
         text = self._describe(status)
         if sessions.queue_words_need_nodes(status):  # the drain reason, not just "Resources"
