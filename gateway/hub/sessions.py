@@ -37,15 +37,17 @@ def request_summary(fields: dict[str, Any]) -> dict[str, Any]:
             "walltime_seconds": int(walltime.total_seconds()) if walltime is not None else None}
 
 
-def how_it_ended(status: JobStatus | None, stopped_here: bool, ending: str = "") -> tuple[str, str]:
+def how_it_ended(status: JobStatus | None, stopped_here: bool, ending: str = "",
+                 fallback: tuple[str, str] | None = None) -> tuple[str, str]:
     """(kind, sentence) for a session's end: time-limit, stopped, cancelled, node-failure,
-    out-of-memory, exit-code, finished or unknown."""
+    out-of-memory, exit-code, finished, `fallback` (the hub's own reason, for a job the
+    scheduler has not seen end yet) or unknown."""
     if ending == "time-limit" or (status is not None and status.state is JobState.TIMEOUT):
         return "time-limit", "Reached its time limit."
     if stopped_here:
         return "stopped", "Stopped from the portal."
     if status is None or not status.is_final:
-        return "unknown", "Ended; the scheduler did not say how."
+        return fallback or ("unknown", "Ended; the scheduler did not say how.")
     raw_state = str((status.raw or {}).get("job_state") or "").upper() if isinstance(
         status.raw, dict) else ""
     if raw_state in ("NODE_FAIL", "BOOT_FAIL"):
@@ -61,9 +63,10 @@ def how_it_ended(status: JobStatus | None, stopped_here: bool, ending: str = "")
     return "exit-code", f"Failed with exit code {status.exit_code if status.exit_code is not None else '?'}."
 
 
-def history_entry(spawner: Any, status: JobStatus | None, stopped_here: bool) -> dict[str, Any]:
+def history_entry(spawner: Any, status: JobStatus | None, stopped_here: bool,
+                  fallback: tuple[str, str] | None = None) -> dict[str, Any]:
     """One ended session, as kept in the spawner's state."""
-    kind, words = how_it_ended(status, stopped_here, spawner.ending)
+    kind, words = how_it_ended(status, stopped_here, spawner.ending, fallback)
     started = _epoch(status.started) if status is not None else None
     now = time.time()
     return {"job_id": spawner.job_id, "request": spawner.job_request or {},
@@ -73,11 +76,13 @@ def history_entry(spawner: Any, status: JobStatus | None, stopped_here: bool) ->
             "ran_seconds": int(now - started) if started else 0, "end_kind": kind, "end_text": words}
 
 
-def remember_end(spawner: Any, status: JobStatus | None, stopped_here: bool) -> None:
+def remember_end(spawner: Any, status: JobStatus | None, stopped_here: bool,
+                 fallback: tuple[str, str] | None = None) -> None:
     """Keep the ended session at the top of the spawner's history (once per job)."""
     if not spawner.job_id or any(h.get("job_id") == spawner.job_id for h in spawner.history):
         return
-    spawner.history = [history_entry(spawner, status, stopped_here), *spawner.history][:HISTORY_KEPT]
+    entry = history_entry(spawner, status, stopped_here, fallback)
+    spawner.history = [entry, *spawner.history][:HISTORY_KEPT]
 
 
 def queue_words_need_nodes(status: JobStatus) -> bool:

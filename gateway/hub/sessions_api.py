@@ -50,9 +50,11 @@ async def server_card(spawner: Any) -> dict[str, Any]:
 
 async def user_sessions(user: Any) -> dict[str, Any]:
     """Every server of `user` worth a card (active, or with a history), default first."""
-    cards = [await server_card(spawner)
-             for spawner in sorted(user.spawners.values(), key=lambda s: (s.name != "", s.name))
-             if spawner.active or spawner.history or spawner.name == ""]
+    # Every server the database knows (user.spawners only holds those loaded since the hub
+    # started: a stopped server with a history would be missing after a restart).
+    names = sorted(set(user.orm_spawners) | {""}, key=lambda n: (n != "", n))
+    cards = [await server_card(user.spawners[name]) for name in names
+             if user.spawners[name].active or user.spawners[name].history or name == ""]
     return {"user": user.name, "max_servers": await _max_servers(user), "sessions": cards}
 
 
@@ -109,9 +111,9 @@ class JobLogHandler(APIHandler):
         if user is None:
             raise web.HTTPError(404)
         name = self.get_argument("server", "")
-        spawner = user.spawners.get(name) if name in user.orm_spawners or name == "" else None
-        if spawner is None:
+        if name not in user.orm_spawners and name != "":
             raise web.HTTPError(404, "no such server")
+        spawner = user.spawners[name]
         text, note = await job_log(spawner)
         self.write({"server": name, "log": text, "note": note})
 

@@ -574,6 +574,11 @@ class BatchSpawner(Spawner):
                 user, _ = await self.unix_account()
                 await self._cancel_quietly(scheduler, user)
                 await self.connection.release()
+                # A server ending at its walltime closes its tunnel before the scheduler says
+                # the job ended: the launcher's word decides how it ended.
+                sessions.remember_end(self, status, stopped_here=False,
+                                      fallback=("connection-lost", "Its connection to the hub was "
+                                                "lost; the job was cancelled."))
                 return 1
             if self.job_port:  # a hub restarted: learn of the job's end as it happens again
                 self._watch_for_end(watcher)
