@@ -279,6 +279,34 @@ async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, 
     await proxy.delete_route("/user/ivy/")
 
 
+async def test_a_configuration_the_master_refuses_on_reload_is_rolled_back(
+        env: Env, proxy: NginxProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route changes to IP targets skip nginx -t (the master parses the file on SIGHUP anyway):
+    should the master refuse it, the change fails at once, and files and routes are as before."""
+    from gateway.hub.proxy import nginx as module
+
+    await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
+    conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
+    real = module.render_http
+
+    def broken(routes: dict, settings: Any) -> str:
+        text = real(routes, settings)
+        return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
+
+    monkeypatch.setattr(module, "render_http", broken)
+    t0 = time.monotonic()
+    with pytest.raises(module.NginxRefused, match="no_such_directive"):
+        await proxy.add_route("/user/lee/", env.target(1), {})
+    assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
+    assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
+    assert await proxy.get_route("/user/lee/") is None
+    monkeypatch.setattr(module, "render_http", real)
+    await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+    assert (await get(env, "/user/lee/x"))[1]["port"] == env.upstreams[1]
+    assert (await get(env, "/user/kim/x"))[1]["port"] == env.upstreams[0]
+    for spec in ("/user/kim/", "/user/lee/"):
+        await proxy.delete_route(spec)
+
 async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
     first = proxy._generation
     await asyncio.gather(*[proxy.add_route(f"/user/u{i}/", env.target(i % 3), {}) for i in range(10)])

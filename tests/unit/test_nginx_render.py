@@ -193,3 +193,14 @@ def test_dot_segments_are_refused_at_the_edge_and_names_with_dots_are_not() -> N
     for uri in ("/user/bob/.../x", "/user/bob/.x", "/user/bob/a..b/", "/user/bob/..x", "/user/bob/x..",
                 "/user/bob/%252e%252e/x", "/hub/login?next=/user/../x", "/user/bob/x?a=%2f..%2f"):
         assert not dots.search(uri), uri
+
+
+def test_routespecs_nginx_would_read_as_one_location_are_refused_by_name() -> None:
+    # /user/a/ and /user/a// both give `location = "/user/a"`; %2F decodes to a second slash too.
+    for other in ("/user/a//", "/user/a%2F/"):
+        with pytest.raises(RouteError, match="already has the location"):
+            render_http({"/user/a/": {"target": "http://10.0.0.5:1"},
+                         other: {"target": "http://10.0.0.6:1"}}, SETTINGS)
+    # The same path on another host is another server block: fine.
+    render_http({"/user/a/": {"target": "http://10.0.0.5:1"},
+                 "h.example.org/user/a/": {"target": "http://10.0.0.6:1"}}, SETTINGS)
