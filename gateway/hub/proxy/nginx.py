@@ -262,6 +262,7 @@ class NginxProxy(Proxy):
             if not running:
                 self._tested = tested
                 return  # start() runs nginx on this configuration
+            await _master_idle(self._pid)
             before = _workers(self._pid)
             log_size = _size(self.dir / "error.log")
             os.kill(self._pid, signal.SIGHUP)
@@ -284,6 +285,8 @@ class NginxProxy(Proxy):
             _write_atomic(self.dir / STATE_FILE, json.dumps({"generation": generation, "routes": routes}))
             _write_atomic(Path(self.include_file), http)
             master = _read_pid(Path(self.pid_file)) if self.pid_file else None
+            if master:
+                await _master_idle(master)
             before = _workers(master)
             proc = await asyncio.create_subprocess_exec(
                 *self.reload_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -366,7 +369,7 @@ class NginxProxy(Proxy):
         else:
             return  # the master never forked: _wait_generation reports it
         for pid, title in before.items():
-            if _accepting(title) and _cmdline(pid) == title:  # still that worker, still accepting
+            if _old_worker(title) and _cmdline(pid) == title:  # still that worker, still accepting
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGQUIT)
 
@@ -378,8 +381,8 @@ class NginxProxy(Proxy):
         deadline = time.monotonic() + self.reload_timeout
         while time.monotonic() < deadline:
             now = _workers(master)
-            if not any(pid in now and _accepting(now[pid]) for pid, title in before.items()
-                       if _accepting(title)):
+            if not any(pid in now and _old_worker(now[pid]) for pid, title in before.items()
+                       if _old_worker(title)):
                 return
             await asyncio.sleep(0.005)
         raise RuntimeError("nginx's old workers did not stop accepting after a reload")
@@ -542,8 +545,31 @@ def _workers(master: int | None) -> dict[int, bytes]:
     return {int(c): _cmdline(int(c)) for c in children}
 
 
-def _accepting(title: bytes) -> bool:
-    return title.startswith(b"nginx: worker process") and b"shutting down" not in title
+def _old_worker(title: bytes) -> bool:
+    """A worker that accepts connections: titled so, or just forked (still the master's title)."""
+    return (title.startswith((b"nginx: worker process", b"nginx: master process"))
+            and b"shutting down" not in title)
+
+
+async def _master_idle(master: int, timeout: float = 0.5) -> None:
+    """Until the nginx master waits for signals (not parsing, forking, or in the 100 ms sleep of
+    a reload): then every child it has is a worker of the configuration it serves, and every child
+    that appears after our SIGHUP is one of the new configuration's. Without the right to read
+    the master's wchan (a site's nginx under another user), after `timeout` at most."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        wchan = _wchan(master)
+        if wchan is None or "sigsuspend" in wchan:
+            return
+        await asyncio.sleep(0.002)
+
+
+def _wchan(pid: int) -> str | None:
+    """Where the process sleeps in the kernel ("0" when running or not ours to see)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()  # a /proc file: never blocks
+    except OSError:
+        return None
 
 
 async def _get_generation(address: str) -> int | None:
