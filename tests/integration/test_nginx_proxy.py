@@ -53,7 +53,8 @@ async def _handler(request: web.Request) -> web.StreamResponse:
     return web.json_response({"port": port, "path": request.raw_path, "method": request.method,
                               "cookie": request.headers.get("Cookie"),
                               "x_real_ip": request.headers.get("X-Real-Ip"),
-                              "x_forwarded_for": request.headers.get("X-Forwarded-For")})
+                              "x_forwarded_for": request.headers.get("X-Forwarded-For"),
+                              "x_forwarded_proto": request.headers.get("X-Forwarded-Proto")})
 
 
 class Env:
@@ -401,6 +402,9 @@ async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: Ngin
 
 
 async def test_tls_with_http2_towards_browsers(env: Env) -> None:
+    """The site's certificate and key (JupyterHub.ssl_cert/ssl_key, which JupyterHub hands to its
+    proxy), here from the lab's CA: HTTPS and wss reach the upstream with X-Forwarded-Proto https,
+    and a browser's HTTP/2 request is served over HTTP/2."""
     import ssl
 
     from gateway.lab.tls import make_ca_and_server_cert
@@ -413,13 +417,30 @@ async def test_tls_with_http2_towards_browsers(env: Env) -> None:
     await p.start()
     try:
         await p.add_route("/", env.target(0), {"hub": True})
+        await p.add_route("/user/tess/", env.target(2), {})
         context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
-        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context) as r:
-            assert r.status == 200 and (await r.json())["port"] == env.upstreams[0]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context,
+                             headers={"X-Forwarded-Proto": "http"}) as r:
+                body = await r.json()
+                assert r.status == 200 and body["port"] == env.upstreams[0]
+                assert (body["x_forwarded_proto"], body["x_real_ip"]) == ("https", "127.0.0.1")
+            async with s.ws_connect(f"wss://127.0.0.1:{port}/user/tess/ws", ssl=context) as ws:
+                await ws.send_str("hello")
+                assert await ws.receive_str(timeout=5) == f"{env.upstreams[2]}:hello"
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):  # not some default cert
+                await s.get(f"https://127.0.0.1:{port}/hub/x", ssl=ssl.create_default_context())
         context.set_alpn_protocols(["h2", "http/1.1"])
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
         writer.close()
+        curl = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--http2", "--cacert", str(tls / "ca.crt"), "-w", "\n%{http_version}",
+            f"https://127.0.0.1:{port}/user/tess/api", stdout=asyncio.subprocess.PIPE)
+        out, _ = await curl.communicate()
+        body, _, version = out.decode().rpartition("\n")
+        assert curl.returncode == 0 and version == "2", out
+        assert json.loads(body)["port"] == env.upstreams[2]
     finally:
         await p.stop()
 
