@@ -42,9 +42,11 @@ class NginxProxy(Proxy):
     `location` per route prefix (nginx picks the longest prefix, as CHP does), one `server` per
     host for host routes, upstreams with keepalive, no buffering either way, no body size cap,
     websockets upgraded, and `X-Real-IP`/`X-Forwarded-For` set from the peer address, overwriting
-    what the client sent. Changes within `batch_window` seconds go out in one graceful reload
-    (SIGHUP: open connections finish on the old workers); `add_route` returns once nginx serves
-    the new configuration.
+    what the client sent. Changes made together, or while a reload runs, go out in one graceful
+    reload (SIGHUP: open connections finish on the old workers); `add_route` returns once nginx
+    serves the new configuration and no old worker accepts connections any more. nginx takes a
+    new SIGHUP only 100 ms after the previous reload forked its workers, so one caller making
+    changes back to back waits about that long for each; see `_retire_old_workers`.
 
     With `should_start` (the default) the hub runs nginx in the foreground, as its child, with a
     configuration in `state_dir`, listening on JupyterHub's public URL. A hub restarted after a

@@ -193,8 +193,12 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
         "proxy_http_version 1.1;",
         "proxy_buffering off;",
         "proxy_request_buffering off;",
-        "proxy_buffer_size 64k;",
-        "proxy_buffers 4 64k;",
+        # The one buffer an unbuffered response streams through (and each direction of a
+        # websocket): nginx reads and writes this much per syscall. A 1 GiB download cost nginx
+        # 0.70-0.84 s of CPU with 64k, 0.49-0.60 with 256k, 0.47-0.49 with 1m; the pages of a
+        # buffer are only touched as far as a read fills them, so a quiet websocket stays small.
+        "proxy_buffer_size 256k;",
+        "proxy_buffers 4 256k;",
         "proxy_redirect off;",
         f"proxy_read_timeout {settings.timeout}s;",
         f"proxy_send_timeout {settings.timeout}s;",
