@@ -264,12 +264,12 @@ class NginxProxy(Proxy):
             if not running:
                 self._tested = tested
                 return  # start() runs nginx on this configuration
-            await _master_idle(self._pid)
+            idle = await _master_idle(self._pid)
             before = _workers(self._pid)
             log_size = _size(self.dir / "error.log")
             os.kill(self._pid, signal.SIGHUP)
             try:
-                await self._retire_old_workers(self._pid, before, log_size)
+                await self._retire_old_workers(self._pid, before, log_size, quit_old=idle)
             except NginxRefused:
                 if served:
                     _write_atomic(self.conf_path, served[0].decode())
@@ -287,8 +287,7 @@ class NginxProxy(Proxy):
             _write_atomic(self.dir / STATE_FILE, json.dumps({"generation": generation, "routes": routes}))
             _write_atomic(Path(self.include_file), http)
             master = _read_pid(Path(self.pid_file)) if self.pid_file else None
-            if master:
-                await _master_idle(master)
+            idle = bool(master) and await _master_idle(master)
             before = _workers(master)
             proc = await asyncio.create_subprocess_exec(
                 *self.reload_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -297,7 +296,7 @@ class NginxProxy(Proxy):
                 raise RuntimeError(f"{self.reload_command} failed ({proc.returncode}): "
                                    f"{out.decode(errors='replace').strip()}")
             if master:
-                await self._retire_old_workers(master, before)
+                await self._retire_old_workers(master, before, quit_old=idle)
             await self._wait_generation(generation)
             if master:
                 await self._wait_old_workers_closed(master, before)
@@ -343,7 +342,7 @@ class NginxProxy(Proxy):
                            f"(it answers {seen!r}); see {self.dir / 'error.log'}")
 
     async def _retire_old_workers(self, master: int, before: dict[int, bytes],
-                                  log_size: int | None = None) -> None:
+                                  log_size: int | None = None, quit_old: bool = True) -> None:
         """Once the master has forked the new configuration's workers, SIGQUIT the old ones.
 
         After forking them nginx sleeps a fixed 100 ms, all its signals blocked, before it sends
@@ -370,6 +369,8 @@ class NginxProxy(Proxy):
             await asyncio.sleep(0.002)
         else:
             return  # the master never forked: _wait_generation reports it
+        if not quit_old:
+            return
         for pid, title in before.items():
             if _old_worker(title) and _cmdline(pid) == title:  # still that worker, still accepting
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -553,17 +554,26 @@ def _old_worker(title: bytes) -> bool:
             and b"shutting down" not in title)
 
 
-async def _master_idle(master: int, timeout: float = 0.5) -> None:
+async def _master_idle(master: int, timeout: float = 0.5) -> bool:
     """Until the nginx master waits for signals (not parsing, forking, or in the 100 ms sleep of
     a reload): then every child it has is a worker of the configuration it serves, and every child
-    that appears after our SIGHUP is one of the new configuration's. Without the right to read
-    the master's wchan (a site's nginx under another user), after `timeout` at most."""
+    that appears after our SIGHUP is one of the new configuration's. False when that cannot be
+    told: a master of another user (a site's nginx, the hub not root; its workers are not ours to
+    signal either), or one still busy after `timeout`; the old workers are then left to it."""
+    try:
+        if os.geteuid() != 0 and os.stat(f"/proc/{master}").st_uid != os.geteuid():
+            return False  # its wchan reads "0" to us whatever it does (a root-run site nginx)
+    except OSError:
+        return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         wchan = _wchan(master)
-        if wchan is None or "sigsuspend" in wchan:
-            return
+        if wchan is None:
+            return False
+        if "sigsuspend" in wchan:
+            return True
         await asyncio.sleep(0.002)
+    return False
 
 
 def _wchan(pid: int) -> str | None:
