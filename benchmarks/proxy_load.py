@@ -1,6 +1,7 @@
 """hpcgate-nginx against configurable-http-proxy, in turns, in front of the same upstreams.
 
-Both proxies run on loopback with the same 1,000 filler routes plus two real ones:
+Both proxies run on loopback with the same 1,000 filler routes (each to a target of its own, as
+users' servers are: nginx gets 1,000 upstreams) plus two real ones:
 `/user/bench/` to a static nginx (sendfile, keepalive) serving a 1 MB and a 128-byte file, and
 `/user/ws/` to an aiohttp websocket echo server (a separate process). Each row alternates the two
 proxies (--rounds times, median reported), so a busy moment of the shared machine does not fall on
@@ -270,7 +271,7 @@ async def run(args: argparse.Namespace) -> int:
         contenders = [ngx, chp]
         for c in contenders:  # the same routes in both: 1,000 fillers and the two measured
             for i in range(0, FILLER_ROUTES, 100):
-                await asyncio.gather(*[c.add(f"/user/filler{j}/", f"http://127.0.0.1:{20000 + j % 97}")
+                await asyncio.gather(*[c.add(f"/user/filler{j}/", f"http://127.0.0.1:{20000 + j}")
                                        for j in range(i, i + 100)])
             await c.add("/user/bench/", f"http://127.0.0.1:{static_port}")
             await c.add("/user/ws/", f"http://127.0.0.1:{echo_port}")

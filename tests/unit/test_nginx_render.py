@@ -204,3 +204,12 @@ def test_routespecs_nginx_would_read_as_one_location_are_refused_by_name() -> No
     # The same path on another host is another server block: fine.
     render_http({"/user/a/": {"target": "http://10.0.0.5:1"},
                  "h.example.org/user/a/": {"target": "http://10.0.0.6:1"}}, SETTINGS)
+
+
+def test_upstream_names_are_unique_and_of_many_lengths() -> None:
+    # nginx compares a name only with those of the same length (see Target.upstream).
+    names = [parse_target(f"http://10.1.{i // 250}.{i % 250}:{8000 + i}").upstream for i in range(1000)]
+    assert len(set(names)) == 1000
+    assert all(re.fullmatch(r"hpcgate_[0-9a-f]{16,47}", n) for n in names)
+    assert len({len(n) for n in names}) == 32
+    assert parse_target("http://10.0.0.1:80").upstream == parse_target("http://10.0.0.1").upstream
