@@ -10,7 +10,7 @@ one of them only:
   - 1 MB responses at 1, 10 and 50 concurrent clients, and 128-byte responses at 10 (wrk, req/s);
     the upstream alone is measured once for scale;
   - websocket echo of 1 MB and of 64-byte messages (4 connections, round trips per second);
-  - peak RSS (VmHWM) once 20 GiB went through each (nginx: master plus workers, summed);
+  - peak RSS (VmHWM) and Pss once 20 GiB went through each (nginx: master and workers summed);
   - route add/delete latency with the 1,000 routes present (p50, p99), back to back and one at
     a time (--route-gap apart): hpcgate-nginx's add_route/delete_route, CHP's REST API.
 
@@ -114,9 +114,11 @@ def static_nginx_conf(root: Path, port: int) -> str:
             f"    location ~ ^/user/bench/(.*)$ {{ try_files /$1 =404; }} }} }}\n")
 
 
-def tree_rss_mb(pid: int) -> float:
-    """VmHWM of `pid` and its children (nginx: the master and its workers), summed, in MB."""
-    total = 0
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM summed, Pss summed) of `pid` and its children (nginx: the master and its workers),
+    in MB. The peaks count the pages the workers share with the master once per process; Pss
+    (now) splits each shared page between its processes."""
+    peak = pss = 0
     pids = [pid]
     with contextlib.suppress(OSError):
         pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -124,8 +126,11 @@ def tree_rss_mb(pid: int) -> float:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
+                    peak += int(line.split()[1])
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return peak / 1024, pss / 1024
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -297,13 +302,13 @@ async def run(args: argparse.Namespace) -> int:
                     rate, moved = await ws_echo(c.port, size, args.duration)
                     c.rows.setdefault(label, []).append(rate)
                     c.moved += moved
-        rss: dict[str, float] = {}
+        rss: dict[str, tuple[float, float]] = {}
         for c in contenders:  # up to --fill-gib through each, in bounded steps
             for _ in range(200):
                 if c.moved >= args.fill_gib * 2**30:
                     break
                 c.moved += wrk(c.port, "/user/bench/1mb", 10, 5)[1]
-            rss[c.name] = tree_rss_mb(c.pid())
+            rss[c.name] = tree_memory_mb(c.pid())
         latency: dict[str, dict[str, list[float]]] = {c.name: {} for c in contenders}
         for mode, gap in (("back to back", 0.0), ("one at a time", args.route_gap)):
             for c in contenders:
@@ -319,16 +324,18 @@ async def run(args: argparse.Namespace) -> int:
             n, h = statistics.median(ngx.rows[label]), statistics.median(chp.rows[label])
             up = f"{upstream[label]:9.0f}" if label in upstream else f"{'-':>9s}"
             print(f"  {label:44s} {up} {n:9.0f} {h:9.0f} {n / h:10.2f}")
-        rss_label = f"peak RSS after {args.fill_gib:g} GiB through (MB)"
-        print(f"  {rss_label:44s} {'-':>9s} {rss[ngx.name]:9.1f} "
-              f"{rss[chp.name]:9.1f} {rss[ngx.name] / rss[chp.name]:10.2f}")
+        for i, what in enumerate(("peak RSS", "Pss")):
+            label = f"{what} after {args.fill_gib:g} GiB through (MB)"
+            n, h = rss[ngx.name][i], rss[chp.name][i]
+            print(f"  {label:44s} {'-':>9s} {n:9.1f} {h:9.1f} {n / h:10.2f}")
         for mode in latency[ngx.name]:
             for q, name in ((0.5, "p50"), (0.99, "p99")):
                 n, h = pct(latency[ngx.name][mode], q), pct(latency[chp.name][mode], q)
                 print(f"  {f'route add/delete {name}, {mode} (ms)':44s} {'-':>9s} {n:9.1f} {h:9.1f} "
                       f"{n / h:10.2f}")
-        print(f"  (GiB through: nginx {ngx.moved / 2**30:.1f}, CHP {chp.moved / 2**30:.1f}; nginx's RSS "
-              f"is its master's and workers' VmHWM summed, shared pages counted in each; "
+        print(f"  (GiB through: nginx {ngx.moved / 2**30:.1f}, CHP {chp.moved / 2**30:.1f}; nginx's "
+              f"memory is its master's and workers' summed: peak RSS counts shared pages in each, "
+              f"Pss splits them; "
               f"{args.route_changes} route changes per mode, one at a time = {args.route_gap * 1000:.0f} "
               f"ms apart)")
         label = "1 MB, c=10 (req/s)"
