@@ -264,7 +264,7 @@ class NginxProxy(Proxy):
             if not running:
                 self._tested = tested
                 return  # start() runs nginx on this configuration
-            idle = await _master_idle(self._pid)
+            idle = await _master_idle(self._pid, self.reload_timeout)  # a SIGHUP would wait as long
             before = _workers(self._pid)
             log_size = _size(self.dir / "error.log")
             os.kill(self._pid, signal.SIGHUP)
