@@ -401,7 +401,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "raw sshd on c2": max((peak_rss_mb(p) or 0) for p in raw_sshd_session) or None,
         }
         print(f"hpcgate tunnel throughput: {args.size / 2**30:.2f} GiB file, medians of "
-              f"{args.runs} (in turns), {args.seeks} seeks of 64 KiB")
+              f"{args.runs} (in turns), {args.seeks} seeks of 64 KiB; load average "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
         d = direct
         print(f"  {'direct (hpcgate server, c2 loopback)':40s} {d['mbps']:7.0f} MB/s  (runs "
               f"{', '.join(f'{x:.0f}' for x in d['runs'])})  seek p50 {d['seek_p50_ms']:.2f} ms"
