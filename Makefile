@@ -9,7 +9,7 @@ CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light chromium
+	python3 python3-venv systemd nginx-light chromium wrk curl
 # Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
 # daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
 # The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
@@ -106,5 +106,6 @@ bench: setup
 	$(PY) -m benchmarks.poll_load --servers 100
 	$(PY) -m benchmarks.ldap_login
 	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
+	$(PY) -m benchmarks.proxy_load
 	$(PY) -m benchmarks.spawn_latency --n 5
 	$(PY) -m benchmarks.activity_overhead
