@@ -150,10 +150,12 @@ async def probe(settings: LoginNodeSettings, timeout: float = 30) -> str:
     supervisor = await open_forward(settings, local_port, "127.0.0.1", settings.port,
                                     log=lambda line: None, timeout=timeout)
     try:
+        # Generous waits: a login node under load (or a busy sshd's MaxStartups) answers late,
+        # and a late banner is not a refusal.
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", local_port), 5)
+            asyncio.open_connection("127.0.0.1", local_port), 15)
         try:
-            banner = await asyncio.wait_for(reader.readline(), 5)
+            banner = await asyncio.wait_for(reader.readline(), 15)
         except asyncio.TimeoutError:
             banner = b""
         finally:
