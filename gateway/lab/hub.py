@@ -201,7 +201,10 @@ class LabHub:
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         failure = hub_failure(self.proc, self.url, timeout)
         if failure:
-            raise RuntimeError(f"{failure}; see {self.log}")
+            # The log's end in the error itself: a test run's report must say why, since test
+            # helpers remove the hub's directory afterwards.
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"{failure}; see {self.log}; it ends:\n{tail}")
 
     def add_users(self, users: Iterable[str]) -> None:
         """Create `users` in the running hub (if missing) with the auth_state the lab's directory

@@ -215,16 +215,19 @@ def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> N
         ["sudo", "-u", "carol", "env", *env, "sbatch", "--parsable", "-w", "c2", "-c", "16",
          "--mem=8000", "-o", "/dev/null", "--wrap", "sleep 600"],
         capture_output=True, text=True, check=True, cwd="/").stdout.strip()
-    threading.Thread(target=hub.spawn, args=("bob", {"partition": "long"}), daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not [j for j in hub.active_jobs("bob") if j["state_reason"] == "Resources"]:
-        assert time.monotonic() < deadline, hub.active_jobs("bob")
-        time.sleep(0.1)
-    [bob_job] = hub.active_jobs("bob")
+    try:
+        threading.Thread(target=hub.spawn, args=("bob", {"partition": "long"}), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not [j for j in hub.active_jobs("bob") if j["state_reason"] == "Resources"]:
+            assert time.monotonic() < deadline, hub.active_jobs("bob")
+            time.sleep(0.1)
+        [bob_job] = hub.active_jobs("bob")
 
-    hub.hub.kill()
-    hub.hub.start()
-    subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]}, check=True)
+        hub.hub.kill()
+        hub.hub.start()
+    finally:  # a failure here must not leave c2 full for every later test on the lab
+        subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]},
+                       check=True)
 
     hub.wait_ready("bob", timeout=120)
     assert hub.get("/user/bob/api")[0] == 200
