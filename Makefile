@@ -12,7 +12,7 @@ DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo 
 SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
 	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
-.PHONY: setup debs test lint demo demo-down bench clean-lab
+.PHONY: deploy-examples setup debs test lint demo demo-down bench clean-lab
 
 setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy
 
@@ -68,6 +68,15 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# The example site files in site_configs/deploy and site_configs/tunnel, from the example policies
+# (tests/unit/test_deploy_files.py and tests/integration/test_tunnel_sitefiles.py compare them).
+deploy-examples: setup
+	for f in site_configs/*.yaml; do \
+	  rm -rf site_configs/deploy/$$(basename $$f .yaml); \
+	  $(VENV)/bin/hpcgate deploy-files --policy $$f --out site_configs/deploy/$$(basename $$f .yaml) >/dev/null || exit 1; \
+	done
+	$(VENV)/bin/hpcgate tunnel-files --listen 192.0.2.10:2222 --out site_configs/tunnel >/dev/null
 
 demo: setup
 	$(VENV)/bin/hpcgate demo --dir $(LAB_DIR)
