@@ -297,6 +297,9 @@ class Lab:
         stop_pids(lab_pids(self.dir), grace=2)
         for node in ("c2",):
             netns.delete(netns.namespace_for(self.dir, node))
+        from gateway.lab.hub import remove_sudoers
+
+        remove_sudoers(self.dir)  # the rules its hubs installed for hpcgate-hub
         if info:
             info["pids"] = {}
             self._save(info)
