@@ -71,12 +71,13 @@ test: setup lint
 
 # The example site files in site_configs/deploy and site_configs/tunnel, from the example policies
 # (tests/unit/test_deploy_files.py and tests/integration/test_tunnel_sitefiles.py compare them).
-deploy-examples: setup
+# From the source tree (python -m gateway.cli), so it never reinstalls under a running test.
+deploy-examples: $(VENV)/.deps-stamp
 	for f in site_configs/*.yaml; do \
 	  rm -rf site_configs/deploy/$$(basename $$f .yaml); \
-	  $(VENV)/bin/hpcgate deploy-files --policy $$f --out site_configs/deploy/$$(basename $$f .yaml) >/dev/null || exit 1; \
+	  $(PY) -m gateway.cli deploy-files --policy $$f --out site_configs/deploy/$$(basename $$f .yaml) >/dev/null || exit 1; \
 	done
-	$(VENV)/bin/hpcgate tunnel-files --listen 192.0.2.10:2222 --out site_configs/tunnel >/dev/null
+	$(PY) -m gateway.cli tunnel-files --listen 192.0.2.10:2222 --out site_configs/tunnel >/dev/null
 
 demo: setup
 	$(VENV)/bin/hpcgate demo --dir $(LAB_DIR)

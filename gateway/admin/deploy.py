@@ -36,6 +36,7 @@ HUB_USER = "hpcgate-hub"
 # gateway/hub/sessions_api.py). "*" stands for arguments the hub fills in at run time.
 JOB_FILE_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("{python}", "-m", "gateway.job.launcher", "--write", "*"),  # the launch file, as the user
+    ("{python}", "-m", "gateway.depots.size", "--time-limit", "*"),  # a depot's size, as a member
     ("tail", "-n", "*", "*"),  # the last lines of a job that ended while starting
     ("tail", "-c", "*", "*"),  # the job log on the sessions page
 )
@@ -170,7 +171,9 @@ def jupyterhub_config(policy: SitePolicy, layout: Layout, source: str = "site.ya
     auth = ""
     if directory is not None:
         allowed = sorted(policy.groups)
-        people = (directory.group_base_dn or "").replace("ou=groups", "ou=people", 1)
+        # The whole tree under the directory's suffix (the dc= part of the service DN): narrow it
+        # to your people's subtree if the directory is large.
+        people = ",".join(r for r in directory.bind_dn.split(",") if r.strip().lower().startswith("dc="))
         auth = f"""
 # --- Login: search-then-bind against the site's directory (the policy's `directory`).
 c.JupyterHub.authenticator_class = "hpcgate-ldap"
@@ -181,7 +184,7 @@ c.LDAPAuthenticator.service_dn = {directory.bind_dn!r}
 # The service account's password arrives as a systemd credential (hpcgate-hub.service:
 # LoadCredential): the hub account never reads {directory.bind_password_file} itself.
 c.LDAPAuthenticator.service_password = _credential("ldap-password")
-# Where people are searched: adjust to your directory's tree.
+# Where people are searched (by uid, in the whole subtree).
 c.LDAPAuthenticator.user_search_base = {people!r}
 c.LDAPAuthenticator.group_search_base = {directory.group_base_dn or ''!r}
 # Only members of the policy's groups log in (the same groups sudoers lets the hub act for).
@@ -250,21 +253,42 @@ def hub_unit(policy: SitePolicy, layout: Layout) -> str:
     caps = ("# The public port is below 1024: that one capability, nothing else.\n"
             "AmbientCapabilities=CAP_NET_BIND_SERVICE\n" if port < 1024 else "")
     if sudo:
-        # Commands run through sudo inherit this unit's mount namespace: the launcher writes into
-        # the users' working directories, so /home and the site's filesystems stay as they are.
-        hardening = """# sudo is setuid: NoNewPrivileges, RestrictSUIDSGID and a capability bounding set would
-# stop it. The users' commands run in this unit's mount namespace (the launcher writes into
-# their working directories), so /home stays visible; /usr, /boot and /etc are read-only.
+        hardening = """# sudo is setuid: NoNewPrivileges would stop it, and so would each setting implying it
+# for a unit with User= (PrivateDevices, ProtectKernel*, ProtectClock, RestrictAddressFamilies,
+# RestrictRealtime, LockPersonality, RestrictSUIDSGID, SystemCallFilter): only mount namespace
+# settings here. The users' commands run in this namespace (the launcher writes into their
+# working directories), so /home stays visible; /usr, /boot and /etc are read-only.
 NoNewPrivileges=no
 ProtectSystem=full
+PrivateTmp=yes
+ProtectControlGroups=yes
 """
     else:
-        hardening = f"""NoNewPrivileges=yes
+        hardening = """NoNewPrivileges=yes
 RestrictSUIDSGID=yes
 ProtectSystem=strict
 ProtectHome=yes
-ReadWritePaths={layout.state}
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
 """
+    if layout.state.startswith("/var/lib/"):
+        state = (f"# {layout.state}, the hub's own: database, cookie secret, proxy state, tunnel "
+                 f"keys.\nStateDirectory={layout.state.removeprefix('/var/lib/')}\n"
+                 "StateDirectoryMode=0750\n")
+    else:  # systemd makes state directories under /var/lib only
+        state = (f"# {layout.state}, the hub's own (install -d -o {layout.hub_user} -m 0750 it).\n"
+                 f"ReadWritePaths={layout.state}\n")
     return f"""# hpcgate-hub.service; made by `hpcgate deploy-files` for the cluster {policy.cluster.name!r}.
 # Install: cp hpcgate-hub.service /etc/systemd/system/ && systemctl daemon-reload
 #          systemctl enable --now hpcgate-hub
@@ -276,28 +300,14 @@ Wants=network-online.target
 [Service]
 User={layout.hub_user}
 Group={layout.hub_user}
-# /var/lib/hpcgate-hub, the hub's own: database, cookie secret, proxy state, tunnel keys.
-StateDirectory={Path(layout.state).name}
-StateDirectoryMode=0750
-WorkingDirectory={layout.state}
+{state}WorkingDirectory={layout.state}
 Environment=PATH={layout.venv}/bin:/usr/local/bin:/usr/bin:/bin
 Environment=HOME={layout.state}
 {cred_lines}ExecStart={layout.venv}/bin/jupyterhub -f {layout.etc}/jupyterhub_config.py
 Restart=on-failure
 RestartSec=5
 UMask=0027
-{caps}{hardening}PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-LockPersonality=yes
-RestrictRealtime=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-
+{caps}{hardening}
 [Install]
 WantedBy=multi-user.target
 """

@@ -19,6 +19,8 @@ from gateway.lab.accounts import HUB_USER
 from gateway.policy.load import load_policy
 from tests.helpers.hub import Hub, running_hub
 
+pytestmark = pytest.mark.lab
+
 
 @pytest.fixture(scope="module")
 def hub(lab: dict) -> Iterator[Hub]:

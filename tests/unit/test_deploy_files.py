@@ -73,6 +73,7 @@ def test_sudoers_names_exactly_the_policys_commands_environment_and_groups() -> 
     assert rules == [f"/usr/bin/env {env} {cmd}" for cmd in (
         "sbatch --parsable", "scancel *",
         "/opt/hpcgate/venv/bin/python -m gateway.job.launcher --write *",
+        "/opt/hpcgate/venv/bin/python -m gateway.depots.size --time-limit *",
         "tail -n * *", "tail -c * *")]
     assert "= %hpc-users, %hub-admins, %soundscape-lab, !root\n" in text
     assert "ALL = (HPCGATE_HUB_USERS) NOPASSWD: HPCGATE_HUB_CMDS\n" in text
@@ -96,7 +97,7 @@ def test_rest_transport_needs_no_scheduler_commands_but_the_job_files() -> None:
 
     policy = _policy(ROOT / "site_configs" / "demo.yaml")
     rest = dataclasses.replace(policy, cluster=dataclasses.replace(policy.cluster, transport="rest"))
-    assert [c[0] for c in user_commands(rest)] == [policy.job.python, "tail", "tail"]
+    assert [c[0] for c in user_commands(rest)] == [policy.job.python] * 2 + ["tail", "tail"]
 
 
 def test_a_value_sudoers_cannot_pin_is_refused() -> None:

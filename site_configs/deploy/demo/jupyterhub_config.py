@@ -48,8 +48,8 @@ c.LDAPAuthenticator.service_dn = 'cn=svc-hpcgate,ou=services,dc=example,dc=org'
 # The service account's password arrives as a systemd credential (hpcgate-hub.service:
 # LoadCredential): the hub account never reads /var/tmp/hpcgate-lab/secrets/svc-hpcgate.password itself.
 c.LDAPAuthenticator.service_password = _credential("ldap-password")
-# Where people are searched: adjust to your directory's tree.
-c.LDAPAuthenticator.user_search_base = 'ou=posix,ou=people,dc=example,dc=org'
+# Where people are searched (by uid, in the whole subtree).
+c.LDAPAuthenticator.user_search_base = 'dc=example,dc=org'
 c.LDAPAuthenticator.group_search_base = 'ou=posix,ou=groups,dc=example,dc=org'
 # Only members of the policy's groups log in (the same groups sudoers lets the hub act for).
 c.LDAPAuthenticator.allowed_groups = {'hpc-users', 'hub-admins', 'soundscape-lab'}

@@ -48,8 +48,8 @@ c.LDAPAuthenticator.service_dn = 'uid=jupyterhub,ou=services,dc=cluster,dc=inter
 # The service account's password arrives as a systemd credential (hpcgate-hub.service:
 # LoadCredential): the hub account never reads /etc/hpcgate/ldap-service-password itself.
 c.LDAPAuthenticator.service_password = _credential("ldap-password")
-# Where people are searched: adjust to your directory's tree.
-c.LDAPAuthenticator.user_search_base = 'ou=people,dc=cluster,dc=internal'
+# Where people are searched (by uid, in the whole subtree).
+c.LDAPAuthenticator.user_search_base = 'dc=cluster,dc=internal'
 c.LDAPAuthenticator.group_search_base = 'ou=groups,dc=cluster,dc=internal'
 # Only members of the policy's groups log in (the same groups sudoers lets the hub act for).
 c.LDAPAuthenticator.allowed_groups = {'cluster-users', 'ecology', 'genomics'}
