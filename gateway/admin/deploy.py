@@ -130,8 +130,6 @@ def sudoers(policy: SitePolicy, sudo_user: str, source: str = "site.yaml") -> st
         lines.append(f"{ENV} {env} {' '.join(words)}")
     runas = ", ".join([*(f"%{_sudoers_word(g, 'group')}" for g in groups), "!root"])
     cmnds = ", \\\n    ".join(lines)
-    alias = re.sub(r"[^A-Z0-9]", "_", sudo_user.upper())  # sudoers: an alias is A-Z, 0-9, _
-    alias = alias if alias[:1].isalpha() else f"HPCGATE_{alias}"
     return f"""# sudoers rules for hpcgate; made by `hpcgate deploy-files` from {source}.
 # Install: install -m 0440 -o root -g root sudoers /etc/sudoers.d/hpcgate
 #          visudo -cf /etc/sudoers.d/hpcgate
@@ -145,14 +143,13 @@ def sudoers(policy: SitePolicy, sudo_user: str, source: str = "site.yaml") -> st
 # A `*` stands for the arguments the hub fills in (job ids, a line count, a file name).
 # Regenerate this file whenever the policy's groups, environment or job.python change.
 
+# One rule, without aliases: several such files (hubs of several policies) may coexist in
+# /etc/sudoers.d, and an alias defined twice would be an error there.
+
 Defaults:{sudo_user} env_reset, !setenv, !requiretty, !lecture
 
-Runas_Alias {alias}_USERS = {runas}
-
-Cmnd_Alias {alias}_CMDS = \\
+{sudo_user} ALL = ({runas}) NOPASSWD: \\
     {cmnds}
-
-{sudo_user} ALL = ({alias}_USERS) NOPASSWD: {alias}_CMDS
 """
 
 

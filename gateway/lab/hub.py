@@ -187,17 +187,6 @@ def remove_sudoers(lab_dir: Path) -> None:
             continue
 
 
-def grant_hub_read(path: str | Path) -> None:
-    """Let the hub's account read one file the site's policy names (a key it logs in with), by
-    an ACL entry for that account alone, and pass through its directories up to the lab's."""
-    file = Path(path)
-    run(["setfacl", "-m", f"u:{HUB_USER}:r", str(file)])
-    for parent in file.parents:
-        if parent.stat().st_mode & 0o001:
-            break  # others may pass already: so may the hub, from here up
-        run(["setfacl", "-m", f"u:{HUB_USER}:x", str(parent)])
-
-
 def give_to_hub(state_dir: Path) -> None:
     """The hub's state directory and everything in it: the hub account's, as StateDirectory= makes
     it on a site. Files a test left there (an earlier root hub's database) change owner too."""
@@ -230,6 +219,7 @@ class LabHub:
         self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                           self.dir / "site.yaml", overrides=policy)
         _set_hub_api_url(self.policy_file, info, self.hub_port)
+        self._own_login_node_key()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"
@@ -238,6 +228,7 @@ class LabHub:
                                           extra_config, proxy=proxy))
         self.config.chmod(0o600)
         self._crypt_key()  # made (root's, 0600) before the directory goes to the hub
+        self.sudoers: Path | None = None  # the rules start() installs for the hub's account
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"
 
@@ -256,19 +247,26 @@ class LabHub:
             saved_file.write_text(json.dumps(ports))
         return ports["proxy"], ports["hub"], ports["api"]
 
-    def _grant_policy_files(self) -> None:
-        """What the policy tells the hub to read that the lab keeps as root's: the key of the
-        hub's login-node forwards (on a site: the hub account's own file)."""
-        from gateway.policy.load import load_policy
+    def _own_login_node_key(self) -> None:
+        """The key of the hub's login-node forwards, as on a site: the hub account's own file
+        (a copy of the lab's, which stays root's), named in the policy."""
+        import yaml
 
-        conn = load_policy(str(self.policy_file)).connection
-        if conn.mode == "login-node" and conn.login_node_key:
-            grant_hub_read(conn.login_node_key)
+        text = self.policy_file.read_text()
+        policy = yaml.safe_load(text)
+        conn = policy.get("connection") or {}
+        if conn.get("mode") != "login-node" or not conn.get("login_node_key"):
+            return
+        own = self.dir / "login_node_ed25519"
+        own.write_bytes(Path(conn["login_node_key"]).read_bytes())
+        own.chmod(0o600)  # given to the hub's account with the directory (give_to_hub)
+        conn["login_node_key"] = str(own)
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        self.policy_file.write_text(header + yaml.safe_dump(policy, sort_keys=False))
 
     def start(self, timeout: float = 60) -> None:
         uid, gid = ensure_hub_account()
         self.sudoers = install_sudoers(self.policy_file)
-        self._grant_policy_files()
         give_to_hub(self.dir)
         self._crypt_key_file().chmod(0o600)
         os.chown(self._crypt_key_file(), 0, 0)  # the hub gets it in its environment, as on a site

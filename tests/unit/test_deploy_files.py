@@ -75,8 +75,8 @@ def test_sudoers_names_exactly_the_policys_commands_environment_and_groups() -> 
         "/opt/hpcgate/venv/bin/python -m gateway.job.launcher --write *",
         "/opt/hpcgate/venv/bin/python -m gateway.depots.size --time-limit *",
         "tail -n * *", "tail -c * *")]
-    assert "= %hpc-users, %hub-admins, %soundscape-lab, !root\n" in text
-    assert "ALL = (HPCGATE_HUB_USERS) NOPASSWD: HPCGATE_HUB_CMDS\n" in text
+    assert "\nhpcgate-hub ALL = (%hpc-users, %hub-admins, %soundscape-lab, !root) NOPASSWD: \\\n" in text
+    assert "_Alias" not in text  # two hubs' files side by side must not define one alias twice
     assert "sh " not in text and "bash" not in text and "ALL)" not in text
 
 
