@@ -17,7 +17,7 @@ DEB_PACKAGES_NO_RECOMMENDS := prometheus
 SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
 	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
-.PHONY: setup debs test lint demo demo-down bench clean-lab
+.PHONY: deploy-examples setup debs test lint demo demo-down bench clean-lab
 
 setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy $(LABEXT)
 
@@ -94,6 +94,16 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# The example site files in site_configs/deploy and site_configs/tunnel, from the example policies
+# (tests/unit/test_deploy_files.py and tests/integration/test_tunnel_sitefiles.py compare them).
+# From the source tree (python -m gateway.cli), so it never reinstalls under a running test.
+deploy-examples: $(VENV)/.deps-stamp
+	for f in site_configs/*.yaml; do \
+	  rm -rf site_configs/deploy/$$(basename $$f .yaml); \
+	  $(PY) -m gateway.cli deploy-files --policy $$f --out site_configs/deploy/$$(basename $$f .yaml) >/dev/null || exit 1; \
+	done
+	$(PY) -m gateway.cli tunnel-files --listen 192.0.2.10:2222 --out site_configs/tunnel >/dev/null
 
 demo: setup
 	$(VENV)/bin/hpcgate demo --dir $(LAB_DIR)

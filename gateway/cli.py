@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-config", add_help=False,
                    help="check a site policy file against the live cluster and directory")
+    sub.add_parser("deploy-files", add_help=False,
+                   help="write a site's hub files from its policy: jupyterhub_config.py, "
+                        "sudoers, systemd units, a checklist")
     sub.add_parser("tunnel-files", add_help=False,
                    help="write the hub host's reverse-tunnel sshd_config and systemd units")
     jobs = sub.add_parser("jobs", help="the gateway's jobs on the scheduler")
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.admin.check import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["deploy-files"]:  # has its own parser (gateway.admin.deploy)
+        from gateway.admin.deploy import main as deploy_files_main
+
+        return deploy_files_main(argv[1:])
     if argv[:1] == ["tunnel-files"]:  # has its own parser (gateway.tunnel.sitefiles)
         from gateway.tunnel.sitefiles import main as tunnel_files_main
 

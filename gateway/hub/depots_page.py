@@ -11,12 +11,11 @@ and is cached; until a size is known the page says "computing…" and reloads it
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
-import stat
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from jupyterhub.handlers.base import BaseHandler
@@ -25,52 +24,15 @@ from traitlets import Float, Int
 from traitlets.config import Configurable
 
 from gateway.depots.access import READ_WRITE, UserDepot, depots_for
+from gateway.depots.size import DirSize, tree_size
+
+__all__ = ["DirSize", "SizeCache", "tree_size"]
 
 PAGE_PATH = "/depots"
 log = logging.getLogger("hpcgate.depots")
 
 
-@dataclass(frozen=True)
-class DirSize:
-    bytes: int
-    files: int
-    complete: bool
-    """False when the walk hit its time limit: the true size is larger."""
-    error: str | None = None
-    computed_at: float = 0.0
-
-
-def tree_size(path: str, time_limit: float) -> DirSize:
-    """Apparent size of every file under `path` (symlinks not followed), within `time_limit` s."""
-    deadline = time.monotonic() + time_limit
-    total = files = 0
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            return DirSize(0, 0, True, "not a directory", time.time())
-    except FileNotFoundError:
-        return DirSize(0, 0, True, "not provisioned yet", time.time())
-    except OSError as err:
-        return DirSize(0, 0, True, err.strerror or str(err), time.time())
-    stack = [path]
-    while stack:
-        if time.monotonic() > deadline:
-            return DirSize(total, files, False, None, time.time())
-        current = stack.pop()
-        try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    elif stat.S_ISREG(st.st_mode):
-                        total += st.st_size
-                        files += 1
-        except OSError:
-            continue  # vanished or unreadable while walking: count what is there
-    return DirSize(total, files, True, None, time.time())
+Measure = Callable[[str, float], Awaitable[DirSize]]
 
 
 class SizeCache:
@@ -83,10 +45,16 @@ class SizeCache:
         self._known: dict[str, DirSize] = {}
         self._pending: dict[str, asyncio.Future[DirSize]] = {}
 
-    def get(self, path: str) -> DirSize | None:
-        """The last known size (possibly stale) or None; starts a computation when due."""
+    def get(self, path: str, measure: Measure | None = None) -> DirSize | None:
+        """The last known size (possibly stale) or None; starts a computation when due: with
+        `measure` (the hub: as a member, through the runner), else by a walk in a thread."""
         known = self._known.get(path)
         if (known is None or time.time() - known.computed_at > self.ttl) and path not in self._pending:
+            if measure is not None:
+                future: asyncio.Future[DirSize] = asyncio.ensure_future(measure(path, self.time_limit))
+                self._pending[path] = future
+                future.add_done_callback(lambda f, p=path: self._done(p, f))
+                return known
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="depot-size")
             future = asyncio.get_running_loop().run_in_executor(
@@ -209,11 +177,12 @@ class DepotsHandler(BaseHandler):
             depots = await self._user_depots()
             cache = sizes(self.settings.get("config"))
             paths = [d.path for d in depots]
+            measure = await self._measure_as_user()
             for p in paths:
-                cache.get(p)
+                cache.get(p, measure)
             await cache.settle(paths, timeout=0.5)  # a small depot's size shows at once
             for d in depots:
-                size = cache.get(d.path)
+                size = cache.get(d.path, measure)
                 computing |= size is None
                 rows.append({"name": d.name, "path": d.path, "description": d.description,
                              "access": "read and write" if d.access == READ_WRITE else "read only",
@@ -224,6 +193,26 @@ class DepotsHandler(BaseHandler):
             message = ("The list of data depots is not available right now; please try again "
                        "later or ask the cluster's administrators.")
         self.write(await self._render(rows=rows, message=message, computing=computing))
+
+    async def _measure_as_user(self) -> Measure | None:
+        """Sizes measured as the logged-in user, a member of each depot shown to them (the hub's
+        account reads no depot): `python -m gateway.depots.size` through the runner."""
+        spawner: Any = self.current_user.spawner
+        if not hasattr(spawner, "site_policy") or spawner.site_policy() is None:
+            return None
+        _, runner, _ = spawner._shared()
+        python = spawner.site_policy().job.python
+        user, _ = await spawner.unix_account()
+
+        async def measure(path: str, limit: float) -> DirSize:
+            res = await runner.run([python, "-m", "gateway.depots.size", "--time-limit",
+                                    str(int(limit)), path], user=user, timeout=limit + 15)
+            if res.returncode != 0:
+                log.warning("Measuring %s as %s: %s", path, user, res.stderr.strip()[-500:])
+                return DirSize(0, 0, True, "could not be measured", time.time())
+            return DirSize(**json.loads(res.stdout), computed_at=time.time())
+
+        return measure
 
     async def _user_depots(self) -> list[UserDepot]:
         spawner: Any = self.current_user.spawner

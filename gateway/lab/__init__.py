@@ -137,7 +137,7 @@ class Lab:
                 shutil.rmtree(self.dir / sub, ignore_errors=True)
             (self.dir / "log" / "jobcomp.txt").unlink(missing_ok=True)
             # With the jobs go their tunnel keys (a crashed hub's lines would hold ports forever).
-            (self.dir / "ssh" / "authorized_keys" / accounts.TUNNEL_USER).unlink(missing_ok=True)
+            sshd.tunnel_keys_file(self.dir).unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
         ports = old.get("ports") or {
@@ -154,6 +154,7 @@ class Lab:
         passwords = self._secrets(extra)
         accounts.ensure_accounts(lab_users)
         accounts.ensure_tunnel_account()
+        sshd.ensure_tunnel_keys(self.dir)  # the hub account's, whether or not the endpoint runs
         accounts.ensure_workdirs(self.dir, lab_users)
 
         namespaces = {}
@@ -255,7 +256,8 @@ class Lab:
                 "port": ports["tunnel"],
                 "listen": ssh_listen,
                 "user": accounts.TUNNEL_USER,
-                "authorized_keys": str(d / "ssh" / "authorized_keys" / accounts.TUNNEL_USER),
+                "authorized_keys": str(sshd.tunnel_keys_file(d)),
+                "hub_user": accounts.HUB_USER,
                 "known_hosts": str(d / "ssh" / "known_hosts"),
             },
             # home: the Unix account's (shared by every lab); workdir: this lab's, which the
@@ -295,6 +297,9 @@ class Lab:
         stop_pids(lab_pids(self.dir), grace=2)
         for node in ("c2",):
             netns.delete(netns.namespace_for(self.dir, node))
+        from gateway.lab.hub import remove_sudoers
+
+        remove_sudoers(self.dir)  # the rules its hubs installed for hpcgate-hub
         if info:
             info["pids"] = {}
             self._save(info)

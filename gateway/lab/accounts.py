@@ -95,6 +95,22 @@ def ensure_tunnel_account() -> None:
     run(["usermod", "-p", "*", TUNNEL_USER])  # '*': no password, but not locked for sshd
 
 
+# The hub's own account: no shell, no home, no password, in no group of users. The lab runs the
+# hub (and its proxy) as this account, with the sudoers file `hpcgate deploy-files` writes.
+HUB_USER = "hpcgate-hub"
+
+
+def ensure_hub_account() -> tuple[int, int]:
+    """The hub's account, made if missing; its (uid, gid)."""
+    try:
+        pw = pwd.getpwnam(HUB_USER)
+    except KeyError:
+        run(["useradd", "-r", "-U", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+             "-c", "hpcgate hub (unprivileged)", HUB_USER])
+        pw = pwd.getpwnam(HUB_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
 def group_gid(name: str) -> int:
     return next(g.gid for g in GROUPS if g.name == name)
 

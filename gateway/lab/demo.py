@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from gateway.lab import Lab
+from gateway.lab.accounts import HUB_USER
 from gateway.lab.hub import LabHub
 
 
@@ -30,7 +31,11 @@ def main(lab_dir: Path, port: int) -> int:
     prepare_lab_depots(hub.policy_file, large_bytes=DEMO_LARGE_BYTES)
     hub.start(timeout=90)
     passwords = json.loads(Path(info["ldap"]["passwords_file"]).read_text())
-    print(f"\nhpcgate is running on {hub.url}  (Ctrl-C stops the portal; the lab keeps running)\n")
+    print(f"\nhpcgate is running on {hub.url}  (Ctrl-C stops the portal; the lab keeps running)")
+    assert hub.proc is not None
+    # Not root: the hub and its proxy run as the hub's account, with the generated sudoers rules.
+    print(f"The hub runs as {HUB_USER} (pid {hub.proc.pid}; `ps -o user,pid,args -p "
+          f"{hub.proc.pid}`), its sudo rules in {hub.sudoers}\n")
     print("Log in with the lab directory's accounts:")
     for user, about in (("alice", "soundscape-lab: partitions debug and long (12 h)"),
                         ("bob", "soundscape-lab: partitions debug and long (12 h)"),

@@ -2,8 +2,10 @@
 and the tests.
 
 The hub API listens on the lab's veth address (reachable from the host and from node c2, nowhere
-else), the proxy on 127.0.0.1. The hub runs as root here because it submits jobs as the lab
-users through sudo.
+else), the proxy on 127.0.0.1. The hub and its proxy run as the unprivileged account hpcgate-hub,
+as on a site: it submits jobs as the lab users through exactly the sudoers rules `hpcgate
+deploy-files` writes for the hub's policy (installed in /etc/sudoers.d by `start()`), and its
+state directory is its own. So every test with a hub proves that the least-privilege setup works.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.lab.procs import free_port, hub_failure, pid_alive, stop_pids
+from gateway.lab.accounts import HUB_USER, ensure_hub_account
+from gateway.lab.procs import free_port, hub_failure, pid_alive, run, stop_pids
 
 PROXIES = ("chp", "nginx")
 
@@ -142,6 +145,59 @@ def _set_hub_api_url(policy_file: Path, info: dict[str, Any], hub_port: int) -> 
     policy_file.write_text(header + yaml.safe_dump(policy, sort_keys=False))
 
 
+SUDOERS_DIR = Path("/etc/sudoers.d")
+SUDOERS_PREFIX = "hpcgate-lab-"
+
+
+def install_sudoers(policy_file: Path) -> Path | None:
+    """The policy's sudoers file from `hpcgate deploy-files`, checked by visudo and installed in
+    /etc/sudoers.d under a name made from its text (labs and hubs side by side each keep theirs;
+    `Lab.down` removes a lab's). None when the policy needs no sudo on this host."""
+    import hashlib
+
+    from gateway.admin.deploy import sudo_runs_as, sudoers
+    from gateway.policy.load import load_policy
+
+    policy = load_policy(str(policy_file))
+    if sudo_runs_as(policy) != "hub":
+        return None
+    text = sudoers(policy, HUB_USER, str(policy_file))
+    target = SUDOERS_DIR / f"{SUDOERS_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if target.exists() and target.read_text() == text:
+        return target
+    tmp = SUDOERS_DIR / f".{target.name}.tmp"  # sudo skips names with a dot
+    tmp.write_text(text)
+    tmp.chmod(0o440)
+    try:
+        run(["visudo", "-cqf", str(tmp)])
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def remove_sudoers(lab_dir: Path) -> None:
+    """The sudoers files of hubs on the lab in `lab_dir` (they name its slurm.conf)."""
+    marker = f"{Path(lab_dir)}/".replace(":", "\\:")
+    for path in SUDOERS_DIR.glob(f"{SUDOERS_PREFIX}*"):
+        try:
+            if marker in path.read_text():
+                path.unlink()
+        except OSError:
+            continue
+
+
+def give_to_hub(state_dir: Path) -> None:
+    """The hub's state directory and everything in it: the hub account's, as StateDirectory= makes
+    it on a site. Files a test left there (an earlier root hub's database) change owner too."""
+    uid, gid = ensure_hub_account()
+    for root, dirs, files in os.walk(state_dir):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, gid)
+    os.chown(state_dir, uid, gid)
+    state_dir.chmod(0o750)
+
+
 class LabHub:
     """One jupyterhub process (and its proxy) in `state_dir`; `start()`, `kill()`, `stop()`."""
 
@@ -163,6 +219,7 @@ class LabHub:
         self.policy_file = write_lab_site(info, info["ldap"]["service_password_file"],
                                           self.dir / "site.yaml", overrides=policy)
         _set_hub_api_url(self.policy_file, info, self.hub_port)
+        self._own_login_node_key()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         self.config = self.dir / "jupyterhub_config.py"
@@ -170,6 +227,8 @@ class LabHub:
                                           self.hub_port, self.api_port, self.service_token,
                                           extra_config, proxy=proxy))
         self.config.chmod(0o600)
+        self._crypt_key()  # made (root's, 0600) before the directory goes to the hub
+        self.sudoers: Path | None = None  # the rules start() installs for the hub's account
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"
 
@@ -188,9 +247,33 @@ class LabHub:
             saved_file.write_text(json.dumps(ports))
         return ports["proxy"], ports["hub"], ports["api"]
 
+    def _own_login_node_key(self) -> None:
+        """The key of the hub's login-node forwards, as on a site: the hub account's own file
+        (a copy of the lab's, which stays root's), named in the policy."""
+        import yaml
+
+        text = self.policy_file.read_text()
+        policy = yaml.safe_load(text)
+        conn = policy.get("connection") or {}
+        if conn.get("mode") != "login-node" or not conn.get("login_node_key"):
+            return
+        own = self.dir / "login_node_ed25519"
+        own.write_bytes(Path(conn["login_node_key"]).read_bytes())
+        own.chmod(0o600)  # given to the hub's account with the directory (give_to_hub)
+        conn["login_node_key"] = str(own)
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        self.policy_file.write_text(header + yaml.safe_dump(policy, sort_keys=False))
+
     def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": self._crypt_key(),
-               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        uid, gid = ensure_hub_account()
+        self.sudoers = install_sudoers(self.policy_file)
+        give_to_hub(self.dir)
+        self._crypt_key_file().chmod(0o600)
+        os.chown(self._crypt_key_file(), 0, 0)  # the hub gets it in its environment, as on a site
+        # Nothing of root's environment: what a systemd unit would give the hub account.
+        env = {"JUPYTERHUB_CRYPT_KEY": self._crypt_key(), "HOME": str(self.dir),
+               "LANG": os.environ.get("LANG", "C.UTF-8"), "USER": HUB_USER, "LOGNAME": HUB_USER,
+               "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"}
         if self.ldap_login:
             # The service account's password reaches the hub by its environment, not its config.
             env["HPCGATE_LDAP_SERVICE_PASSWORD"] = Path(
@@ -198,7 +281,8 @@ class LabHub:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(self.config)], cwd=self.dir,
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                user=uid, group=gid, extra_groups=[], umask=0o027)
         failure = hub_failure(self.proc, self.url, timeout)
         if failure:
             # The log's end in the error itself: a test run's report must say why, since test
@@ -244,8 +328,11 @@ class LabHub:
                 if status != 200:
                     raise RuntimeError(f"the hub refused {user}'s auth_state ({status}); see {self.log}")
 
+    def _crypt_key_file(self) -> Path:
+        return self.dir / "crypt_key"
+
     def _crypt_key(self) -> str:
-        key = self.dir / "crypt_key"
+        key = self._crypt_key_file()
         if not key.exists():
             key.write_text(secrets.token_hex(32))
             key.chmod(0o600)

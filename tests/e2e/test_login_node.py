@@ -126,8 +126,11 @@ def test_server_on_c2_reached_through_the_hubs_forward(alice_up: Hub) -> None:
     assert argv[argv.index("-L") + 1] == f"127.0.0.1:{port}:{node}:{server_port}"
     assert argv[argv.index("-l") + 1] == LOGIN_USER
     assert argv[-2:] == ["--", hub.lab["ssh"]["host"]]
+    assert (hub.hub.dir / "login_node_ed25519").read_bytes() == \
+        Path(hub.lab["ssh"]["user_keys"][LOGIN_USER]).read_bytes()
     for opt in ("ExitOnForwardFailure=yes", "BatchMode=yes", "StrictHostKeyChecking=yes",
-                f"IdentityFile={hub.lab['ssh']['user_keys'][LOGIN_USER]}",
+                # The hub account's own copy of the lab's key (LabHub), as a site gives it one.
+                f"IdentityFile={hub.hub.dir / 'login_node_ed25519'}",
                 f"UserKnownHostsFile={hub.lab['ssh']['known_hosts']}"):
         assert opt in argv, (opt, argv)
     assert any(a.startswith("ServerAliveInterval=") for a in argv)
