@@ -283,7 +283,7 @@ def test_login_node_mode_logs_in_and_opens_a_forward(site: Site, lab: dict) -> N
     rc, text = check(login_node_site(site, lab))
     assert rc == 0, text
     assert f"The hub logs in to carol@{lab['ssh']['host']}:{lab['ssh']['port']} with " in text
-    assert "a connection through a forward there reaches the login node's SSH server." in text
+    assert "a connection through a forward there reaches the login node's SSH server." in text, text
 
 
 def test_login_node_with_the_wrong_host_key_or_an_open_key(site: Site, lab: dict,
