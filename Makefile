@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light
+	python3 python3-venv systemd nginx-light postgresql
 SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
