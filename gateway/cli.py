@@ -43,7 +43,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.action == "up":
         t0 = time.monotonic()
         info = lab.up(nodes=args.nodes, fresh_jobs=args.fresh, users=args.users,
-                      background_jobs=args.background_jobs, postgres=args.postgres)
+                      background_jobs=args.background_jobs, postgres=args.postgres,
+                      node_cpus=args.node_cpus)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--postgres", action="store_true",
                      help="with up: also the lab's own PostgreSQL, for hubs that use it as their "
                           "database (kept by later runs)")
+    lab.add_argument("--node-cpus", type=int, default=None, metavar="N",
+                     help="with up: cores each node declares (16; more than the machine has, for "
+                          "hundreds of small jobs at once), kept by later runs")
     lab.set_defaults(func=cmd_lab)
 
     demo = sub.add_parser("demo", help="the lab plus the portal on http://127.0.0.1:8000")

@@ -116,7 +116,8 @@ class Lab:
     # -- up ----------------------------------------------------------------------------------------
 
     def up(self, nodes: int = 1, fresh_jobs: bool = False, users: int = 0,
-           background_jobs: int = 0, postgres: bool = False) -> dict[str, Any]:
+           background_jobs: int = 0, postgres: bool = False,
+           node_cpus: int | None = None) -> dict[str, Any]:
         """Start what is not running. `fresh_jobs` forgets Slurm's saved jobs when it starts
         from nothing (a test session must not inherit jobs a crashed earlier one left behind).
 
@@ -124,7 +125,8 @@ class Lab:
         `background_jobs` held jobs of theirs (or of bob and carol) in the queue.
 
         `postgres` adds the lab's own PostgreSQL (for hubs with `LabHub(database="postgresql")`);
-        a lab that has it keeps it at every later `up`."""
+        a lab that has it keeps it at every later `up`. `node_cpus`: the cores each node declares
+        (16 unless given; kept by later runs)."""
         if nodes not in (1, 2):
             raise LabError("The lab has one or two compute nodes (--nodes 1 or 2).")
         if background_jobs < 0:
@@ -134,7 +136,11 @@ class Lab:
         # The directory keeps people added by an earlier `up --users`: so does the description.
         extra = accounts.extra_users(max(users, old.get("extra_users", 0)))
         lab_users = accounts.USERS + extra
-        if old and old.get("node_count") != nodes and self._alive(old):
+        cpus = node_cpus or old.get("node_cpus") or cluster.NODE_CPUS
+        if cpus < 1:
+            raise LabError("--node-cpus must be at least 1.")
+        if old and (old.get("node_count"), old.get("node_cpus", cluster.NODE_CPUS)) != (
+                nodes, cpus) and self._alive(old):
             self.down()  # a different shape: restart cleanly rather than reconfigure live daemons
             old = self.info()
         if fresh_jobs and not self._alive(old):
@@ -171,7 +177,7 @@ class Lab:
         if not (tls_dir / "server.crt").exists():
             make_ca_and_server_cert(tls_dir, ["localhost"], ["127.0.0.1"])
 
-        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces)
+        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces, cpus)
         cluster.ensure_munge_dir_modes(self.dir)
         if "munged" not in pids:
             pids["munged"] = cluster.start_munged(self.dir)
@@ -204,6 +210,7 @@ class Lab:
 
         info = self._describe(nodes, ports, pids, namespaces, listen, lab_users)
         info["extra_users"] = len(extra)
+        info["node_cpus"] = cpus
         if with_postgres:
             info["postgres"] = postgres_server.describe(self.dir)
         self._save(info)
