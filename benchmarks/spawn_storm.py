@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -61,6 +62,9 @@ NODE_CPUS = 256
 # cluster they have machines of their own, here they share the hub's two cores, and 200 servers
 # starting at once would otherwise starve the hub host's processes (hub, PostgreSQL, slurmctld).
 NODE_NICE = 10
+# PostgreSQL, for the same reason the other way round: a site's database server has cores of its
+# own, and JupyterHub waits on its loop for every query's round trip to it.
+DATABASE_NICE = -5
 MEMORY = "64M"
 WALLTIME = "0:30:00"
 SIDES = ("hpcgate", "batchspawner")
@@ -448,13 +452,17 @@ def main() -> None:
     lab = Lab(args.dir)
     was_up = lab.status()["ok"]
     info = lab.up(nodes=1, users=args.users, postgres=True, node_cpus=NODE_CPUS)
-    os.setpriority(os.PRIO_PROCESS, info["pids"]["slurmd-c1"], NODE_NICE)  # jobs inherit it
+    # New jobs and new database sessions inherit these; both are put back at the end.
+    niced = {info["pids"]["slurmd-c1"]: NODE_NICE, info["pids"]["postgres"]: DATABASE_NICE}
+    for pid, nice in niced.items():
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
     users = sorted(u for u in info["users"] if re.fullmatch(r"user\d+", u))[:args.users]
     print(f"spawn storm: {len(users)} users log in through the login page and start {per_user} "
           f"named servers each ({args.servers} in all) over {args.ramp:.0f} s; Slurm node c1 "
           f"declares {NODE_CPUS} cores, each job 1 core and {MEMORY}, its processes at nice "
           f"{NODE_NICE} (a node is another machine); hub database PostgreSQL "
-          f"({info['postgres']['socket_dir']}). The jobs run {' '.join(SERVER_CMD)}, a minimal "
+          f"({info['postgres']['socket_dir']}) at nice {DATABASE_NICE} (a database server has its "
+          "own cores). The jobs run {' '.join(SERVER_CMD)}, a minimal "
           "single-user server (answers the hub's checks, reports activity), NOT JupyterLab.",
           flush=True)
     state = Path(tempfile.mkdtemp(prefix="hpcgate-storm-hubs-", dir="/var/tmp"))
@@ -467,6 +475,9 @@ def main() -> None:
             show(figures)
             sys.stdout.flush()
     finally:
+        for pid in niced:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
         if not args.keep:
             shutil.rmtree(state, ignore_errors=True)
         else:

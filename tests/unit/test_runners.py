@@ -47,3 +47,14 @@ async def test_the_hubs_own_commands_are_looked_up_in_the_policys_path() -> None
         await runner.run(["qstat", "-x"])
     assert err.value.message.startswith(
         "The command `qstat` is not in the scheduler's PATH on the hub host (/nonexistent/pbs/bin)")
+
+
+async def test_commands_run_nicer_than_the_hub_so_a_storm_of_them_cannot_starve_it() -> None:
+    import os
+
+    from schedulers.runners import COMMAND_NICE
+
+    # The command reads its own nice value after a pause: the runner sets it just after the exec.
+    result = await LocalRunner().run(["sh", "-c", "sleep 0.3; nice"])
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + COMMAND_NICE)
