@@ -81,3 +81,4 @@ bench: setup
 	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
 	$(PY) -m benchmarks.spawn_latency --n 5
 	$(PY) -m benchmarks.activity_overhead
+	$(PY) -m benchmarks.spawn_storm --users 50 --servers 200

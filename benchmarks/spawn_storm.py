@@ -296,16 +296,17 @@ def api(hub: LabHub, method: str, path: str, body: Any = None,
 
 
 def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
-             per_user: int, ramp: float, slow_callbacks: bool = False) -> dict[str, Any]:
+             per_user: int, ramp: float, slow_callbacks: bool = False,
+             database: str = "postgresql") -> dict[str, Any]:
     probe = state / "lag.txt"
     extra = common_config(per_user, probe, slow_callbacks)
     if name == "hpcgate":
         hub = LabHub(info, state, extra_config=extra + hpcgate_config(),
-                     policy=hpcgate_policy(per_user), ldap_login=True, database="postgresql")
+                     policy=hpcgate_policy(per_user), ldap_login=True, database=database)
         options: dict[str, Any] = {"partition": "debug"}
     else:
         hub = LabHub(info, state, extra_config=extra + batchspawner_config(info),
-                     ldap_login=True, database="postgresql")
+                     ldap_login=True, database=database)
         options = {}
     passwords = json.loads(Path(info["ldap"]["passwords_file"]).read_text())
     names = [f"s{k}" for k in range(1, per_user + 1)]
@@ -445,6 +446,9 @@ def main() -> None:
     parser.add_argument("--slow-callbacks", action="store_true",
                         help="log what holds each hub's loop over 50 ms (asyncio debug mode; "
                              "slows the hub: not for figures)")
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql",
+                        help="the hubs' database (sqlite: a file in each hub's directory, for "
+                             "comparison)")
     args = parser.parse_args()
     if args.servers % args.users:
         parser.error("--servers must be a multiple of --users (each user starts as many)")
@@ -460,9 +464,10 @@ def main() -> None:
     print(f"spawn storm: {len(users)} users log in through the login page and start {per_user} "
           f"named servers each ({args.servers} in all) over {args.ramp:.0f} s; Slurm node c1 "
           f"declares {NODE_CPUS} cores, each job 1 core and {MEMORY}, its processes at nice "
-          f"{NODE_NICE} (a node is another machine); hub database PostgreSQL "
-          f"({info['postgres']['socket_dir']}) at nice {DATABASE_NICE} (a database server has its "
-          "own cores). The jobs run {' '.join(SERVER_CMD)}, a minimal "
+          f"{NODE_NICE} (a node is another machine); hub database "
+          + (f"PostgreSQL ({info['postgres']['socket_dir']}) at nice {DATABASE_NICE} (a database "
+             "server has its own cores)" if args.database == "postgresql" else "SQLite")
+          + f". The jobs run {' '.join(SERVER_CMD)}, a minimal "
           "single-user server (answers the hub's checks, reports activity), NOT JupyterLab.",
           flush=True)
     state = Path(tempfile.mkdtemp(prefix="hpcgate-storm-hubs-", dir="/var/tmp"))
@@ -470,7 +475,7 @@ def main() -> None:
     try:
         for name in [s for s in SIDES if s in args.sides.split(",")]:
             figures = run_side(name, info, state / name, users, per_user, args.ramp,
-                               args.slow_callbacks)
+                               args.slow_callbacks, args.database)
             results.append(figures)
             show(figures)
             sys.stdout.flush()

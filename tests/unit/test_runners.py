@@ -58,3 +58,25 @@ async def test_commands_run_nicer_than_the_hub_so_a_storm_of_them_cannot_starve_
     result = await LocalRunner().run(["sh", "-c", "sleep 0.3; nice"])
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + COMMAND_NICE)
+
+
+async def test_with_pidfd_watching_a_command_costs_the_hub_no_thread() -> None:
+    import asyncio
+    import threading
+    import warnings
+
+    from gateway.hub import watch_children_by_pidfd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        before_watcher = asyncio.get_child_watcher()
+    try:
+        assert watch_children_by_pidfd()  # Linux >= 5.3, as on every supported hub host
+        threads = threading.active_count()
+        result = await LocalRunner().run(["sh", "-c", "sleep 0.2; echo done"])
+        assert (result.returncode, result.stdout) == (0, "done\n")
+        assert threading.active_count() == threads
+    finally:  # other tests run on other loops: give them back the thread watcher
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(before_watcher)
