@@ -261,13 +261,20 @@ async def one_user(url: str, user: str, password: str, names: list[str], options
 
 
 _STARTED = re.compile(r"User (\S+?):(\S+) took ([\d.]+) seconds to start")
+# JupyterHub's words for a server that will not be ready: the route could not be added (it is
+# stopped then), or start() failed.
+_FAILED = re.compile(r"Failed to add (\S+?):(\S+) to proxy|Not starting (\S+)'s server (\S+):")
+STALL_SECONDS = 120  # no server started for this long: stop waiting for the rest
 
 
-def started_servers(log: Path, offset: int) -> set[tuple[str, str]]:
+def servers_in_log(log: Path, offset: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(started, failed) (user, server) pairs in the hub's log since `offset`."""
     with open(log, "rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
-    return {(m.group(1), m.group(2)) for m in _STARTED.finditer(text)}
+    failed = {(m.group(1) or m.group(3), m.group(2) or m.group(4)) for m in _FAILED.finditer(text)}
+    started = {(m.group(1), m.group(2)) for m in _STARTED.finditer(text)} - failed
+    return started, failed
 
 
 def answers(hub: LabHub, user: str, name: str) -> bool:
@@ -342,12 +349,19 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
         wanted = {(u, n) for u in users for n in names}
         deadline = time.monotonic() + READY_TIMEOUT
         started: set[tuple[str, str]] = set()
+        failed: set[tuple[str, str]] = set()
         t_ready = None
+        progress = (0, time.monotonic())
         while time.monotonic() < deadline and storm_error is None:
-            started = started_servers(hub.log, log_offset) & wanted
+            started, failed = (found & wanted for found in servers_in_log(hub.log, log_offset))
             if len(started) == len(wanted):
                 t_ready = time.time()
                 break
+            if len(started) != progress[0]:
+                progress = (len(started), time.monotonic())
+            if len(started | failed) == len(wanted) or (
+                    time.monotonic() - progress[1] > STALL_SECONDS):
+                break  # the rest will not come
             time.sleep(0.25)
         cpu1 = proc_cpu(hub.proc.pid)  # type: ignore[union-attr]
         rpcs = sdiag(env)
@@ -362,7 +376,7 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
         steady = read_lag(probe, t_steady, t_steady_end)
         api_ms = api_probe.latencies(t_start, t_end)
         figures.update(
-            servers=len(wanted), started=len(started), reachable=reachable,
+            servers=len(wanted), started=len(started), failed=len(failed), reachable=reachable,
             storm_error=storm_error, errors=log["errors"][:5], error_count=len(log["errors"]),
             requests_s=t_requests - t_start, ready_s=(t_ready - t_start) if t_ready else None,
             login_p50=statistics.median(log["logins"]) if log["logins"] else float("nan"),
@@ -420,8 +434,9 @@ def stop_everything(hub: LabHub, users: list[str], env: dict[str, str]) -> None:
 
 def show(f: dict[str, Any]) -> None:
     ready = f"{f['ready_s']:.1f} s" if f.get("ready_s") else "NOT all ready"
-    print(f"{f['side']}: {f['started']}/{f['servers']} started, {f['reachable']} answering through "
-          f"the proxy; all ready in {ready} (requests sent in {f['requests_s']:.1f} s)")
+    print(f"{f['side']}: {f['started']}/{f['servers']} started ({f['failed']} failed), "
+          f"{f['reachable']} answering through the proxy; all ready in {ready} (requests sent in "
+          f"{f['requests_s']:.1f} s)")
     if f["storm_error"] or f["error_count"]:
         print(f"  errors: {f['storm_error'] or ''} {f['error_count']} refused spawns {f['errors']}")
     print(f"  hub event-loop lag, storm: p50 {f['lag_p50']:.1f} ms, p99 {f['lag_p99']:.1f} ms, "
