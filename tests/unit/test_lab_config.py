@@ -159,3 +159,11 @@ def test_a_hub_on_postgresql_gets_its_own_database_named_after_its_state(tmp_pat
         hub_config(info, tmp_path, tmp_path / "site.yaml", 1, 2, 3))
     with pytest.raises(ValueError, match="database must be one of"):
         LabHub(info, tmp_path / "hub", database="mysql")
+
+
+def test_nodes_may_declare_more_cores_than_the_machine_has() -> None:
+    assert "CPUs=16 " in cluster.nodes_conf({}) and "CoresPerSocket=16 " in cluster.nodes_conf({})
+    wide = cluster.nodes_conf({}, cpus=256)
+    assert "CPUs=256 " in wide and "CoresPerSocket=256 " in wide and "CPUs=16 " not in wide
+    with pytest.raises(LabError, match="--node-cpus"):
+        Lab("/nonexistent-lab").up(node_cpus=-1)
