@@ -7,13 +7,19 @@ VENV ?= /opt/hpcgate/venv
 PY := $(VENV)/bin/python
 CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
+LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light postgresql
-SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
+	python3 python3-venv systemd nginx-light chromium wrk curl postgresql
+# Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
+# daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
+# The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
+DEB_PACKAGES_NO_RECOMMENDS := prometheus
+SOURCES := $(shell find schedulers auth gateway site_configs -type f \( -name '*.py' -o -name '*.yaml' \
+	-o -name '*.json' -o -name '*.html' -o -name '*.js' \) 2>/dev/null)
 
 .PHONY: setup debs test lint demo demo-down bench clean-lab
 
-setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy
+setup: debs $(VENV)/.deps-stamp $(VENV)/.hpcgate-stamp $(VENV)/bin/configurable-http-proxy $(LABEXT)
 
 debs:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -22,6 +28,14 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(DEB_PACKAGES_NO_RECOMMENDS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages (without recommends):$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
 	fi
 	@# Node.js may come from elsewhere than Debian (NodeSource): look for the command, not the package.
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
@@ -62,6 +76,19 @@ $(VENV)/bin/configurable-http-proxy: $(CHP_JS) Makefile | $(PY)
 	  '  exec node $(CHP_JS) "$$@"' >$@
 	chmod 0755 $@
 
+# The JupyterLab extension (labextension/: time left, walltime warnings, the end at the limit),
+# built with npm's @jupyterlab/builder against this JupyterLab's own core packages (its
+# `labextension build` wants a jupyter-builder that is not installed) into the environment's
+# labextensions directory, where every server the jobs run finds it.
+$(LABEXT): labextension/package.json labextension/package-lock.json labextension/lib/index.js \
+		labextension/style/index.css $(VENV)/.deps-stamp
+	cd labextension && npm ci --silent --no-fund --no-audit
+	cd labextension && rm -rf build && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
+	  --core-path "$$($(PY) -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
+	rm -rf $(dir $@)
+	mkdir -p $(dir $(patsubst %/,%,$(dir $@)))
+	cp -r labextension/build/hpcgate-session $(dir $@)
+
 lint: setup
 	$(VENV)/bin/ruff check schedulers auth gateway tests benchmarks
 
@@ -79,6 +106,7 @@ bench: setup
 	$(PY) -m benchmarks.poll_load --servers 100
 	$(PY) -m benchmarks.ldap_login
 	$(PY) -m benchmarks.tunnel_throughput --size 2G --lab-dir $(LAB_DIR)
+	$(PY) -m benchmarks.proxy_load
 	$(PY) -m benchmarks.spawn_latency --n 5
 	$(PY) -m benchmarks.activity_overhead
 	$(PY) -m benchmarks.spawn_storm --users 50 --servers 200

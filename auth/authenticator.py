@@ -30,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyterhub.auth import Authenticator
 from tornado import web
-from traitlets import Bool, Float, Integer, List, Set, Unicode, default, validate
+from traitlets import Bool, Callable, Float, Integer, List, Set, Unicode, default, validate
 
 from auth.addresses import networks, request_address
 from auth.directory import (
@@ -57,6 +58,8 @@ UNAVAILABLE = "The directory is unavailable, try again shortly."
 NOT_ALLOWED = ("Your account is not allowed to use this hub. If you need it, ask the cluster's "
                "administrators to add you to one of its groups.")
 THROTTLED = "Too many failed logins; try again in {seconds} seconds."
+
+_OUTCOMES = {403: "refused", 429: "throttled", 503: "unavailable"}  # login_observer's, by status
 
 CRYPT_KEY_ENV = "JUPYTERHUB_CRYPT_KEY"
 SERVICE_PASSWORD_ENV = "HPCGATE_LDAP_SERVICE_PASSWORD"  # noqa: S105 - a variable name
@@ -275,6 +278,13 @@ class LDAPAuthenticator(Authenticator):
                     "passes a client's own X-Real-Ip through.",
     ).tag(config=True)
 
+    login_observer = Callable(
+        None, allow_none=True,
+        help="""Called after each login attempt with (outcome, seconds); outcome is one of ok, refused,
+        throttled, unavailable, error. `gateway.hub.configure()` points it at hpcgate's metrics
+        (hpcgate_login_seconds on /hub/metrics).""",
+    ).tag(config=True)
+
     # -- auth_state ----------------------------------------------------------------------------------
 
     @default("enable_auth_state")
@@ -408,6 +418,29 @@ class LDAPAuthenticator(Authenticator):
         self.log.info("Directory login for %s (%s), groups: %s", name, identity.dn,
                       ", ".join(identity.groups))
         return self._auth_model(name, identity)
+
+    async def get_authenticated_user(self, handler: web.RequestHandler | None,
+                                     data: dict[str, Any]) -> dict[str, Any] | None:
+        """JupyterHub's login (authenticate, then the allowed checks), timed for login_observer."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            user = await super().get_authenticated_user(handler, data)
+            outcome = "ok" if user else "refused"
+            return user
+        except web.HTTPError as err:
+            outcome = _OUTCOMES.get(err.status_code, "error")
+            raise
+        finally:
+            if self.login_observer is not None:
+                self.login_observer(outcome, time.perf_counter() - started)
+
+    def directory_health(self) -> dict[str, bool]:
+        """Each directory server (URL): whether it answered the last time the hub asked it. A
+        server not asked since the hub started counts as up."""
+        if self._directory is None:
+            return {spec.url: True for spec in self._settings.servers}
+        return self._directory.server_health()
 
     def _auth_model(self, name: str, identity: Identity) -> dict[str, Any]:
         model: dict[str, Any] = {"name": name, "auth_state": identity.auth_state()}

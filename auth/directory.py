@@ -459,6 +459,10 @@ class DirectoryClient:
         for srv in self._servers:
             srv.clear()
 
+    def server_health(self) -> dict[str, bool]:
+        """Each server (URL): False while its last attempt failed, True otherwise."""
+        return {srv.spec.url: srv.failed_at is None for srv in self._servers}
+
     def connections_opened(self) -> int:
         return sum(p.opened for srv in self._servers for p in srv.pools.values())
 

@@ -6,14 +6,17 @@
         the same file: what a researcher does without a gateway;
   (iii) the same raw `ssh -L`, to hpcgate's server: the transport alone, hpcgate's server on both
         sides;
-  (iv)  the whole hpcgate path in reverse mode: configurable-http-proxy -> 127.0.0.1:P (the tunnel
-        endpoint's sshd) -> the job's ssh -R -> hpcgate's server.
+  (iv)  the whole hpcgate path in reverse mode: the hub's proxy, hpcgate-nginx -> 127.0.0.1:P (the
+        tunnel endpoint's sshd) -> the job's ssh -R -> hpcgate's server;
+  (v)   the same path through configurable-http-proxy instead, started beside nginx with the
+        hub's routes copied in: the same tunnel, the same server, only the proxy differs.
 
-(ii)-(iv) take turns, one whole-file GET each per round, so a busy moment of the machine does not
+(ii)-(v) take turns, one whole-file GET each per round, so a busy moment of the machine does not
 fall on one path only. For each: MB/s (10^6 bytes per second, median of --runs GETs), 64 KiB
 Range seeks (p50/p95 over --seeks random offsets on one keep-alive connection), the peak RSS
 (VmHWM) of each process on the path, and the CPU seconds each process spent per GiB streamed.
-The last line is `ratio=<(iv) MB/s / (ii) MB/s>`; the line before it compares (iv) with (iii).
+The last line is `ratio=<(iv) MB/s / (ii) MB/s>`; the lines before it compare (iv) and (v) with (ii)
+and (iii).
 
     python -m benchmarks.tunnel_throughput --size 2G
 """
@@ -228,6 +231,32 @@ def wait_http(host: str, port: int, path: str, token: str, size: int,
             time.sleep(0.5)
 
 
+def start_chp(routes: dict[str, Any], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """configurable-http-proxy on loopback with `routes` (the hub's, from its proxy API)."""
+    from gateway.lab.procs import free_port
+
+    chp = str(Path(sys.executable).parent / "configurable-http-proxy")
+    port, api_port, token = free_port(), free_port(), secrets.token_hex(16)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(  # as JupyterHub starts it: the token in the environment
+            [chp, "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+             "--api-port", str(api_port)], env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token},
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port("127.0.0.1", api_port)
+        for spec, route in routes.items():
+            req = urllib.request.Request(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{api_port}/api/routes{spec}", method="POST",
+                data=json.dumps({"target": route["target"]}).encode(),
+                headers={"Authorization": f"token {token}"})
+            urllib.request.urlopen(req, timeout=10).close()  # noqa: S310
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    return proc, port
+
+
 def api(hub: Any, method: str, path: str, body: Any = None) -> Any:
     req = urllib.request.Request(f"{hub.url}/hub/api{path}", method=method,  # noqa: S310
                                  data=json.dumps(body).encode() if body is not None else None,
@@ -278,8 +307,11 @@ def run_bench(args: argparse.Namespace) -> int:
         server_port = int(re.findall(r"on 127\.0\.0\.1:(\d+)", log)[-1])
         [launcher] = pgrep(USER, f"gateway.job.launcher {server_dir}/launch.json")
         [job_ssh] = pgrep(USER, f"^ssh -N -T -F /dev/null .*IdentityFile={server_dir}/")
-        proxy = hub.proxy_pid()
+        proxy = hub.proxy_pid()  # hpcgate-nginx's master; its workers move the bytes
+        proxy_tree = [proxy, *children(proxy)] if proxy else []
         endpoint = info["pids"]["tunnel-endpoint"]
+        chp, chp_port = start_chp(api(hub, "GET", "/proxy"), state / "chp.log")
+        procs.append(chp)
 
         # (i) from inside c2, straight to the server's loopback port
         client = [sys.executable, "-m", "benchmarks.tunnel_throughput", "--client",
@@ -334,16 +366,17 @@ def run_bench(args: argparse.Namespace) -> int:
         raw_sshd_session = [c for p in children(raw_sshd.pid) for c in [p, *children(p)]]
         sshd_sessions = children(endpoint)
         raw = {"raw ssh -L client": [raw_ssh.pid], "raw sshd on c2": raw_sshd_session}
+        tunnel = {"sshd -i at the tunnel endpoint": [c for s in sshd_sessions for c in [s, *children(s)]],
+                  "ssh -R in the job": [job_ssh], "hpcgate single-user server": [launcher]}
         routes = [
             Route("raw ssh -L -> stock Jupyter server", to_stock, f"/files/{wav.name}",
                   stock_token, {**raw, "stock Jupyter server": [stock.pid]}),
             Route("raw ssh -L -> hpcgate server", to_hpcgate, path, token,
                   {**raw, "hpcgate single-user server": [launcher]}),
-            Route("hpcgate reverse (proxy+tunnel+server)", hub.proxy_port, path, token,
-                  {"proxy (configurable-http-proxy)": [proxy] if proxy else [],
-                   "sshd -i at the tunnel endpoint": [c for s in sshd_sessions
-                                                      for c in [s, *children(s)]],
-                   "ssh -R in the job": [job_ssh], "hpcgate single-user server": [launcher]}),
+            Route("hpcgate reverse via nginx", hub.proxy_port, path, token,
+                  {"proxy (nginx: master + workers)": proxy_tree, **tunnel}),
+            Route("hpcgate reverse via CHP", chp_port, path, token,
+                  {"proxy (configurable-http-proxy)": [chp.pid], **tunnel}),
         ]
         for _ in range(args.runs):  # in turns: one GET per route per round
             for route in routes:
@@ -356,7 +389,8 @@ def run_bench(args: argparse.Namespace) -> int:
                                              args.size, args.seeks)
 
         rss = {
-            "proxy (configurable-http-proxy)": peak_rss_mb(proxy),
+            "proxy (nginx: the largest process)": max((peak_rss_mb(p) or 0) for p in proxy_tree) or None,
+            "proxy (configurable-http-proxy)": peak_rss_mb(chp.pid),
             "ssh -R in the job": peak_rss_mb(job_ssh),
             "sshd -i at the tunnel endpoint": max((peak_rss_mb(p) or 0) for p in
                                                   sshd_sessions + [c for s in sshd_sessions
@@ -367,7 +401,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "raw sshd on c2": max((peak_rss_mb(p) or 0) for p in raw_sshd_session) or None,
         }
         print(f"hpcgate tunnel throughput: {args.size / 2**30:.2f} GiB file, medians of "
-              f"{args.runs} (in turns), {args.seeks} seeks of 64 KiB")
+              f"{args.runs} (in turns), {args.seeks} seeks of 64 KiB; load average "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
         d = direct
         print(f"  {'direct (hpcgate server, c2 loopback)':40s} {d['mbps']:7.0f} MB/s  (runs "
               f"{', '.join(f'{x:.0f}' for x in d['runs'])})  seek p50 {d['seek_p50_ms']:.2f} ms"
@@ -384,9 +419,12 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"  CPU s per GiB, {r.name}: total {sum(r.cpu.values()) / gib:.2f}")
             for name, seconds in r.cpu.items():
                 print(f"    {name:38s} {seconds / gib:8.2f}")
-        anchor, same_server, hpcgate = routes
-        print(f"  transport alone (hpcgate path / raw ssh -L, hpcgate's server behind both): "
-              f"{hpcgate.mbps() / same_server.mbps():.2f}")
+        anchor, same_server, hpcgate, via_chp = routes
+        for r in (via_chp, hpcgate):
+            print(f"  {r.name}: / raw ssh -L to the stock server {r.mbps() / anchor.mbps():.2f}; "
+                  f"/ raw ssh -L to hpcgate's server {r.mbps() / same_server.mbps():.2f}; CPU s per "
+                  f"GiB {sum(r.cpu.values()) / (r.moved / 2**30):.2f} against the anchor's "
+                  f"{sum(anchor.cpu.values()) / (anchor.moved / 2**30):.2f}")
         print(f"ratio={hpcgate.mbps() / anchor.mbps():.2f}")
         return 0
     finally:

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.depots.command import add_parser as add_depot_parser
 
     add_depot_parser(sub)  # hpcgate depot list|create|check (gateway/depots/command.py)
+    from gateway.admin.activity import add_parser as add_activity_parser
+
+    add_activity_parser(sub)  # hpcgate activity export (gateway/admin/activity.py)
     return parser
 
 

@@ -22,10 +22,12 @@ from schedulers.runners import CommandResult, Runner
 from schedulers.slurm_partitions import (
     NodeInfo,
     PartitionLimits,
+    build_node_states_argv,
     build_nodes_argv,
     build_partitions_argv,
     parse_nodes,
     parse_partitions,
+    partition_obstacle,
 )
 
 
@@ -85,6 +87,9 @@ class SlurmScheduler:
         self._nodes_at = 0.0
         self._partition_limits: dict[str, timedelta | None] = {}
         self._default_partition: str | None = None
+        self._obstacles: dict[str, tuple[float, str | None]] = {}
+
+    obstacle_cache_seconds = 20.0
 
     async def _partition_max_walltime(self, partition: str | None) -> timedelta | None:
         if not self._partition_limits:
@@ -177,6 +182,22 @@ class SlurmScheduler:
             self._nodes_at = 0.0  # a node added since the last look
             addresses = await self.node_addresses()
         return addresses.get(node)
+
+    async def partition_obstacle(self, partition: str, node: str | None = None) -> str | None:
+        """"All nodes of partition debug are drained: maintenance" when no node of the partition
+        can take a job now, else None. One sinfo per partition per `obstacle_cache_seconds`: it
+        is asked only for queued jobs whose reason could mean this (see the spawner)."""
+        key = f"{partition}/{node or ''}"
+        cached = self._obstacles.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.obstacle_cache_seconds:
+            return cached[1]
+        try:
+            res = await self.runner.run(build_node_states_argv(partition, node), timeout=10)
+        except SchedulerUnavailable:
+            return None
+        found = partition_obstacle(partition, res.stdout, node) if res.returncode == 0 else None
+        self._obstacles[key] = (time.monotonic(), found)
+        return found
 
 
 def raise_unless_ok(res: CommandResult, what: str) -> None:

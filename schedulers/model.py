@@ -89,6 +89,9 @@ class JobRequest:
     """Ask for one specific node (tests and site rules pinning a partition's node)."""
     extra_directives: tuple[str, ...] = ()
     """Site-written raw header lines (from the site policy, never from users)."""
+    end_signal_seconds: int = 0
+    """Ask the scheduler to signal the job (SIGUSR2 to the batch shell) this long before its
+    walltime, so it can end cleanly; 0 for no such signal."""
 
     def walltime_seconds(self) -> int | None:
         return None if self.walltime is None else int(self.walltime.total_seconds())
@@ -111,6 +114,11 @@ class JobStatus:
     exit_code: int | None = None
     signal: int | None = None
     estimated_start: datetime | None = None
+    started: datetime | None = None
+    """When the job started running (None while it waits)."""
+    ends: datetime | None = None
+    """When the scheduler will end it at the latest: its start plus its time limit, as the
+    scheduler computes it (None while it waits, or when the scheduler does not say)."""
     raw: Any = None
     """The record as parsed from the scheduler, for logs and debugging."""
 

@@ -10,6 +10,7 @@ Torque's XML/text output is not spoken here. Nothing in this module runs a proce
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -526,12 +527,20 @@ def status_from_job(job_id: str, job: Mapping[str, Any],
     if state is JobState.PENDING:  # PBS keeps a stale estimate on held jobs: show it for queued only
         guess = job.get("estimated")
         estimated = parse_pbs_time(guess.get("start_time")) if isinstance(guess, Mapping) else None
+    started = ends = None
+    if state is JobState.RUNNING or state.is_final:
+        started = parse_pbs_time(job.get("stime"))
+        limit = (job.get("Resource_List") or {}).get("walltime")
+        with contextlib.suppress(ValueError, TypeError):
+            if started is not None and limit is not None and state is JobState.RUNNING:
+                ends = started + parse_pbs_walltime(limit)
     # The job's environment stays out of logs and debugging records.
     raw = {k: v for k, v in job.items() if k != "Variable_List"}
     return JobStatus(
         job_id=job_id, state=state, reason=comment, reason_text=text, reason_is_permanent=permanent,
         node=node, node_address=(node_addresses or {}).get(node) if node else None,
-        exit_code=exit_code, signal=sig, estimated_start=estimated, raw=raw)
+        exit_code=exit_code, signal=sig, estimated_start=estimated, started=started, ends=ends,
+        raw=raw)
 
 
 def build_status(job_ids: Iterable[str]) -> list[str]:

@@ -48,6 +48,12 @@ def build_script(req: JobRequest) -> str:
         lines.append(f"#SBATCH --gres=gpu:{req.gpus}")
     if req.walltime is not None:
         lines.append(f"#SBATCH --time={format_slurm(req.walltime)}")
+        if req.end_signal_seconds:
+            # B: only the batch shell, which exec()s the launcher. Slurm may send it up to 60 s
+            # early; it never sends it when the limit is shorter than the lead time.
+            if not isinstance(req.end_signal_seconds, int) or not 0 < req.end_signal_seconds <= 65535:
+                raise UnsafeValue(f"end signal lead must be 1-65535 s, not {req.end_signal_seconds!r}")
+            lines.append(f"#SBATCH --signal=B:USR2@{req.end_signal_seconds}")
     if req.workdir:
         lines.append(f"#SBATCH --chdir={check_path('working directory', req.workdir)}")
     if req.output:
@@ -214,6 +220,9 @@ _LIMIT_PATTERN = re.compile(r"^(Assoc|QOS)(Grp|Max)\w+|^Max\w*Per(Account|User)\
 def explain_reason(reason: str) -> tuple[str, bool]:
     """(plain words, can never clear) for a Slurm reason such as `Resources` or `QOSGrpCpuLimit`."""
     base = reason.split(",")[0].strip()
+    if base == "Nodes required for job are DOWN":  # the description 22.05 shows for ReqNodeNotAvail
+        return ("Queued: the nodes this job needs are down, drained or reserved for jobs in higher "
+                "priority partitions", False)
     if base in _REASONS:
         return _REASONS[base]
     if _PERMANENT_PATTERN.match(base):
@@ -276,6 +285,8 @@ def status_from_job(job: Mapping[str, Any], node_addresses: Mapping[str, str] | 
         text, permanent = ("Running" if name == "RUNNING" else name.capitalize()), False
     node = job.get("batch_host") or (job.get("nodes") or "").split(",")[0] or None
     estimated = _epoch(job.get("start_time")) if state.is_waiting else None
+    started = None if state.is_waiting else _epoch(job.get("start_time"))
+    ends = _epoch(job.get("end_time")) if started else None
     return JobStatus(
         job_id=str(job.get("job_id")),
         state=state,
@@ -287,6 +298,8 @@ def status_from_job(job: Mapping[str, Any], node_addresses: Mapping[str, str] | 
         exit_code=exit_code if state.is_final else None,
         signal=signal if state.is_final else None,
         estimated_start=estimated,
+        started=started,
+        ends=ends,
         raw=dict(job),
     )
 

@@ -187,3 +187,49 @@ def parse_nodes(stdout: str) -> dict[str, NodeInfo]:
             raw=MappingProxyType(rec),
         )
     return result
+
+
+# -- why a partition cannot run anything now ----------------------------------------------------
+
+# Node states in which a node takes no new job (sinfo prints them lower case, with a suffix such
+# as `*` for "not responding" or `~` for powered down).
+_UNAVAILABLE_STATES = {"drained": "drained", "draining": "draining", "drain": "drained",
+                       "down": "down", "fail": "failed", "failing": "failing",
+                       "maint": "in maintenance", "reserved": "reserved", "inval": "invalid",
+                       "unknown": "not responding", "powered_down": "powered down"}
+
+
+def build_node_states_argv(partition: str, node: str | None = None) -> list[str]:
+    """One line per node of `partition` (or only `node`, for a job pinned to it): name, state,
+    the admins' reason (last: it may hold `|`)."""
+    where = ["-n", node] if node else []
+    return ["sinfo", "-h", "-N", "-p", partition, *where, "-o", "%N|%T|%E"]
+
+
+def partition_obstacle(partition: str, stdout: str, node: str | None = None) -> str | None:
+    """A sentence when no node of `partition` (or the one `node` a job asked for) can take a job
+    now, from `build_node_states_argv` output: "All nodes of partition debug are drained:
+    maintenance test". None when some node can (then the job's own reason, such as busy nodes,
+    is the truth) or when sinfo said nothing."""
+    seen: dict[str, tuple[str, str]] = {}
+    for line in stdout.splitlines():
+        name, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        if not name.strip():
+            continue
+        word = _UNAVAILABLE_STATES.get(state.strip().lower().rstrip("*~#!%$@^-+"))
+        if word is None:
+            return None  # a node that can take work: not the whole partition's problem
+        seen[name.strip()] = (word, reason.strip() if reason.strip() not in ("none", "") else "")
+    if not seen:
+        return None
+    states = {w for w, _ in seen.values()}
+    word = states.pop() if len(states) == 1 else "down or drained"
+    reasons = sorted({r for _, r in seen.values() if r})
+    if node:
+        sentence = f"Node {node} of partition {partition}, which this session asks for, is {word}"
+    elif len(seen) > 1:
+        sentence = f"All nodes of partition {partition} are {word}"
+    else:
+        sentence = f"The only node of partition {partition} is {word}"
+    return sentence + (f": {'; '.join(reasons)}" if reasons else "")

@@ -43,8 +43,11 @@ class JobWatcher:
 
     def __init__(self, scheduler: Scheduler, fast_interval: float = 0.5, slow_interval: float = 4.0,
                  max_backoff: float = 5.0, missing_grace: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_query: Callable[[float, bool], None] | None = None):
         self.scheduler = scheduler
+        self.on_query = on_query
+        """Called after each status query with (seconds, ok): the hub's metrics."""
         self.fast_interval = fast_interval
         self.slow_interval = slow_interval
         self.max_backoff = max_backoff
@@ -176,8 +179,10 @@ class JobWatcher:
             return
         self.queries += 1
         started = time.perf_counter()
+        ok = False
         try:
             found = await self.scheduler.status(ids)
+            ok = True
         except Exception as err:  # noqa: BLE001 - nothing may end the loop: counted, logged, retried
             self.failures += 1
             self.last_error = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
@@ -197,7 +202,10 @@ class JobWatcher:
                                                   f"{old.reason_text or old.state.value}"))
             return
         finally:
-            self.query_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.query_seconds += elapsed
+            if self.on_query is not None:
+                self.on_query(elapsed, ok)
         if self.failures:
             log.info("The scheduler answers again after %d failed queries (%.0f s)", self.failures,
                      time.time() - (self._down_since or time.time()))

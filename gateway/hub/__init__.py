@@ -15,6 +15,12 @@ from typing import Any
 def _routes() -> tuple[tuple[list[Any], str, type], ...]:
     from jupyterhub import apihandlers, handlers
 
+    from gateway.hub.activity_page import (
+        EXPORT_PATH,
+        ActivityExportHandler,
+        ActivityPageHandler,
+    )
+    from gateway.hub.activity_page import PAGE_PATH as ACTIVITY_PAGE_PATH
     from gateway.hub.api import (
         ACTIVITY_PATH,
         HEALTH_PATH,
@@ -24,18 +30,35 @@ def _routes() -> tuple[tuple[list[Any], str, type], ...]:
         WatcherHealthHandler,
     )
     from gateway.hub.depots_page import PAGE_PATH, DepotsHandler
+    from gateway.hub.sessions_api import (
+        LOG_PATH,
+        SESSIONS_PATH,
+        USER_SESSIONS_PATH,
+        JobLogHandler,
+        SessionsHandler,
+        UserSessionsHandler,
+    )
+    from gateway.hub.sessions_page import OPERATOR_PATH, OperatorSessionsHandler
 
     return ((apihandlers.default_handlers, REPORT_PATH, ServerAddressHandler),
             (apihandlers.default_handlers, HEALTH_PATH, WatcherHealthHandler),
             (apihandlers.default_handlers, ACTIVITY_PATH, ActivityRecordsHandler),
-            (handlers.default_handlers, PAGE_PATH, DepotsHandler))
+            (apihandlers.default_handlers, SESSIONS_PATH, SessionsHandler),
+            (apihandlers.default_handlers, LOG_PATH, JobLogHandler),
+            (apihandlers.default_handlers, USER_SESSIONS_PATH, UserSessionsHandler),
+            (handlers.default_handlers, PAGE_PATH, DepotsHandler),
+            (handlers.default_handlers, OPERATOR_PATH, OperatorSessionsHandler),
+            (handlers.default_handlers, ACTIVITY_PAGE_PATH, ActivityPageHandler),
+            (handlers.default_handlers, EXPORT_PATH, ActivityExportHandler))
 
 
 def install_handlers() -> None:
-    """Add the launcher's report API (/hub/api/hpcgate/report), the servers' activity records API
-    (/hub/api/hpcgate/activity), the scheduler health API for operators
-    (/hub/api/hpcgate/health) and the depots page (/hub/depots) to JupyterHub's
-    handlers. Call it from jupyterhub_config.py (`configure()` does); twice is harmless."""
+    """Add the launcher's report API (/hub/api/hpcgate/report), the activity records API
+    (/hub/api/hpcgate/activity: servers deliver, readers read), the scheduler health API for
+    operators (/hub/api/hpcgate/health), the sessions API (/hub/api/hpcgate/sessions...), the
+    depots page (/hub/depots), the operator's sessions view (/hub/sessions/all) and the activity
+    page (/hub/activity, /hub/activity/export) to JupyterHub's handlers. Call it from
+    jupyterhub_config.py (`configure()` does); twice is harmless."""
     for table, path, handler in _routes():
         if not any(route[0] == path for route in table):
             table.append((path, handler))
@@ -49,10 +72,11 @@ def handlers_installed() -> bool:
 
 
 def configure(c: Any, policy_file: str) -> None:
-    """jupyterhub_config.py's hpcgate part in one call: the spawner, its site policy, and
-    hpcgate's routes. A policy the hub cannot work with (it does not load, or names a scheduler
-    and transport that cannot be built, such as transport ssh without a service account for the
-    status queries, or a slurmrestd key it cannot read) stops the hub here, with the reason."""
+    """jupyterhub_config.py's hpcgate part in one call: the spawner, its site policy, hpcgate's
+    routes and its metrics on /hub/metrics (`gateway.hub.metrics`). A policy the hub cannot work
+    with (it does not load, or names a scheduler and transport that cannot be built, such as
+    transport ssh without a service account for the status queries, or a slurmrestd key it cannot
+    read) stops the hub here, with the reason."""
     from gateway.hub.scheduling import scheduler_settings
     from gateway.policy.load import PolicyFileError, load_policy
     from schedulers.registry import make_scheduler
@@ -62,9 +86,24 @@ def configure(c: Any, policy_file: str) -> None:
     except (PolicyFileError, ValueError, OSError) as err:
         raise SystemExit(f"hpcgate: the hub cannot start with the site policy {policy_file}:"
                          f"\n{err}") from None
+    from gateway.hub.activity_access import READ_ALL_DESCRIPTION, READ_ALL_SCOPE
+    from gateway.hub.sessions_page import TEMPLATE_DIR
+
     c.JupyterHub.spawner_class = "hpcgate"
     c.BatchSpawner.policy_file = policy_file
+    # The sessions page (home.html) and the nav bar and walltime banner of every page (page.html).
+    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+    c.JupyterHub.template_paths = [TEMPLATE_DIR, *(p for p in paths if p != TEMPLATE_DIR)]
+    # Several sessions where the policy allows them (groups' max_servers, checked at each spawn).
+    c.JupyterHub.allow_named_servers = True
+    # The scope a site's roles give to see everyone's activity history (operators; admins have
+    # it through admin:users). Defined here so roles in the rest of the file can name it.
+    c.JupyterHub.custom_scopes.update({READ_ALL_SCOPE: {"description": READ_ALL_DESCRIPTION}})
     install_handlers()
+    from gateway.hub import metrics
+
+    metrics.install()  # hpcgate_* next to JupyterHub's own on /hub/metrics
+    c.LDAPAuthenticator.login_observer = metrics.observe_login
     watch_children_by_pidfd()
 
 

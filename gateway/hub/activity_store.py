@@ -2,17 +2,21 @@
 
 The authoritative copy for organisers (a user can edit the buffer in their job, not this). Inserts
 are idempotent by record id (delivery is at-least-once), and records older than the site
-policy's `activity.retention` are deleted at insert time (at most every `purge_every` seconds).
-SQLite work runs on one thread of its own, never on the hub's event loop.
+policy's `activity.retention` are deleted: on arrival, and every `purge_every` seconds by a task
+the hub's activity handlers start (`keep_purging`), so an idle hub forgets on time too. Readers
+also never ask for records before the cutoff. SQLite work runs on one thread of its own, never on
+the hub's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -21,6 +25,8 @@ from traitlets import Float, Unicode
 from traitlets.config import SingletonConfigurable
 
 from gateway.job.activity.records import parse_iso
+
+log = logging.getLogger("hpcgate.activity")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -42,6 +48,32 @@ def retention_cutoff(retention: timedelta, now: float) -> float:
     return now - retention.total_seconds()
 
 
+def query_records(db: sqlite3.Connection, users: list[str] | None, since: float, until: float,
+                  limit: int | None = None, newest_first: bool = False) -> list[dict[str, Any]]:
+    """The records of `users` (None: everyone's) with since <= time <= until (epoch s)."""
+    if users is not None and not users:
+        return []
+    where, args = "time >= ? AND time <= ?", [since, min(until, 1e18)]
+    if users is not None:
+        where += f" AND user IN ({','.join('?' * len(users))})"
+        args += users
+    order = "DESC" if newest_first else "ASC"
+    sql = f"SELECT record FROM records WHERE {where} ORDER BY time {order}, id {order}"  # noqa: S608 - placeholders only
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    return [json.loads(r[0]) for r in db.execute(sql, args).fetchall()]
+
+
+def open_read_only(path: str) -> sqlite3.Connection:
+    """The store's file for reading only (`hpcgate activity export`, beside a running hub)."""
+    from urllib.parse import quote
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no activity store at {path}")
+    return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+
+
 class ActivityStore(SingletonConfigurable):
     """SQLite store of activity records, one per hub."""
 
@@ -57,6 +89,7 @@ class ActivityStore(SingletonConfigurable):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hpcgate-activity")
         self._db: sqlite3.Connection | None = None
         self._purged = float("-inf")
+        self._purging: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -100,18 +133,66 @@ class ActivityStore(SingletonConfigurable):
         with self._conn() as db:
             return db.execute("DELETE FROM records WHERE time < ?", (cutoff,)).rowcount
 
+    def keep_purging(self, retention: Callable[[], timedelta]) -> None:
+        """Delete expired records now and every `purge_every` s from here on, with the retention
+        `retention()` gives at each round (the policy may change; it is called in a thread). Call
+        on the hub's loop; a second call does nothing while the task runs."""
+        if self._purging is None or self._purging.done():
+            self._purging = asyncio.get_running_loop().create_task(self._purge_loop(retention))
+
+    async def _purge_loop(self, retention: Callable[[], timedelta]) -> None:
+        while True:
+            try:
+                now = time.time()
+                gone = await self.purge(await asyncio.to_thread(retention), now)  # reads the policy
+                self._purged = now
+                if gone:
+                    log.info("activity: deleted %d records older than the retention", gone)
+            except Exception:  # a locked or broken file must not end the task: try again later
+                log.exception("activity: deleting expired records failed")
+            await asyncio.sleep(self.purge_every)
+
     async def records(self, user: str, since: float = 0.0, until: float = float("inf")
                       ) -> list[dict[str, Any]]:
         """One user's records, oldest first."""
-        return await self._run(self._records, user, since, until)
+        return await self.records_of([user], since, until)
 
-    def _records(self, user: str, since: float, until: float) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            "SELECT record FROM records WHERE user = ? AND time >= ? AND time <= ? ORDER BY time, id",
-            (user, since, min(until, 1e18))).fetchall()
-        return [json.loads(r[0]) for r in rows]
+    async def records_of(self, users: Collection[str] | None, since: float = 0.0,
+                         until: float = float("inf"), limit: int | None = None,
+                         newest_first: bool = False) -> list[dict[str, Any]]:
+        """The records of `users` (None: everyone's) with since <= time <= until, oldest first
+        (or newest first), at most `limit` of them."""
+        return await self._run(self._records, None if users is None else sorted(set(users)),
+                               since, until, limit, newest_first)
+
+    def _records(self, users: list[str] | None, since: float, until: float, limit: int | None,
+                 newest_first: bool) -> list[dict[str, Any]]:
+        return query_records(self._conn(), users, since, until, limit, newest_first)
+
+    async def users(self) -> list[str]:
+        """Every user with records in the store, sorted."""
+        def users() -> list[str]:
+            rows = self._conn().execute("SELECT DISTINCT user FROM records ORDER BY user")
+            return [r[0] for r in rows.fetchall()]
+        return await self._run(users)
+
+    async def oldest(self, users: Collection[str] | None) -> float | None:
+        """The time of the oldest record of `users` (None: everyone), or None without any."""
+        def oldest(names: list[str] | None) -> float | None:
+            if names is None:
+                row = self._conn().execute("SELECT MIN(time) FROM records").fetchone()
+            elif not names:
+                return None
+            else:
+                row = self._conn().execute(
+                    f"SELECT MIN(time) FROM records WHERE user IN ({','.join('?' * len(names))})",  # noqa: S608
+                    names).fetchone()
+            return row[0] if row else None
+        return await self._run(oldest, None if users is None else sorted(set(users)))
 
     async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
         def close() -> None:
             if self._db is not None:
                 self._db.close()

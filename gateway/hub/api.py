@@ -53,12 +53,53 @@ def same_host(reported: str, expected: str) -> bool:
         return reported == expected
 
 
+ENDINGS = ("time-limit",)
+
+
+def parse_ending(body: bytes) -> tuple[str, str] | None:
+    """(server name, ending) when the launcher reports how its job ends ({"server_name",
+    "ending": "time-limit"}); None for any other body (an address report)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "ending" not in doc:
+        return None
+    if set(doc) - {"server_name", "ending"} or doc["ending"] not in ENDINGS:
+        raise web.HTTPError(400, f"ending must be one of {', '.join(ENDINGS)}")
+    name = doc.get("server_name", "")
+    if not isinstance(name, str):
+        raise web.HTTPError(400, "server_name must be a string")
+    return name, doc["ending"]
+
+
 class ServerAddressHandler(APIHandler):
-    """POST {host, port, server_name}: the job's server is listening there."""
+    """POST {host, port, server_name}: the job's server is listening there. POST {server_name,
+    ending}: the job is ending on its own (its walltime is near), so the portal says so."""
 
     @web.authenticated
     async def post(self) -> None:
+        ending = parse_ending(self.request.body)
+        if ending is not None:
+            self._own_spawner(ending[0]).ending_reported(ending[1])
+            self.write({"ok": True})
+            return
         name, host, port = parse_report(self.request.body)
+        spawner = self._own_spawner(name)
+        await spawner.address_reported(host, port)
+        self.set_status(200)
+        self.write({"ok": True})
+
+    @web.authenticated
+    async def get(self) -> None:
+        """GET ?server_name=NAME with that server's own token: its session card (the time left,
+        the warnings, how it is ending), for JupyterLab inside the job (gateway.job.session)."""
+        from gateway.hub.sessions_api import server_card
+
+        spawner = self._own_spawner(self.get_argument("server_name", ""))
+        self.write(await server_card(spawner))
+
+    def _own_spawner(self, name: str) -> Any:
         user = self.current_user
         token = self.get_auth_token() or ""
         spawner: Any = user.spawners.get(name) if hasattr(user, "spawners") else None
@@ -66,9 +107,7 @@ class ServerAddressHandler(APIHandler):
         if spawner is None or not expected or not hmac.compare_digest(expected, token_digest(token)):
             # Only the server's own token may say where that server is.
             raise web.HTTPError(403, "this token does not belong to that server")
-        await spawner.address_reported(host, port)
-        self.set_status(200)
-        self.write({"ok": True})
+        return spawner
 
 
 class WatcherHealthHandler(APIHandler):
@@ -85,6 +124,7 @@ class WatcherHealthHandler(APIHandler):
 
 ACTIVITY_PATH = "/api/hpcgate/activity"
 MAX_BATCH = 1000
+MAX_READ = 10_000  # records per GET; the page's export has them all
 
 
 def check_records(body: bytes, user: str, server: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -121,7 +161,36 @@ def server_of_token(spawners: dict[str, Any], token: str) -> Any:
 
 class ActivityRecordsHandler(APIHandler):
     """POST {records: [...]}: a server's activity records, with that server's own token. Answers
-    {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless."""
+    {stored: [ids], rejected: [{id, reason}]}; storing an id twice is harmless.
+
+    GET ?user=U&since=T&until=T&limit=N: U's records (default: the caller's own), oldest first,
+    for whoever may see them (gateway.hub.activity_access); 403 for anyone else, whether or not
+    U exists."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        import time
+
+        from gateway.hub.activity_access import hub_policy, request_scope, retention_of
+        from gateway.hub.activity_store import ActivityStore
+        from gateway.hub.activity_view import time_range
+
+        policy = await asyncio.to_thread(hub_policy, self.settings.get("config"))
+        scope = await request_scope(self, policy)
+        user = self.get_argument("user", "") or scope.own or ""
+        if not user or not scope.allows_user(user):
+            raise web.HTTPError(403, "You may not see this activity history.")
+        try:
+            rng = time_range(self.get_argument("since", None) or None,
+                             self.get_argument("until", None) or None, time.time(),
+                             retention_of(policy))
+            limit = int(self.get_argument("limit", str(MAX_READ)))
+        except ValueError as err:
+            raise web.HTTPError(400, str(err)) from None
+        store = ActivityStore.instance(config=self.settings.get("config"))
+        records = await store.records_of([user], rng.since, rng.until,
+                                         limit=max(1, min(limit, MAX_READ)))
+        self.write({"user": user, "since": rng.since, "until": rng.until, "records": records})
 
     @web.authenticated
     async def post(self) -> None:

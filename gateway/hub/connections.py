@@ -80,6 +80,11 @@ class TunnelledMode(ConnectionMode):
 
     _down_since: float | None = None
 
+    @property
+    def is_down(self) -> bool:
+        """Whether the last is_alive() found the tunnel down (still within down_timeout)."""
+        return self._down_since is not None
+
     async def is_alive(self) -> bool:
         """False once the tunnel has been down longer than down_timeout (0: never)."""
         now = asyncio.get_running_loop().time()

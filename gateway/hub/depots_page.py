@@ -95,6 +95,10 @@ class SizeCache:
             future.add_done_callback(lambda f, p=path: self._done(p, f))
         return known
 
+    def known(self) -> dict[str, DirSize]:
+        """Every size measured so far, by path (for hpcgate's metrics)."""
+        return dict(self._known)
+
     def _done(self, path: str, future: asyncio.Future[DirSize]) -> None:
         self._pending.pop(path, None)
         if future.cancelled():
@@ -134,6 +138,11 @@ def sizes(config: Any = None) -> SizeCache:
     if _sizes is None:
         page = DepotsPage(config=config) if config is not None else DepotsPage()
         _sizes = SizeCache(page.size_ttl, page.size_time_limit, page.size_workers)
+    return _sizes
+
+
+def cached_sizes() -> SizeCache | None:
+    """The hub's size cache if the depots page made it (metrics never start a walk)."""
     return _sizes
 
 

@@ -24,6 +24,10 @@ class JobSetup:
     server_dir: str
     """Where the server's launch file and job log live."""
     report_timeout: float
+    end_signal: int
+    """Seconds before the walltime the job is asked to end cleanly (0: never)."""
+    walltime_warnings: tuple[int, ...]
+    """Seconds left at which the user is warned, largest first."""
     activity_code: str
     """What the server's activity recorder keeps of executed code (policy activity.code)."""
 
@@ -38,4 +42,7 @@ def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup
         directives=tuple(d.removeprefix(prefix).strip() for d in job.extra_directives
                          if d.startswith(prefix)),
         workdir=workdir, server_dir=f"{workdir}/.hpcgate/servers/{server or 'default'}",
-        report_timeout=job.report_timeout, activity_code=policy.activity.code)
+        report_timeout=job.report_timeout, end_signal=int(job.end_signal),
+        walltime_warnings=tuple(sorted({int(w.total_seconds()) for w in job.walltime_warnings},
+                                       reverse=True)),
+        activity_code=policy.activity.code)

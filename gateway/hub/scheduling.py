@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.hub import metrics
 from gateway.policy.model import Cluster
 from schedulers.registry import SchedulerSettings, make_runner, make_scheduler
 from schedulers.runners import Runner
@@ -51,6 +52,7 @@ def shared(cluster: Cluster) -> tuple[Any, Runner, JobWatcher]:
         scheduler = make_scheduler(settings, runner)
         watcher = JobWatcher(scheduler, fast_interval=cluster.poll_starting,
                              slow_interval=cluster.poll_steady)
+        watcher.on_query = metrics.watch(watcher, settings.kind, settings.transport)
         entry = (scheduler, runner, watcher, loop)
         _shared[key] = entry
     return entry[0], entry[1], entry[2]

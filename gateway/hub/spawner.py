@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import shlex
+import time
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
@@ -25,9 +26,10 @@ from traitlets import Float, Unicode, default
 from auth.hublog import follow_hub_log
 from gateway.depots.links import spawner_launch_entry
 from gateway.hub import api as hubapi
-from gateway.hub import handlers_installed
+from gateway.hub import handlers_installed, sessions
 from gateway.hub.connections import ConnectionMode, connection_from_state, make_connection
 from gateway.hub.jobspec import job_setup
+from gateway.hub.metrics import spawn_phase
 from gateway.hub.scheduling import shared
 from gateway.policy.load import PolicyFileError
 from schedulers.errors import SchedulerError, SchedulerUnavailable, SubmitError
@@ -35,6 +37,18 @@ from schedulers.model import JobRequest, JobState, JobStatus, UnsafeValue, forma
 
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _POLICY_FILES: dict[str, Any] = {}  # policy_file -> its PolicyFile (re-read when it changes)
+_REFUSED_FORMS: dict[str, tuple[dict[str, Any], str | None, str]] = {}
+"""user -> (what they typed, the field, the sentence) of their last refused form."""
+
+
+class FormRefused(web.HTTPError):
+    """A spawn form the policy refuses: HTTP 400, and no message of JupyterHub's own above the
+    form (the sentence stands next to its field; see get_options_form)."""
+
+    jupyterhub_message = None
+
+    def __init__(self, sentence: str):
+        super().__init__(400, sentence)
 
 
 class BatchSpawner(Spawner):
@@ -70,6 +84,13 @@ class BatchSpawner(Spawner):
     job_host: str = ""
     job_port: int = 0
     token_digest: str = ""
+    job_request: dict[str, Any] | None = None
+    """What the job asked the scheduler for (partition, account, cores...), for the session's card."""
+    submitted_at: float = 0.0
+    ending: str = ""
+    """What the launcher said as the job ended on its own ("time-limit"), for the history."""
+    history: list[dict[str, Any]] = []
+    """The last ended sessions of this server, newest first (kept across stops; see sessions.py)."""
     _connection: ConnectionMode | None = None
 
     @property
@@ -85,6 +106,10 @@ class BatchSpawner(Spawner):
         self.job_host = state.get("host", "")
         self.job_port = state.get("port", 0)
         self.token_digest = state.get("token_digest", "")
+        self.job_request = state.get("request")
+        self.submitted_at = state.get("submitted", 0.0)
+        self.ending = state.get("ending", "")
+        self.history = list(state.get("history", []))
         if "connect" in state:
             self._connection = connection_from_state(self._log_name, state, self._policy_section(),
                                                      self.log)
@@ -93,7 +118,10 @@ class BatchSpawner(Spawner):
         state = super().get_state()
         if self.job_id:
             state.update(job_id=self.job_id, host=self.job_host, port=self.job_port,
-                         token_digest=self.token_digest)
+                         token_digest=self.token_digest, request=self.job_request,
+                         submitted=self.submitted_at, ending=self.ending)
+        if self.history:  # survives clear_state(): what happened to the last sessions
+            state["history"] = self.history
         saved = self.connection.save()
         # Also before the job exists: whose line in authorized_keys a reverse tunnel's key is.
         if self.job_id or saved.get("tunnel_tag"):
@@ -103,6 +131,7 @@ class BatchSpawner(Spawner):
     def clear_state(self) -> None:
         super().clear_state()
         self.job_id, self.job_host, self.job_port, self.token_digest = "", "", 0, ""
+        self.job_request, self.submitted_at, self.ending = None, 0.0, ""
         self._connection = None
 
     def _save_state_now(self) -> None:
@@ -113,6 +142,11 @@ class BatchSpawner(Spawner):
             self.db.commit()
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def scheduler_connection(self) -> tuple[Any, Any, Any]:
+        """The hub's scheduler, runner and watcher for the policy's cluster (shared by every
+        spawner of the hub); SpawnException when the policy cannot give one."""
+        return self._shared()
 
     def _shared(self) -> tuple[Any, Any, Any]:
         """The hub's scheduler, runner and watcher for the policy's cluster."""
@@ -183,12 +217,33 @@ class BatchSpawner(Spawner):
         from gateway.policy import render_form
 
         user, _ = await self.unix_account()
+        # A form just refused comes back with what the user typed and the sentence by its field.
+        # JupyterHub renders a refused named server's form through the default spawner, so the
+        # refusal is kept on the user, for the next form shown to them, once.
+        refused = _REFUSED_FORMS.pop(self.user.name, None)
+        if refused is not None:
+            return render_form(policy, await self.user_groups(user), previous=refused[0],
+                               error=(refused[1], refused[2]))
         return render_form(policy, await self.user_groups(user), previous=self.user_options)
 
-    def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:
-        from gateway.policy import options_from_form
+    async def options_from_form(self, form_data: dict[str, list[str]]) -> dict[str, Any]:  # type: ignore[override]
+        """The form's values as user_options, checked here already so that a refusal comes
+        back on the form itself (JupyterHub re-renders it with our sentence next to the field),
+        not as a failed spawn. start() checks again: options also arrive through the API."""
+        from gateway.policy import PolicyError, check_server_count, options_from_form, validate_options
 
-        return options_from_form(form_data)
+        options = options_from_form(form_data)
+        policy = self.site_policy()
+        user, _ = await self.unix_account()
+        groups = await self.user_groups(user)
+        running = sum(1 for s in self.user.spawners.values() if s is not self and s.active)
+        try:
+            check_server_count(policy, groups, running)
+            validate_options(policy, groups, options)
+        except PolicyError as err:
+            _REFUSED_FORMS[self.user.name] = (options, err.field, err.message)
+            raise FormRefused(err.message) from None
+        return options
 
     async def _request_fields(self, user: str) -> dict[str, Any]:
         """Partition, account, cores, memory, GPUs and walltime the user may have, validated."""
@@ -257,11 +312,13 @@ class BatchSpawner(Spawner):
                 "gateway.hub.install_handlers(): without its report API no launcher can say "
                 "where its server listens")
         scheduler, runner, watcher = self._shared()
+        spawn_phase(self, "start")
         self._events = []
         self._events_changed = asyncio.Event()
         self._emit(5, "Preparing your job")
         user, home = await self.unix_account()
         fields = await self._request_fields(user)
+        self.job_request, self.ending = sessions.request_summary(fields), ""
         if self.name and not _SERVER_NAME.match(self.name):
             raise SpawnException(f"Server name {self.name!r} is not allowed.", reason="bad-options")
         policy = self.site_policy()
@@ -300,7 +357,9 @@ class BatchSpawner(Spawner):
         try:
             req = JobRequest(script="\n".join(b for b in body if b) + "\n", name=self._job_name(),
                              workdir=workdir, output=log_file, environment=setup.environment,
-                             extra_directives=setup.directives, **fields)
+                             extra_directives=setup.directives,
+                             end_signal_seconds=setup.end_signal if fields["walltime"] else 0,
+                             **fields)
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
 
@@ -316,13 +375,18 @@ class BatchSpawner(Spawner):
                                  log_message=f"{err.message} ({err.raw.strip()})") from err
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
+        self.submitted_at = time.time()
         self._save_state_now()
         self._emit(10, f"Submitted job {self.job_id}")
+        spawn_phase(self, "submit", fields["partition"])
         watcher.track(self.job_id)
         try:
             host, port = await self._follow(watcher, runner, user, log_file)
         except BaseException:
             await self._cancel_quietly(scheduler, user)
+            sessions.remember_end(self, watcher.latest(self.job_id),
+                                  stopped_here=getattr(self, "_stop_pending", False))
+            self._save_state_now()
             raise
         watcher.settled(self.job_id)
         self._emit(95, f"JupyterLab is listening on {watcher.latest(self.job_id).node}")
@@ -398,6 +462,7 @@ class BatchSpawner(Spawner):
         try:
             host, port = await race(self._address)
             self.job_host, self.job_port = host, port
+            spawn_phase(self, "server_boot")
             # The launcher reports once: a hub killed from here on (before start() returns and
             # JupyterHub stores the state) must find the address in the database, or it waits
             # start_timeout for a report that never comes and then ends a working server.
@@ -405,6 +470,7 @@ class BatchSpawner(Spawner):
             host, port = await race(asyncio.ensure_future(self.connection.open(host, port)))
             prefix = self.get_env().get("JUPYTERHUB_SERVICE_PREFIX", "/")
             await race(asyncio.ensure_future(_answers(host, port, prefix)))
+            spawn_phase(self, "route")
             return host, port
         finally:
             next_status.cancel()
@@ -424,8 +490,14 @@ class BatchSpawner(Spawner):
         if status.reason_is_permanent:
             raise SpawnException(f"{status.reason_text}. The job was cancelled.",
                                  reason="never-starts")
+        if status.state is JobState.RUNNING:
+            spawn_phase(self, "queue_wait")
         progress = {JobState.RUNNING: 60}.get(status.state, 30)
-        self._emit(progress, self._describe(status))
+        text = self._describe(status)
+        if sessions.queue_words_need_nodes(status):  # the drain reason, not just "Resources"
+            scheduler, _, _ = self._shared()
+            text = await sessions.queue_text(scheduler, status, self.job_request)
+        self._emit(progress, text)
 
     async def _log_tail(self, runner: Any, user: str, log_file: str, lines: int = 15) -> str:
         with contextlib.suppress(SchedulerError, OSError):
@@ -459,6 +531,12 @@ class BatchSpawner(Spawner):
             self.job_host, self.job_port = host, port
             self._save_state_now()
             self._readopted().set()
+
+    def ending_reported(self, ending: str) -> None:
+        """Called by the hub API when the launcher says its job is ending on its own."""
+        self.log.info("%s is ending: %s", self._log_name, ending)
+        self.ending = ending
+        self._save_state_now()
 
     def _readopted(self) -> asyncio.Event:
         if not hasattr(self, "_readopt_event"):
@@ -499,11 +577,17 @@ class BatchSpawner(Spawner):
                 user, _ = await self.unix_account()
                 await self._cancel_quietly(scheduler, user)
                 await self.connection.release()
+                # A server ending at its walltime closes its tunnel before the scheduler says
+                # the job ended: the launcher's word decides how it ended.
+                sessions.remember_end(self, status, stopped_here=False,
+                                      fallback=("connection-lost", "Its connection to the hub was "
+                                                "lost; the job was cancelled."))
                 return 1
             if self.job_port:  # a hub restarted: learn of the job's end as it happens again
                 self._watch_for_end(watcher)
             return None  # running, queued, or the scheduler cannot say: never "gone"
         await self.connection.release()
+        sessions.remember_end(self, status, stopped_here=False)
         return status.exit_code if status.exit_code else (0 if status.state is JobState.COMPLETED
                                                           else 1)
 
@@ -541,6 +625,7 @@ class BatchSpawner(Spawner):
         final = watcher.latest(self.job_id)
         self.log.info("Job %s of %s ended: %s", self.job_id, user,
                       final.state.value if final else "unknown")
+        sessions.remember_end(self, final, stopped_here=True)
         watcher.untrack(self.job_id)
 
 

@@ -63,6 +63,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 def post_json(url: str, body: bytes, token: str, timeout: float = 10) -> tuple[int, bytes]:
     """POST to the hub API: over TCP, or over the tunnel's Unix socket (`http+unix://<quoted
     path>/...`, reverse mode). (status, body); OSError when nothing answers."""
+    return hub_request("POST", url, body, token, timeout)
+
+
+def hub_request(method: str, url: str, body: bytes | None, token: str,
+                timeout: float = 10) -> tuple[int, bytes]:
+    """One request to the hub API (see post_json); the query string is kept."""
     parts = urlsplit(url)
     headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
     if parts.scheme == "http+unix":
@@ -72,7 +78,8 @@ def post_json(url: str, body: bytes, token: str, timeout: float = 10) -> tuple[i
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        conn.request("POST", parts.path, body=body, headers=headers)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()
     except http.client.HTTPException as err:
@@ -102,6 +109,36 @@ def report(config: dict[str, Any], host: str, port: int, deadline: float) -> Non
             raise SystemExit("hpcgate: the hub could not be reached to report the server address")
         time.sleep(delay)
         delay = min(delay * 2, 10)
+
+
+def end_at_walltime(config: dict[str, Any], grace: float = 8.0) -> None:
+    """On SIGUSR2 (the scheduler's warning shortly before the walltime, see JobRequest's
+    end_signal_seconds): tell the hub and the open JupyterLab tabs (gateway.job.session reads
+    HPCGATE_ENDING) that the session ends at its time limit, give the tabs `grace` seconds to
+    ask, then stop the server the way SIGTERM does, which shuts its kernels down: the job ends
+    cleanly, not killed."""
+    import signal
+    import threading
+
+    def tell_then_stop() -> None:
+        os.environ["HPCGATE_ENDING"] = "time-limit"
+        env = config["env"]
+        url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/hpcgate/report"
+        body = json.dumps({"server_name": env.get("JUPYTERHUB_SERVER_NAME", ""),
+                           "ending": "time-limit"}).encode()
+        try:
+            post_json(url, body, env["JUPYTERHUB_API_TOKEN"], timeout=5)
+        except OSError:
+            pass  # the hub learns it from the job's end anyway; stopping cleanly matters more
+        print("hpcgate: the walltime is near: stopping JupyterLab and its kernels", flush=True)
+        time.sleep(grace)  # JupyterLab asks every 5 s this close to the end
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_usr2(signum: int, frame: Any) -> None:
+        threading.Thread(target=tell_then_stop, daemon=True).start()
+
+    # USR2, not USR1: jupyter_server takes SIGUSR1 for itself (it prints its info).
+    signal.signal(signal.SIGUSR2, on_usr2)
 
 
 def open_tunnel(config: dict[str, Any], state_dir: Path, server_port: int) -> tuple[str, int]:
@@ -138,7 +175,9 @@ def activity_args(config: dict[str, Any], state_dir: Path) -> list[str]:
     """The activity recorder (gateway.job.activity) in this server: its buffer in the server's
     directory, what it keeps of code as the site policy says."""
     code = config.get("activity", {}).get("code", "hash")
-    return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True}",
+    # gateway.job.session: the time left and the session's end, for JupyterLab (see there).
+    return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True, "
+            "'gateway.job.session': True}",
             f"--ActivityRecorder.state_dir={state_dir}", f"--ActivityRecorder.code={code}"]
 
 
@@ -190,7 +229,8 @@ def launch(path: str) -> None:
     report(config, report_host, report_port, time.monotonic() + config.get("report_timeout", 600))
     cmd = config.get("cmd") or DEFAULT_CMD
     if cmd != DEFAULT_CMD:
-        exec_command(cmd, config.get("args", []), sock)
+        exec_command(cmd, config.get("args", []), sock)  # the walltime signal: its own
+    end_at_walltime(config)
     use_bound_socket(sock)
     from jupyterhub.singleuser import main as singleuser_main
 

@@ -189,6 +189,7 @@ class Lab:
         if "slapd" not in pids:
             pids["slapd"] = directory.start_slapd(self.dir, ports["ldap"], ports["ldaps"],
                                                   passwords["admin"], passwords)
+        directory.ensure_groups(self.dir, ports["ldap"], passwords["admin"])
         directory.ensure_extra_users(self.dir, ports["ldap"], passwords["admin"], extra, passwords)
         listen = ["127.0.0.1"] + [ns.host_addr for ns in namespaces.values()]
         if "sshd" not in pids:

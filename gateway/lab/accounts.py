@@ -50,10 +50,12 @@ GROUPS = (
     LabGroup("hpc-users", 5100, "Everyone allowed to use the cluster"),
     LabGroup("soundscape-lab", 5101, "Soundscape ecology lab: audio recordings depot"),
     LabGroup("hub-admins", 5102, "Administrators of the notebook portal"),
+    # The soundscape lab's leads see its members' activity history (demo.yaml's activity.viewers).
+    LabGroup("soundscape-leads", 5103, "Leads of the soundscape lab: see its activity history"),
 )
 
 USERS = (
-    LabUser("alice", 5001, "Alice Acoustic", ("hpc-users", "soundscape-lab")),
+    LabUser("alice", 5001, "Alice Acoustic", ("hpc-users", "soundscape-lab", "soundscape-leads")),
     LabUser("bob", 5002, "Bob Birdsong", ("hpc-users", "soundscape-lab")),
     LabUser("carol", 5003, "Carol Admin", ("hpc-users", "hub-admins")),
 )

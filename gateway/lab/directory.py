@@ -53,6 +53,13 @@ def demo_ldif(passwords: dict[str, str], lab_dir: Path) -> str:
         f"userPassword: {ssha(passwords['svc-hpcgate'])}",
     ]
     entries += [person_entry(u, passwords[u.name], lab_dir) for u in USERS]
+    entries += group_entries()
+    return "\n\n".join(entries) + "\n"
+
+
+def group_entries() -> list[str]:
+    """Each lab group twice (posixGroup and groupOfNames), with the named users as members."""
+    entries = []
     for g in GROUPS:
         members = [u.name for u in USERS if g.name in u.groups]
         entries.append(
@@ -64,7 +71,7 @@ def demo_ldif(passwords: dict[str, str], lab_dir: Path) -> str:
             f"dn: cn={g.name},{NAMED_GROUPS_DN}\nobjectClass: groupOfNames\ncn: {g.name}\n"
             f"description: {g.description}" + "".join(f"\nmember: {user_dn(m)}" for m in members)
         )
-    return "\n\n".join(entries) + "\n"
+    return entries
 
 
 def person_entry(u: LabUser, password: str, lab_dir: Path) -> str:
@@ -97,19 +104,33 @@ def memberships_ldif(users: tuple[LabUser, ...]) -> str:
 def ensure_extra_users(lab_dir: Path, ldap_port: int, admin_password: str, users: tuple[LabUser, ...],
                        passwords: dict[str, str]) -> None:
     """Add people and memberships to the running directory; ones already there are kept."""
-    if not users:
-        return
+    if users:
+        _modify(lab_dir, ldap_port, admin_password,
+                ((extra_users_ldif(users, passwords, lab_dir), "Already exists"),
+                 (memberships_ldif(users), "Type or value exists")))
+
+
+def ensure_groups(lab_dir: Path, ldap_port: int, admin_password: str) -> None:
+    """The lab's groups and the named users' memberships in the running directory: a directory
+    made before a group existed (soundscape-leads) gets it; what is there is kept."""
+    _modify(lab_dir, ldap_port, admin_password,
+            (("\n\n".join(group_entries()) + "\n", "Already exists"),
+             (memberships_ldif(USERS), "Type or value exists")))
+
+
+def _modify(lab_dir: Path, ldap_port: int, admin_password: str,
+            steps: tuple[tuple[str, str], ...]) -> None:
+    """ldapmodify each LDIF as the directory's admin; errors that only say `tolerated` pass."""
     secret = lab_dir / "secrets" / "admin.password"
     secret.touch(mode=0o600)
     secret.write_text(admin_password)  # -y reads it without a trailing newline
     uri = f"ldap://127.0.0.1:{ldap_port}"
-    for ldif, tolerated in ((extra_users_ldif(users, passwords, lab_dir), "Already exists"),
-                            (memberships_ldif(users), "Type or value exists")):
+    for ldif, tolerated in steps:
         res = run(["ldapmodify", "-a", "-c", "-x", "-H", uri, "-D", ADMIN_DN, "-y", str(secret)],
                   check=False, input=ldif)
         errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ldap_")]
         if res.returncode != 0 and not all(tolerated in ln for ln in errors):
-            raise LabError(f"Adding the lab's extra users to the directory failed: {res.stderr.strip()}")
+            raise LabError(f"Updating the lab's directory failed: {res.stderr.strip()}")
 
 
 def homes_ldif(lab_dir: Path) -> str:

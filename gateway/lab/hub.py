@@ -85,8 +85,10 @@ c.BatchSpawner.default_url = "/lab"
 
 # What admins may do but open servers, reroute the proxy, edit groups or auth_state (which names
 # the Unix account jobs run as): see and add users, start and stop servers, read the rest.
+# They also read everyone's activity history (gateway.hub.activity_access.READ_ALL_SCOPE).
 OPERATOR_SCOPES = ["admin-ui", "users", "read:roles:users", "admin:servers", "list:groups",
-                   "read:groups", "list:services", "read:services", "read:hub", "read:roles"]
+                   "read:groups", "list:services", "read:services", "read:hub", "read:roles",
+                   "custom:hpcgate:read:activity"]
 
 
 def ldap_config(info: dict[str, Any]) -> str:

@@ -244,6 +244,15 @@ class JobEnvironment:
     report_timeout: float = setting(
         "Seconds the job's launcher keeps trying to tell the hub where its server listens (a hub "
         "restart included).", Seconds(10, 86400), 600.0)
+    end_signal: float = setting(
+        "Seconds before the walltime the scheduler signals the job (Slurm `--signal=B:USR2@N`), "
+        "so the server stops its kernels and ends as \"reached its time limit\" instead of being "
+        "killed. 0 turns it off (PBS has no such signal: its SIGTERM at the limit does the same, "
+        "with less time).", Seconds(0, 3600), 90.0)
+    walltime_warnings: tuple[timedelta, ...] = setting(
+        "Time left at which the portal warns the user (the session's card, a banner on every hub "
+        "page, a notification in JupyterLab), e.g. [15m, 5m].", ListOf(Duration()),
+        (timedelta(minutes=15), timedelta(minutes=5)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,6 +351,11 @@ class Activity:
     retention: timedelta = setting(
         "How long the hub keeps activity records (e.g. 180d); older ones are deleted.",
         Duration(), timedelta(days=180))
+    viewers: Mapping[str, tuple[str, ...]] = setting(
+        "Who sees a group's activity besides each member's own: directory group -> the directory "
+        "groups (leads, instructors) whose members see every member's timeline, the group's "
+        "aggregates, and download them (e.g. soundscape-lab: [soundscape-leads]).",
+        MapOf(GroupName(), ListOf(GroupName())), factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -132,9 +132,11 @@ def test_the_stand_in_saw_real_scripts(fuzz_hub: tuple[Hub, Portal, Path]) -> No
     assert records and all(r["uid"] != 0 for r in records)
     assert any(_directives(r["script"]).get("partition") == "long" for r in records)
     # Every refusal was a sentence: the only tracebacks in the hub's log are JupyterHub's own
-    # logging of a refused form (pages.py logs the SpawnException it then shows on the form).
+    # logging of a refused form (pages.py logs the exception it then shows on the form: the
+    # spawner's FormRefused, or a SpawnException from start()).
     log_text = hub.hub.log.read_text()
     blocks = re.findall(r"Traceback \(most recent call last\):\n((?:[ \t].*\n)+)", log_text)
     ends = [[x.strip() for x in block.splitlines() if x.strip()][-1] for block in blocks]
-    assert all(e.startswith("jupyterhub.spawner.SpawnException: 400") for e in ends), ends
+    assert all(e.startswith(("gateway.hub.spawner.FormRefused: HTTP 400",
+                             "jupyterhub.spawner.SpawnException: 400")) for e in ends), ends
     assert not hub.active_jobs("alice")

@@ -24,7 +24,7 @@ async def test_alice_logs_in_over_starttls_and_ldaps(lab: dict[str, Any], url_ke
     assert {k: state[k] for k in ("dn", "uid", "uidNumber", "gidNumber", "homeDirectory", "loginShell")} == {
         "dn": f"uid=alice,{lab['ldap']['people_dn']}", "uid": "alice", "uidNumber": 5001,
         "gidNumber": 5100, "homeDirectory": lab["users"]["alice"]["workdir"], "loginShell": "/bin/bash"}
-    assert state["groups"] == ["hpc-users", "soundscape-lab"]
+    assert state["groups"] == ["hpc-users", "soundscape-lab", "soundscape-leads"]
     assert f"cn=soundscape-lab,{lab['ldap']['named_groups_dn']}" in state["group_dns"]
     assert f"cn=soundscape-lab,{lab['ldap']['posix_groups_dn']}" in state["group_dns"]
 

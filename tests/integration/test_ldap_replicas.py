@@ -244,7 +244,7 @@ async def test_member_of_on_the_user_entry(lab: dict[str, Any], scratch: Directo
 
 def test_lab_directory_is_untouched(lab: dict[str, Any]) -> None:
     groups = client(lab, lab["ldap"]["uri"]).login("alice", passwords(lab)["alice"]).groups
-    assert groups == ("hpc-users", "soundscape-lab")
+    assert groups == ("hpc-users", "soundscape-lab", "soundscape-leads")
 
 
 def test_directory_copy_serves_the_lab_people(lab: dict[str, Any], tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ from gateway.lab.procs import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-BIG = 200 * 2**20
+HUGE = 2 * 2**30  # served with sendfile from a sparse file: the proxy is what is measured
 CHUNK = 2**20
+HUGE_FILE = web.AppKey("huge", str)
 
 
 def _need_nginx() -> str:
@@ -47,18 +48,13 @@ async def _handler(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             await ws.send_str(f"{port}:{msg.data}")
         return ws
-    if request.path.endswith("/big"):
-        resp = web.StreamResponse(headers={"Content-Length": str(BIG)})
-        await resp.prepare(request)
-        block = b"x" * CHUNK
-        for _ in range(BIG // CHUNK):
-            await resp.write(block)
-        await resp.write_eof()
-        return resp
+    if request.path.endswith("/huge"):
+        return web.FileResponse(request.app[HUGE_FILE])
     return web.json_response({"port": port, "path": request.raw_path, "method": request.method,
                               "cookie": request.headers.get("Cookie"),
                               "x_real_ip": request.headers.get("X-Real-Ip"),
-                              "x_forwarded_for": request.headers.get("X-Forwarded-For")})
+                              "x_forwarded_for": request.headers.get("X-Forwarded-For"),
+                              "x_forwarded_proto": request.headers.get("X-Forwarded-Proto")})
 
 
 class Env:
@@ -84,6 +80,9 @@ async def env() -> AsyncIterator[Env]:
     nginx = _need_nginx()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", _handler)
+    huge = tempfile.NamedTemporaryFile(prefix="hpcgate-ngx-huge-", dir="/var/tmp")  # noqa: SIM115
+    huge.truncate(HUGE)  # sparse: no disk, no page cache to fill
+    app[HUGE_FILE] = huge.name
     runner = web.AppRunner(app)
     await runner.setup()
     ports = [free_port() for _ in range(3)]
@@ -104,6 +103,7 @@ async def env() -> AsyncIterator[Env]:
             except (OSError, ValueError):
                 pass
         await runner.cleanup()
+        huge.close()
         shutil.rmtree(e.dir, ignore_errors=True)
 
 
@@ -279,6 +279,34 @@ async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, 
     await proxy.delete_route("/user/ivy/")
 
 
+async def test_a_configuration_the_master_refuses_on_reload_is_rolled_back(
+        env: Env, proxy: NginxProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route changes to IP targets skip nginx -t (the master parses the file on SIGHUP anyway):
+    should the master refuse it, the change fails at once, and files and routes are as before."""
+    from gateway.hub.proxy import nginx as module
+
+    await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
+    conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
+    real = module.render_http
+
+    def broken(routes: dict, settings: Any) -> str:
+        text = real(routes, settings)
+        return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
+
+    monkeypatch.setattr(module, "render_http", broken)
+    t0 = time.monotonic()
+    with pytest.raises(module.NginxRefused, match="no_such_directive"):
+        await proxy.add_route("/user/lee/", env.target(1), {})
+    assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
+    assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
+    assert await proxy.get_route("/user/lee/") is None
+    monkeypatch.setattr(module, "render_http", real)
+    await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+    assert (await get(env, "/user/lee/x"))[1]["port"] == env.upstreams[1]
+    assert (await get(env, "/user/kim/x"))[1]["port"] == env.upstreams[0]
+    for spec in ("/user/kim/", "/user/lee/"):
+        await proxy.delete_route(spec)
+
 async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
     first = proxy._generation
     await asyncio.gather(*[proxy.add_route(f"/user/u{i}/", env.target(i % 3), {}) for i in range(10)])
@@ -305,36 +333,41 @@ async def test_routes_survive_a_new_proxy_object_and_it_adopts_nginx(env: Env, p
     assert await proxy.get_all_routes() == await again.get_all_routes()
 
 
-async def test_download_and_websocket_survive_20_route_changes(env: Env, proxy: NginxProxy) -> None:
+async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy: NginxProxy) -> None:
+    """A 2 GiB download (sendfile from a sparse file upstream) and a websocket stay open through
+    100 route changes, each a graceful reload; requests right after each change see it."""
     await proxy.add_route("/user/frank/", env.target(1), {})
     timings = []
+    step = HUGE // 100
     async with aiohttp.ClientSession() as s, \
             s.ws_connect(f"http://127.0.0.1:{env.port}/user/frank/ws") as ws, \
-            s.get(f"http://127.0.0.1:{env.port}/user/frank/big") as download:
-        assert download.status == 200
+            s.get(f"http://127.0.0.1:{env.port}/user/frank/huge") as download:
+        assert download.status == 200 and download.content_length == HUGE
         received = 0
-        for i in range(20):
-            received += len(await download.content.readexactly(BIG // 20))
-            spec = f"/user/g{i}/"
+        for i in range(100):
+            while received < step * (i + 1):  # the download moves on between changes
+                received += len(await download.content.read(min(4 * CHUNK, step * (i + 1) - received)))
+            t0 = time.monotonic()
             if i % 2:
                 await proxy.delete_route(f"/user/g{i - 1}/")
-            t0 = time.monotonic()
-            await proxy.add_route(spec, env.target(i % 3), {})
-            timings.append(time.monotonic() - t0)
-            # A request right after add_route returns reaches the new route, never a 5xx.
-            status, body = await get(env, f"{spec}api")
-            assert status == 200 and body["port"] == env.upstreams[i % 3], (i, status, body)
+                timings.append(time.monotonic() - t0)
+                assert (await get(env, f"/user/g{i - 1}/api"))[0] == 404
+            else:
+                await proxy.add_route(f"/user/g{i}/", env.target(i % 3), {})
+                timings.append(time.monotonic() - t0)
+                # A request right after add_route returns reaches the new route, never a 5xx.
+                status, body = await get(env, f"/user/g{i}/api")
+                assert status == 200 and body["port"] == env.upstreams[i % 3], (i, status, body)
             await ws.send_str(f"ping{i}")
             assert (await ws.receive_str(timeout=5)) == f"{env.upstreams[1]}:ping{i}"
-        received += len(await download.content.read())
-        assert received == BIG
-    for spec in list(await proxy.get_all_routes()):
-        if spec.startswith("/user/g"):
-            await proxy.delete_route(spec)
+        while chunk := await download.content.read(4 * CHUNK):
+            received += len(chunk)
+        assert received == HUGE
+    assert not [spec for spec in await proxy.get_all_routes() if spec.startswith("/user/g")]
     await proxy.delete_route("/user/frank/")
     timings.sort()
-    print(f"add_route to served, with a download open: p50 {1000 * timings[10]:.0f} ms, "
-          f"max {1000 * timings[-1]:.0f} ms")
+    print(f"100 route changes with a 2 GiB download and a websocket open: p50 "
+          f"{1000 * timings[50]:.0f} ms, max {1000 * timings[-1]:.0f} ms")
 
 
 async def test_reload_latency_with_200_routes(env: Env, proxy: NginxProxy) -> None:
@@ -369,6 +402,9 @@ async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: Ngin
 
 
 async def test_tls_with_http2_towards_browsers(env: Env) -> None:
+    """The site's certificate and key (JupyterHub.ssl_cert/ssl_key, which JupyterHub hands to its
+    proxy), here from the lab's CA: HTTPS and wss reach the upstream with X-Forwarded-Proto https,
+    and a browser's HTTP/2 request is served over HTTP/2."""
     import ssl
 
     from gateway.lab.tls import make_ca_and_server_cert
@@ -381,13 +417,30 @@ async def test_tls_with_http2_towards_browsers(env: Env) -> None:
     await p.start()
     try:
         await p.add_route("/", env.target(0), {"hub": True})
+        await p.add_route("/user/tess/", env.target(2), {})
         context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
-        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context) as r:
-            assert r.status == 200 and (await r.json())["port"] == env.upstreams[0]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"https://127.0.0.1:{port}/hub/x", ssl=context,
+                             headers={"X-Forwarded-Proto": "http"}) as r:
+                body = await r.json()
+                assert r.status == 200 and body["port"] == env.upstreams[0]
+                assert (body["x_forwarded_proto"], body["x_real_ip"]) == ("https", "127.0.0.1")
+            async with s.ws_connect(f"wss://127.0.0.1:{port}/user/tess/ws", ssl=context) as ws:
+                await ws.send_str("hello")
+                assert await ws.receive_str(timeout=5) == f"{env.upstreams[2]}:hello"
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):  # not some default cert
+                await s.get(f"https://127.0.0.1:{port}/hub/x", ssl=ssl.create_default_context())
         context.set_alpn_protocols(["h2", "http/1.1"])
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
         writer.close()
+        curl = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--http2", "--cacert", str(tls / "ca.crt"), "-w", "\n%{http_version}",
+            f"https://127.0.0.1:{port}/user/tess/api", stdout=asyncio.subprocess.PIPE)
+        out, _ = await curl.communicate()
+        body, _, version = out.decode().rpartition("\n")
+        assert curl.returncode == 0 and version == "2", out
+        assert json.loads(body)["port"] == env.upstreams[2]
     finally:
         await p.stop()
 

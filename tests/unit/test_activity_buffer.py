@@ -80,6 +80,10 @@ async def test_delivery_resumes_after_failures_without_loss(tmp_path: Path) -> N
 
 def test_the_launcher_enables_the_recorder_with_the_policy(tmp_path: Path) -> None:
     args = activity_args({"activity": {"code": "none"}}, tmp_path)
-    assert "--ServerApp.jpserver_extensions={'gateway.job.activity': True}" in args
+    import ast
+
+    [extensions] = [a.split("=", 1)[1] for a in args if a.startswith("--ServerApp.jpserver_extensions=")]
+    # The recorder, and the session's time left for JupyterLab (gateway.job.session).
+    assert ast.literal_eval(extensions) == {"gateway.job.activity": True, "gateway.job.session": True}
     assert f"--ActivityRecorder.state_dir={tmp_path}" in args
     assert "--ActivityRecorder.code=none" in args

@@ -193,3 +193,23 @@ def test_dot_segments_are_refused_at_the_edge_and_names_with_dots_are_not() -> N
     for uri in ("/user/bob/.../x", "/user/bob/.x", "/user/bob/a..b/", "/user/bob/..x", "/user/bob/x..",
                 "/user/bob/%252e%252e/x", "/hub/login?next=/user/../x", "/user/bob/x?a=%2f..%2f"):
         assert not dots.search(uri), uri
+
+
+def test_routespecs_nginx_would_read_as_one_location_are_refused_by_name() -> None:
+    # /user/a/ and /user/a// both give `location = "/user/a"`; %2F decodes to a second slash too.
+    for other in ("/user/a//", "/user/a%2F/"):
+        with pytest.raises(RouteError, match="already has the location"):
+            render_http({"/user/a/": {"target": "http://10.0.0.5:1"},
+                         other: {"target": "http://10.0.0.6:1"}}, SETTINGS)
+    # The same path on another host is another server block: fine.
+    render_http({"/user/a/": {"target": "http://10.0.0.5:1"},
+                 "h.example.org/user/a/": {"target": "http://10.0.0.6:1"}}, SETTINGS)
+
+
+def test_upstream_names_are_unique_and_of_many_lengths() -> None:
+    # nginx compares a name only with those of the same length (see Target.upstream).
+    names = [parse_target(f"http://10.1.{i // 250}.{i % 250}:{8000 + i}").upstream for i in range(1000)]
+    assert len(set(names)) == 1000
+    assert all(re.fullmatch(r"hpcgate_[0-9a-f]{16,47}", n) for n in names)
+    assert len({len(n) for n in names}) == 32
+    assert parse_target("http://10.0.0.1:80").upstream == parse_target("http://10.0.0.1").upstream

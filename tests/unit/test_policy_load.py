@@ -46,7 +46,11 @@ def test_demo_matches_the_lab() -> None:
     assert policy.partitions["debug"].max_walltime == timedelta(minutes=30)
     assert policy.partitions["long"].max_walltime == timedelta(days=2)
     assert policy.partitions["debug"].max_memory == 8000  # MaxMemPerNode=8000
-    assert set(policy.groups) == {g.name for g in accounts.GROUPS}
+    # Every lab group has a rule, but the leads' group, which only views the lab's activity.
+    viewers = {v for groups in policy.activity.viewers.values() for v in groups}
+    assert viewers == {"soundscape-leads"}
+    assert set(policy.groups) == {g.name for g in accounts.GROUPS} - viewers
+    assert set(policy.activity.viewers) <= set(policy.groups)
     assert "long" in policy.groups["hub-admins"].partitions
     assert policy.depots["soundscape-lab"].path == "/var/tmp/hpcgate-lab/depots/soundscape-lab"
     assert policy.depots["soundscape-lab"].group == "soundscape-lab"

@@ -164,6 +164,14 @@ def retention_view(p: SitePolicy) -> Any:
     return retention_cutoff(p.activity.retention, 2_000_000_000.0)
 
 
+def viewers_view(p: SitePolicy) -> Any:
+    """Whose activity a member of `teaching` sees (the hub's access rule)."""
+    from gateway.hub.activity_access import scope_for
+
+    scope = scope_for("tina", ["teaching"], p.activity.viewers, {"astro": ["ann", "al"]})
+    return sorted(scope.users), scope.groups
+
+
 def server_counts(p: SitePolicy) -> Any:
     """Whether a member of each group may start one more server with 0-4 running."""
     from gateway.policy import PolicyError, check_server_count
@@ -277,6 +285,8 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "job.extra_directives": (setter("job.extra_directives", ["#SBATCH --exclusive"]), job_view),
     "job.workdir": (setter("job.workdir", "/scratch/{user}"), job_view),
     "job.report_timeout": (setter("job.report_timeout", 60), job_view),
+    "job.end_signal": (setter("job.end_signal", 300), job_view),
+    "job.walltime_warnings": (setter("job.walltime_warnings", ["30m"]), job_view),
     "default_partition": (lambda d: d.update(default_partition=list(d["partitions"])[-1]), offer_view),
     "accounts.*.description": (
         lambda d: [a.update(description="changed") for a in d["accounts"].values()], offer_view),
@@ -319,6 +329,7 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "check.nodes_per_partition": (setter("check.nodes_per_partition", 5), check_view),
     "activity.code": (setter("activity.code", "full"), activity_code_view),
     "activity.retention": (setter("activity.retention", "30d"), retention_view),
+    "activity.viewers.*": (setter("activity.viewers", {"astro": ["teaching"]}), viewers_view),
 }
 for _f, _v in (("max_walltime", "3h"), ("default_walltime", "20m"), ("max_cpus", 3),
                ("default_cpus", 3), ("max_memory", "3G"), ("default_memory", "1500M"),
