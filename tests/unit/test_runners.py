@@ -72,10 +72,13 @@ async def test_with_pidfd_watching_a_command_costs_the_hub_no_thread() -> None:
         before_watcher = asyncio.get_child_watcher()
     try:
         assert watch_children_by_pidfd()  # Linux >= 5.3, as on every supported hub host
-        threads = threading.active_count()
-        result = await LocalRunner().run(["sh", "-c", "sleep 0.2; echo done"])
+        before = set(threading.enumerate())
+        running = asyncio.ensure_future(LocalRunner().run(["sh", "-c", "sleep 0.5; echo done"]))
+        await asyncio.sleep(0.25)  # the command runs: a thread watcher would have a thread now
+        # No thread of its own (others' threads may end meanwhile: compare identities).
+        assert set(threading.enumerate()) <= before
+        result = await running
         assert (result.returncode, result.stdout) == (0, "done\n")
-        assert threading.active_count() == threads
     finally:  # other tests run on other loops: give them back the thread watcher
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
