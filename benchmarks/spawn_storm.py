@@ -230,7 +230,10 @@ async def one_user(url: str, user: str, password: str, names: list[str], options
     await asyncio.sleep(delay)
     jar = aiohttp.CookieJar(unsafe=True)  # the hub is on 127.0.0.1: aiohttp keeps no IP cookies else
     timeout = aiohttp.ClientTimeout(total=180)
-    async with aiohttp.ClientSession(cookie_jar=jar, timeout=timeout) as session:
+    # A connection per request: nginx's reloads (a route per server) close idle keep-alive
+    # connections, and a request sent on one that just closed fails ("Server disconnected").
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, timeout=timeout, connector=connector) as session:
         t0 = time.time()
         async with session.get(f"{url}/hub/login") as resp:
             page = await resp.text()
@@ -337,8 +340,12 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
 
         async def storm() -> None:
             step = ramp / max(len(users) - 1, 1)
-            await asyncio.gather(*(one_user(hub.url, u, passwords[u], names, options, i * step, log)
-                                   for i, u in enumerate(users)))
+            ends = await asyncio.gather(*(one_user(hub.url, u, passwords[u], names, options,
+                                                   i * step, log) for i, u in enumerate(users)),
+                                        return_exceptions=True)
+            # One person's failure is counted, not the end of everyone's storm.
+            log["errors"] += [f"{u}: {type(e).__name__}: {e}" for u, e in zip(users, ends, strict=True)
+                              if isinstance(e, BaseException)]
 
         storm_error = None
         try:
