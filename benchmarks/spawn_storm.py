@@ -359,6 +359,7 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
         failed: set[tuple[str, str]] = set()
         t_ready = None
         progress = (0, time.monotonic())
+        t_last = time.time()
         while time.monotonic() < deadline and storm_error is None:
             started, failed = (found & wanted for found in servers_in_log(hub.log, log_offset))
             if len(started) == len(wanted):
@@ -366,13 +367,16 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
                 break
             if len(started) != progress[0]:
                 progress = (len(started), time.monotonic())
+                t_last = time.time()
             if len(started | failed) == len(wanted) or (
                     time.monotonic() - progress[1] > STALL_SECONDS):
                 break  # the rest will not come
             time.sleep(0.25)
         cpu1 = proc_cpu(hub.proc.pid)  # type: ignore[union-attr]
         rpcs = sdiag(env)
-        t_end = t_ready or time.time()
+        # A side that never gets every server ready: its storm ends with the last one that did,
+        # not with the wait for the rest (an idle loop would dilute its lag).
+        t_end = t_ready or t_last
         reachable = sum(answers(hub, u, n) for u, n in sorted(started))
         t_steady = time.time()
         time.sleep(STEADY_SECONDS)
