@@ -2,10 +2,11 @@
 
 `hpcgate lab up --postgres` starts it (and every later `up` of that lab does too); `down` stops it.
 The cluster belongs to the `postgres` Unix account (PostgreSQL refuses to run as root) and
-listens only on a Unix socket in `DIR/postgres/run`, a directory only its owner (and root) can
-enter: no TCP port, nothing for the lab users' jobs to reach. There is no password anywhere:
-root logs in as the database role `hpcgate` by peer authentication (the kernel says who is
-connecting; `pg_ident.conf` maps root, and nobody else, to that role).
+listens only on a Unix socket in `DIR/postgres/run`, which only its owner, the hub's account
+(hpcgate-hub, by its group) and root can enter: no TCP port, nothing for the lab users' jobs to
+reach. There is no password anywhere: the hub's account (and root, for the lab's own set-up) logs
+in as the database role `hpcgate` by peer authentication (the kernel says who is connecting;
+`pg_ident.conf` maps those two, and nobody else, to that role).
 
 Each LabHub gets its own database (`create_database`), named after its state directory, so a
 hub restarted on the same state finds its data again.
@@ -77,12 +78,17 @@ def _as_owner(argv: list[str], cwd: Path, timeout: float = 60) -> subprocess.Com
 
 def ensure_cluster(lab_dir: Path) -> None:
     """initdb once; the access files rewritten at every start (they are the lab's, not initdb's)."""
+    from gateway.lab.accounts import HUB_USER, ensure_hub_account
+
     p = paths(lab_dir)
     uid, gid = _owner_ids()
-    for key in ("base", "socket_dir"):
-        p[key].mkdir(mode=0o700, exist_ok=True)
-        os.chown(p[key], uid, gid)
-        p[key].chmod(0o700)
+    _, hub_gid = ensure_hub_account()
+    # The hub's account passes through base and reaches the socket by its group; the data stays
+    # the owner's alone (initdb makes it 0700).
+    for key, mode in (("base", 0o710), ("socket_dir", 0o710)):
+        p[key].mkdir(mode=mode, exist_ok=True)
+        os.chown(p[key], uid, hub_gid)
+        p[key].chmod(mode)
     if not (p["data"] / "PG_VERSION").exists():
         if p["data"].exists():  # an initdb that was interrupted: it refuses a non-empty directory
             subprocess.run(["rm", "-rf", str(p["data"])], check=True)
@@ -93,8 +99,9 @@ def ensure_cluster(lab_dir: Path) -> None:
                    "local all postgres peer\n"
                    f"local all {ROLE} peer map=hub\n")
     ident = p["data"] / "pg_ident.conf"
-    ident.write_text("# Who may log in as the hubs' role: root (the lab's hubs) and nobody else.\n"
-                     f"hub root {ROLE}\n")
+    ident.write_text("# Who may log in as the hubs' role: the hub's account, root (the lab's own "
+                     "set-up) and nobody else.\n"
+                     f"hub {HUB_USER} {ROLE}\nhub root {ROLE}\n")
     for f in (hba, ident):
         os.chown(f, uid, gid)
         f.chmod(0o600)
@@ -113,7 +120,9 @@ def start(lab_dir: Path) -> int:
     p = paths(lab_dir)
     argv = [str(bin_dir() / "postgres"), "-D", str(p["data"]), "-p", str(PORT),
             "-c", "listen_addresses=", "-c", f"unix_socket_directories={p['socket_dir']}",
-            "-c", "unix_socket_permissions=0700", "-c", "logging_collector=off",
+            # The socket itself is open to all: its directory (0710, the hub's group) is the gate,
+            # and unix_socket_group would need the postgres account in the hub's group.
+            "-c", "unix_socket_permissions=0777", "-c", "logging_collector=off",
             "-c", "log_line_prefix=%m [%p] "]
     pid = start_daemon(argv, lab_dir, p["log"], user=OWNER)
     wait_for(lambda: _ready(lab_dir) or not pid_alive(pid), 30, "PostgreSQL", p["log"])
