@@ -9,7 +9,7 @@ CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light chromium wrk curl
+	python3 python3-venv systemd nginx-light chromium wrk curl postgresql
 # Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
 # daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
 # The tests start their own prometheus on a free loopback port; promtool checks the alert rules.
@@ -119,3 +119,4 @@ bench: setup
 	$(PY) -m benchmarks.proxy_load
 	$(PY) -m benchmarks.spawn_latency --n 5
 	$(PY) -m benchmarks.activity_overhead
+	$(PY) -m benchmarks.spawn_storm --users 50 --servers 200

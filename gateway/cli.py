@@ -28,6 +28,11 @@ def _print_lab(info: dict[str, Any], seconds: float | None = None) -> None:
     print(f"              user keys {Path(next(iter(ssh['user_keys'].values()))).parent}/USER_ed25519")
     users = ", ".join(f"{n} (uid {u['uid']}, {' '.join(u['groups'])})" for n, u in info["users"].items())
     print(f"  Users       {users}")
+    if "postgres" in info:
+        pg = info["postgres"]
+        print(f"  PostgreSQL  socket {pg['socket_dir']} (no TCP; root logs in as role {pg['role']} "
+              "by peer authentication)")
+        print(f"              db_url {pg['url_example']}")
     print(f"  Logs        {info['logs']}")
 
 
@@ -38,7 +43,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.action == "up":
         t0 = time.monotonic()
         info = lab.up(nodes=args.nodes, fresh_jobs=args.fresh, users=args.users,
-                      background_jobs=args.background_jobs)
+                      background_jobs=args.background_jobs, postgres=args.postgres,
+                      node_cpus=args.node_cpus)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
@@ -94,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--background-jobs", type=int, default=0, metavar="N",
                      help="with up: keep N held jobs of other users in the queue (a busy "
                           "cluster); down cancels them")
+    lab.add_argument("--postgres", action="store_true",
+                     help="with up: also the lab's own PostgreSQL, for hubs that use it as their "
+                          "database (kept by later runs)")
+    lab.add_argument("--node-cpus", type=int, default=None, metavar="N",
+                     help="with up: cores each node declares (16; more than the machine has, for "
+                          "hundreds of small jobs at once), kept by later runs")
     lab.set_defaults(func=cmd_lab)
 
     demo = sub.add_parser("demo", help="the lab plus the portal on http://127.0.0.1:8000")

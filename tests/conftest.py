@@ -18,7 +18,8 @@ from tests.helpers.paths import TEST_LAB_DIR
 
 @pytest.fixture(scope="session")
 def lab() -> Any:
-    """A two-node lab for the whole test session, stopped at the end even when tests fail.
+    """A two-node lab for the whole test session, with its PostgreSQL, stopped at the end even
+    when tests fail.
 
     A service that cannot start fails the tests that need it (never a skip: a skip would hide a
     missing install step in CI). The lab users' Unix homes are shared by every lab on the
@@ -30,7 +31,7 @@ def lab() -> Any:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         try:
-            info = test_lab.up(nodes=2, fresh_jobs=True)
+            info = test_lab.up(nodes=2, fresh_jobs=True, postgres=True)
         except LabError as err:
             test_lab.down()
             pytest.fail(f"the lab could not start: {err}", pytrace=False)

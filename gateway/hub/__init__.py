@@ -104,3 +104,31 @@ def configure(c: Any, policy_file: str) -> None:
 
     metrics.install()  # hpcgate_* next to JupyterHub's own on /hub/metrics
     c.LDAPAuthenticator.login_observer = metrics.observe_login
+    watch_children_by_pidfd()
+
+
+def watch_children_by_pidfd() -> bool:
+    """Python 3.11's asyncio waits for each child process (every sudo, sbatch, squeue the hub runs)
+    in a thread of its own, and starting that thread waits until the thread runs: on a busy hub
+    host, a storm of spawns held the event loop there for milliseconds each time
+    (benchmarks.spawn_storm). A pidfd in the loop's own poll costs no thread; Python 3.12 makes it
+    the default where the kernel has it (Linux 5.3). Takes effect in the hub's running loop (the
+    configuration file is read inside it); True when it is in use."""
+    import asyncio
+    import os
+    import sys
+    import warnings
+
+    if sys.version_info >= (3, 12):
+        return True
+    try:
+        loop = asyncio.get_running_loop()
+        os.close(os.pidfd_open(os.getpid()))
+    except (RuntimeError, AttributeError, OSError):  # no loop; no pidfds in this kernel
+        return False
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)  # 3.11's watcher serves one loop: the hub's only one
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_child_watcher(watcher)
+    return True

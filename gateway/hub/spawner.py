@@ -334,7 +334,10 @@ class BatchSpawner(Spawner):
             address = await scheduler.node_address(fields["node"])
             if address:
                 node_addresses[fields["node"]] = address
+        # cmd: JupyterHub's own Spawner.cmd; the launcher runs jupyterhub-singleuser in-process
+        # unless a site names another server (benchmarks.spawn_storm: hpcgate-minimal-server).
         launch = {"env": env, "home": home, "workdir": workdir, "args": self.get_args(),
+                  "cmd": list(self.cmd),
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
                   "report_timeout": setup.report_timeout,

@@ -1,4 +1,5 @@
-"""Runs inside the batch job: bind, report, then become jupyterhub-singleuser.
+"""Runs inside the batch job: bind, report, then become jupyterhub-singleuser (or the site's
+`Spawner.cmd`, e.g. `hpcgate-minimal-server` for load tests).
 
     python -m gateway.job.launcher LAUNCH_JSON          # in the job (the job script's only command)
     python -m gateway.job.launcher --write LAUNCH_JSON  # as the user, before submit: stdin -> file
@@ -180,6 +181,20 @@ def activity_args(config: dict[str, Any], state_dir: Path) -> list[str]:
             f"--ActivityRecorder.state_dir={state_dir}", f"--ActivityRecorder.code={code}"]
 
 
+DEFAULT_CMD = ["jupyterhub-singleuser"]
+
+
+def exec_command(cmd: list[str], args: list[str], sock: socket.socket) -> None:
+    """Become `cmd` (JupyterHub's `Spawner.cmd`, when a site sets another single-user server),
+    handing it the bound socket by systemd's socket-activation convention: fd 3, LISTEN_FDS=1,
+    LISTEN_PID = this pid, which exec keeps."""
+    if sock.fileno() != 3:
+        os.dup2(sock.fileno(), 3)
+    os.set_inheritable(3, True)  # Python's sockets are close-on-exec (and dup2 onto itself is a no-op)
+    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+    os.execvp(cmd[0], [*cmd, *args])  # noqa: S606 - the site's own Spawner.cmd, an argv
+
+
 def launch(path: str) -> None:
     config = json.loads(Path(path).read_text())
     env = config["env"]
@@ -212,6 +227,9 @@ def launch(path: str) -> None:
     if config.get("tunnel"):
         report_host, report_port = open_tunnel(config, Path(path).parent, port)
     report(config, report_host, report_port, time.monotonic() + config.get("report_timeout", 600))
+    cmd = config.get("cmd") or DEFAULT_CMD
+    if cmd != DEFAULT_CMD:
+        exec_command(cmd, config.get("args", []), sock)  # the walltime signal: its own
     end_at_walltime(config)
     use_bound_socket(sock)
     from jupyterhub.singleuser import main as singleuser_main

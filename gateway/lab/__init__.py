@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lab import accounts, cluster, directory, netns, sshd
+from gateway.lab import postgres as postgres_server
 from gateway.lab.procs import LabError, free_port, lab_pids, pid_alive, port_is_free, stop_pids
 from gateway.lab.tls import make_ca_and_server_cert
 
@@ -41,6 +42,7 @@ REQUIRED_COMMANDS = {
     "nsenter": "util-linux",
 }
 DEBIAN_PACKAGES = "slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2"
+# `up --postgres` needs postgresql too (gateway/lab/postgres.py names it when missing).
 
 SERVICE_ORDER = ("munged", "slurmctld", "slurmd-c1", "slurmd-c2", "slurmrestd", "slapd", "sshd",
                  "tunnel-endpoint")
@@ -114,12 +116,17 @@ class Lab:
     # -- up ----------------------------------------------------------------------------------------
 
     def up(self, nodes: int = 1, fresh_jobs: bool = False, users: int = 0,
-           background_jobs: int = 0) -> dict[str, Any]:
+           background_jobs: int = 0, postgres: bool = False,
+           node_cpus: int | None = None) -> dict[str, Any]:
         """Start what is not running. `fresh_jobs` forgets Slurm's saved jobs when it starts
         from nothing (a test session must not inherit jobs a crashed earlier one left behind).
 
         A busy cluster on request: `users` extra people (user01..userNN, made like alice) and
-        `background_jobs` held jobs of theirs (or of bob and carol) in the queue."""
+        `background_jobs` held jobs of theirs (or of bob and carol) in the queue.
+
+        `postgres` adds the lab's own PostgreSQL (for hubs with `LabHub(database="postgresql")`);
+        a lab that has it keeps it at every later `up`. `node_cpus`: the cores each node declares
+        (16 unless given; kept by later runs)."""
         if nodes not in (1, 2):
             raise LabError("The lab has one or two compute nodes (--nodes 1 or 2).")
         if background_jobs < 0:
@@ -129,7 +136,11 @@ class Lab:
         # The directory keeps people added by an earlier `up --users`: so does the description.
         extra = accounts.extra_users(max(users, old.get("extra_users", 0)))
         lab_users = accounts.USERS + extra
-        if old and old.get("node_count") != nodes and self._alive(old):
+        cpus = node_cpus or old.get("node_cpus") or cluster.NODE_CPUS
+        if cpus < 1:
+            raise LabError("--node-cpus must be at least 1.")
+        if old and (old.get("node_count"), old.get("node_cpus", cluster.NODE_CPUS)) != (
+                nodes, cpus) and self._alive(old):
             self.down()  # a different shape: restart cleanly rather than reconfigure live daemons
             old = self.info()
         if fresh_jobs and not self._alive(old):
@@ -167,7 +178,7 @@ class Lab:
         if not (tls_dir / "server.crt").exists():
             make_ca_and_server_cert(tls_dir, ["localhost"], ["127.0.0.1"])
 
-        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces)
+        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces, cpus)
         cluster.ensure_munge_dir_modes(self.dir)
         if "munged" not in pids:
             pids["munged"] = cluster.start_munged(self.dir)
@@ -191,6 +202,9 @@ class Lab:
                                [(a, ports[p]) for p in ("ssh", "tunnel") for a in listen])
         if "slurmrestd" not in pids:
             pids["slurmrestd"] = cluster.start_slurmrestd(self.dir, ports["slurmrestd"])
+        with_postgres = postgres or "postgres" in old
+        if with_postgres and "postgres" not in pids:
+            pids["postgres"] = postgres_server.start(self.dir)
         cluster.wait_nodes_idle(self.dir, ["c1", *namespaces])
         if background_jobs:
             owners = [u.name for u in extra] or ["bob", "carol"]
@@ -198,6 +212,9 @@ class Lab:
 
         info = self._describe(nodes, ports, pids, namespaces, listen, lab_users)
         info["extra_users"] = len(extra)
+        info["node_cpus"] = cpus
+        if with_postgres:
+            info["postgres"] = postgres_server.describe(self.dir)
         self._save(info)
         return info
 
@@ -290,6 +307,7 @@ class Lab:
         if pid_alive(pids.get("slurmctld")):
             cluster.cancel_background_jobs(self.dir)
             cluster.cancel_all_jobs(self.dir)
+        postgres_server.stop(pids.get("postgres"))  # its own way: a fast shutdown
         for name in reversed(SERVICE_ORDER):
             if name in pids:
                 stop_pids([pids[name]])

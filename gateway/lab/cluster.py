@@ -18,8 +18,14 @@ PARTITIONS = {
 # sbatch does not fail but sleeps and retries forever. Finished jobs count until MinJobAge passes.
 MAX_JOB_COUNT = 50000
 BACKGROUND_JOB_NAME = "lab-background"
-NODE_SHAPE = ("CPUs=16 Boards=1 SocketsPerBoard=1 CoresPerSocket=16 ThreadsPerCore=1 "
-              "RealMemory=16000")
+NODE_CPUS = 16
+
+
+def node_shape(cpus: int = NODE_CPUS) -> str:
+    """What each node declares. `config_overrides` lets slurmd declare more cores than the machine
+    has: `lab up --node-cpus 256` fits a workshop's hundreds of one-core servers on two cores."""
+    return (f"CPUs={cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1 "
+            "RealMemory=16000")
 
 
 def slurm_conf(lab_dir: Path, ctld_port: int, slurmd_port: int) -> str:
@@ -71,7 +77,7 @@ Include {d}/etc/nodes.conf
 """
 
 
-def nodes_conf(namespaces: dict[str, Namespace]) -> str:
+def nodes_conf(namespaces: dict[str, Namespace], cpus: int = NODE_CPUS) -> str:
     # With a namespaced node, the controller is addressed on the veth host side, which c1 (in the
     # host namespace) reaches as well.
     if namespaces:
@@ -79,9 +85,9 @@ def nodes_conf(namespaces: dict[str, Namespace]) -> str:
         lines = [f"SlurmctldHost=localhost({first.host_addr})"]
     else:
         lines = ["SlurmctldHost=localhost"]
-    lines.append(f"NodeName=c1 NodeHostname=localhost NodeAddr=127.0.0.1 {NODE_SHAPE} State=UNKNOWN")
+    lines.append(f"NodeName=c1 NodeHostname=localhost NodeAddr=127.0.0.1 {node_shape(cpus)} State=UNKNOWN")
     for node, ns in namespaces.items():
-        lines.append(f"NodeName={node} NodeHostname={node} NodeAddr={ns.node_addr} {NODE_SHAPE} "
+        lines.append(f"NodeName={node} NodeHostname={node} NodeAddr={ns.node_addr} {node_shape(cpus)} "
                      "State=UNKNOWN")
     nodes = ",".join(["c1", *namespaces])
     for name, (max_time, default_time, extra) in PARTITIONS.items():
@@ -95,14 +101,14 @@ def slurm_env(lab_dir: Path) -> dict[str, str]:
 
 
 def write_configs(lab_dir: Path, ctld_port: int, slurmd_port: int,
-                  namespaces: dict[str, Namespace]) -> None:
+                  namespaces: dict[str, Namespace], cpus: int = NODE_CPUS) -> None:
     for sub in ("etc", "munge", "var/ctld", "log", "run"):
         (lab_dir / sub).mkdir(parents=True, exist_ok=True)
     for node in ["c1", *namespaces]:
         (lab_dir / "var" / "d" / node).mkdir(parents=True, exist_ok=True)
     etc = lab_dir / "etc"
     (etc / "slurm.conf").write_text(slurm_conf(lab_dir, ctld_port, slurmd_port))
-    (etc / "nodes.conf").write_text(nodes_conf(namespaces))
+    (etc / "nodes.conf").write_text(nodes_conf(namespaces, cpus))
     (etc / "plugstack.conf").write_text("")  # keeps the system-wide plugstack out
     jwt = etc / "jwt_hs256.key"
     if not jwt.exists():

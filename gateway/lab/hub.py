@@ -26,6 +26,7 @@ from gateway.lab.accounts import HUB_USER, ensure_hub_account
 from gateway.lab.procs import free_port, hub_failure, pid_alive, run, stop_pids
 
 PROXIES = ("chp", "nginx")
+DATABASES = ("sqlite", "postgresql")
 
 
 def proxy_config(proxy: str, state_dir: Path, api_port: int) -> str:
@@ -47,8 +48,10 @@ def proxy_config(proxy: str, state_dir: Path, api_port: int) -> str:
 
 def hub_config(info: dict[str, Any], state_dir: Path, policy_file: Path, proxy_port: int,
                hub_port: int, api_port: int, service_token: str | None = None,
-               extra: str = "", proxy: str = "nginx") -> str:
-    """The text of a jupyterhub_config.py for the lab."""
+               extra: str = "", proxy: str = "nginx", db_url: str | None = None) -> str:
+    """The text of a jupyterhub_config.py for the lab (`db_url`: SQLite in state_dir unless
+    given)."""
+    db_url = db_url or f"sqlite:///{state_dir}/jupyterhub.sqlite"
     nodes = info["nodes"]
     hub_ip = nodes["c2"]["hub_address"] if "c2" in nodes else "127.0.0.1"
     users = sorted(info["users"])
@@ -69,7 +72,7 @@ c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
 c.JupyterHub.hub_ip = {hub_ip!r}
 c.JupyterHub.hub_port = {hub_port}
-{proxy_config(proxy, state_dir, api_port)}c.JupyterHub.db_url = "sqlite:///{state_dir}/jupyterhub.sqlite"
+{proxy_config(proxy, state_dir, api_port)}c.JupyterHub.db_url = {db_url!r}
 c.JupyterHub.cookie_secret_file = "{state_dir}/cookie_secret"
 c.JupyterHub.pid_file = "{state_dir}/jupyterhub.pid"
 c.JupyterHub.cleanup_servers = False
@@ -130,6 +133,14 @@ def directory_identity(info: dict[str, Any], user: str) -> dict[str, Any]:
     return {"dn": user_dn(user), "uid": user, "uidNumber": about["uid"], "gidNumber": about["gid"],
             "homeDirectory": about["workdir"], "loginShell": "/bin/bash",
             "groups": list(about["groups"]), "group_dns": []}
+
+
+def database_name(state_dir: Path) -> str:
+    """The PostgreSQL database of the hub in `state_dir`: the same for every LabHub made on that
+    state (a restarted hub finds its users and servers), another for every other state."""
+    import hashlib
+
+    return "hub_" + hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
 
 
 def _set_hub_api_url(policy_file: Path, info: dict[str, Any], hub_port: int) -> None:
@@ -203,10 +214,14 @@ class LabHub:
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
                  policy: dict[str, Any] | None = None, ldap_login: bool = False,
-                 proxy_port: int = 0, proxy: str = "nginx"):
+                 proxy_port: int = 0, proxy: str = "nginx", database: str = "sqlite"):
         """`extra_config` is JupyterHub's own configuration; `policy` holds changes to the lab's
         site policy (demo.yaml made concrete), section by section; `proxy` is "nginx"
-        (hpcgate-nginx, the default) or "chp" (configurable-http-proxy)."""
+        (hpcgate-nginx, the default) or "chp" (configurable-http-proxy); `database` is "sqlite"
+        (a file in the state directory, the default) or "postgresql" (a database of its own on
+        the lab's PostgreSQL: `hpcgate lab up --postgres`)."""
+        if database not in DATABASES:
+            raise ValueError(f"database must be one of {DATABASES}, not {database!r}")
         self.info = info
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -222,10 +237,16 @@ class LabHub:
         self._own_login_node_key()
         self.service_token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
+        self.database = database
+        db_url = None
+        if database == "postgresql":
+            from gateway.lab import postgres
+
+            db_url = postgres.create_database(info, database_name(self.dir))
         self.config = self.dir / "jupyterhub_config.py"
         self.config.write_text(hub_config(info, self.dir, self.policy_file, self.proxy_port,
                                           self.hub_port, self.api_port, self.service_token,
-                                          extra_config, proxy=proxy))
+                                          extra_config, proxy=proxy, db_url=db_url))
         self.config.chmod(0o600)
         self._crypt_key()  # made (root's, 0600) before the directory goes to the hub
         self.sudoers: Path | None = None  # the rules start() installs for the hub's account
@@ -362,3 +383,11 @@ class LabHub:
         stop_pids(pids, grace=5)
         if self.proc is not None:
             self.proc.wait()
+
+    def drop_database(self) -> None:
+        """Remove the hub's PostgreSQL database (with its state directory, when it is done for);
+        SQLite's file goes with the directory."""
+        if self.database == "postgresql":
+            from gateway.lab import postgres
+
+            postgres.drop_database(self.info, database_name(self.dir))

@@ -1,4 +1,5 @@
-"""Spawning through the real hub and proxy onto the lab's real Slurm."""
+"""Spawning through the real hub and proxy onto the lab's real Slurm, the hub's database on the
+lab's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
+from gateway.lab import postgres
+from gateway.lab.hub import database_name
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, running_hub, server_dir, user_token
 
@@ -23,8 +27,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def hub(lab: dict) -> Iterator[Hub]:
-    # configurable-http-proxy stays supported: this suite runs on it, the others on nginx.
-    with running_hub(lab, "test", ("alice", "bob", "carol"), proxy="chp",
+    # configurable-http-proxy stays supported: this suite runs on it, the others on nginx. So does
+    # SQLite: the other suites keep it, this one runs on PostgreSQL (restarts, orphans included).
+    with running_hub(lab, "test", ("alice", "bob", "carol"), proxy="chp", database="postgresql",
                      policy=with_changes(PINNED_NODES, {"connection": {"mode": "direct"}})) as h:
         yield h
 
@@ -240,3 +245,25 @@ def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> N
     assert "No orphan jobs" in listed.stdout
     hub.stop("alice")
     hub.stop("bob")
+
+
+def test_the_hub_keeps_its_users_and_servers_in_postgresql(hub: Hub) -> None:
+    assert not (hub.hub.dir / "jupyterhub.sqlite").exists()
+    assert hub.spawn("carol", {"partition": "debug", "walltime": "0:10:00"})[0] in (201, 202)
+    try:
+        hub.wait_ready("carol")
+        [job] = hub.active_jobs("carol")
+        engine = sqlalchemy.create_engine(postgres.database_url(hub.lab, database_name(hub.hub.dir)))
+        try:
+            with engine.connect() as conn:
+                users = conn.execute(sqlalchemy.text("SELECT name FROM users")).scalars().all()
+                states = conn.execute(sqlalchemy.text(
+                    "SELECT s.state FROM spawners s JOIN users u ON s.user_id = u.id "
+                    "WHERE u.name = 'carol' AND s.server_id IS NOT NULL")).scalars().all()
+        finally:
+            engine.dispose()
+        assert {"alice", "bob", "carol"} <= set(users)
+        # JupyterHub keeps a spawner's state as JSON text.
+        assert [json.loads(s)["job_id"] for s in states] == [str(job["job_id"])]
+    finally:
+        hub.stop("carol")

@@ -120,6 +120,7 @@ def running_hub(lab: dict, name: str, users: tuple[str, ...] = (), hub_class: ty
         _stop_servers(h)  # a failed test must not leave jobs to the next module (a shared lab)
         h.hub.stop()
         if os.environ.get("HPCGATE_KEEP_HUB") is None:
+            h.hub.drop_database()
             shutil.rmtree(state, ignore_errors=True)
 
 

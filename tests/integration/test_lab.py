@@ -182,7 +182,8 @@ def test_down_leaves_no_process_namespace_or_mount(tmp_path_factory: pytest.Temp
     lab_dir = Path("/var/tmp") / f"hpcgate-lab-downtest-{uuid.uuid4().hex[:8]}"
     lab = Lab(lab_dir)
     try:
-        info = lab.up(nodes=2)
+        info = lab.up(nodes=2, postgres=True)
+        assert "postgres" in info["pids"]
         namespace = info["nodes"]["c2"]["namespace"]
         out = job_output(info, "carol")  # in that lab's own homes: removed with it
         submit_as(info, "carol", "c2", "#!/bin/bash\necho started\nsleep 600\n", str(out))

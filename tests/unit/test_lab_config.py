@@ -139,3 +139,31 @@ def test_a_lab_keeps_the_subnet_it_moved_to(tmp_path: Path) -> None:
     kept = netns.namespace_for(tmp_path, "c2")
     assert (kept.host_addr, kept.node_addr) == ("10.213.123.1", "10.213.123.2")
     assert (kept.name, kept.host_if) == (derived.name, derived.host_if)  # names stay the dir's
+
+
+def test_a_hub_on_postgresql_gets_its_own_database_named_after_its_state(tmp_path: Path) -> None:
+    from gateway.lab import postgres
+    from gateway.lab.hub import LabHub, database_name, hub_config
+
+    assert database_name(tmp_path / "hub") == database_name(tmp_path / "hub" / ".")
+    assert database_name(tmp_path / "hub") != database_name(tmp_path / "other")
+    assert postgres._NAME.match(database_name(tmp_path / "hub"))
+    info = {"dir": str(tmp_path), "nodes": {"c1": {}}, "users": {"alice": {}},
+            "postgres": postgres.describe(tmp_path)}
+    url = postgres.database_url(info, "hub_x")
+    # No password: root logs in by peer authentication on the lab's socket.
+    assert url == f"postgresql+psycopg2://hpcgate@/hub_x?host={tmp_path}/postgres/run&port=5432"
+    text = hub_config(info, tmp_path, tmp_path / "site.yaml", 1, 2, 3, db_url=url)
+    assert f"c.JupyterHub.db_url = {url!r}" in text
+    assert f'c.JupyterHub.db_url = "sqlite:///{tmp_path}/jupyterhub.sqlite"'.replace('"', "'") in (
+        hub_config(info, tmp_path, tmp_path / "site.yaml", 1, 2, 3))
+    with pytest.raises(ValueError, match="database must be one of"):
+        LabHub(info, tmp_path / "hub", database="mysql")
+
+
+def test_nodes_may_declare_more_cores_than_the_machine_has() -> None:
+    assert "CPUs=16 " in cluster.nodes_conf({}) and "CoresPerSocket=16 " in cluster.nodes_conf({})
+    wide = cluster.nodes_conf({}, cpus=256)
+    assert "CPUs=256 " in wide and "CoresPerSocket=256 " in wide and "CPUs=16 " not in wide
+    with pytest.raises(LabError, match="--node-cpus"):
+        Lab("/nonexistent-lab").up(node_cpus=-1)

@@ -47,3 +47,39 @@ async def test_the_hubs_own_commands_are_looked_up_in_the_policys_path() -> None
         await runner.run(["qstat", "-x"])
     assert err.value.message.startswith(
         "The command `qstat` is not in the scheduler's PATH on the hub host (/nonexistent/pbs/bin)")
+
+
+async def test_commands_run_nicer_than_the_hub_so_a_storm_of_them_cannot_starve_it() -> None:
+    import os
+
+    from schedulers.runners import COMMAND_NICE
+
+    # The command reads its own nice value after a pause: the runner sets it just after the exec.
+    result = await LocalRunner().run(["sh", "-c", "sleep 0.3; nice"])
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + COMMAND_NICE)
+
+
+async def test_with_pidfd_watching_a_command_costs_the_hub_no_thread() -> None:
+    import asyncio
+    import threading
+    import warnings
+
+    from gateway.hub import watch_children_by_pidfd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        before_watcher = asyncio.get_child_watcher()
+    try:
+        assert watch_children_by_pidfd()  # Linux >= 5.3, as on every supported hub host
+        before = set(threading.enumerate())
+        running = asyncio.ensure_future(LocalRunner().run(["sh", "-c", "sleep 0.5; echo done"]))
+        await asyncio.sleep(0.25)  # the command runs: a thread watcher would have a thread now
+        # No thread of its own (others' threads may end meanwhile: compare identities).
+        assert set(threading.enumerate()) <= before
+        result = await running
+        assert (result.returncode, result.stdout) == (0, "done\n")
+    finally:  # other tests run on other loops: give them back the thread watcher
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(before_watcher)
