@@ -316,8 +316,20 @@ def test_walltime_warning_then_a_clean_end_at_the_time_limit(hub: Hub, browser: 
     assert lab.get_by_role("button", name="Relaunch").is_visible()
     shot(lab, "jupyterlab-time-limit")
     page.goto(hub.hub.url + "/hub/home")
+    doc: dict = {}
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        doc = page.evaluate("fetch(jhdata.base_url + 'api/hpcgate/sessions', {headers: "
+                            "{'X-XSRFToken': jhdata.xsrf_token}}).then(r => r.json())")
+        ended = [h for s in doc.get("sessions", []) for h in s.get("history", [])]
+        if any(h["end_kind"] == "time-limit" for h in ended):
+            break
+        page.wait_for_timeout(2000)
+    else:  # say what the hub said instead, and what the server's job printed last
+        tail = job_log(hub.lab, "alice")[-1500:]
+        raise AssertionError(f"no time-limit end in the sessions API: {doc}\njob log: {tail}")
     page.wait_for_selector("#hpcgate-history tbody td:has-text('Reached its time limit.')",
-                           timeout=200_000)
+                           timeout=30_000)
     assert not hub.active_jobs("alice")
     # It was the launcher that ended it, on the scheduler's signal, not the scheduler's kill.
     text = job_log(hub.lab, "alice")

@@ -20,7 +20,11 @@ def test_postgres_runs_as_its_own_account_on_a_private_socket_and_no_tcp_port(la
     pid = lab["pids"]["postgres"]
     assert Path(f"/proc/{pid}").stat().st_uid == postgres._owner_ids()[0]  # not root
     sockets = Path(pg["socket_dir"])
-    assert sockets.stat().st_mode & 0o777 == 0o700 and (sockets / f".s.PGSQL.{pg['port']}").exists()
+    # Entered by its owner and, through its group, the hub's account (hpcgate-hub) only.
+    from gateway.lab.accounts import ensure_hub_account
+
+    assert sockets.stat().st_mode & 0o777 == 0o710 and (sockets / f".s.PGSQL.{pg['port']}").exists()
+    assert sockets.stat().st_gid == ensure_hub_account()[1]
     # No TCP listener of the postmaster or its children: ss names every listener's process.
     listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     assert f"pid={pid}," not in listeners and '"postgres"' not in listeners
