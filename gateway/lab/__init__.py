@@ -166,7 +166,15 @@ class Lab:
         if not (tls_dir / "server.crt").exists():
             make_ca_and_server_cert(tls_dir, ["localhost"], ["127.0.0.1"])
 
-        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces)
+        # Memory is enforced where the host allows it (task/cgroup); running daemons keep the
+        # setting they started with, so the file matches them.
+        if "slurmd-c1" in pids:
+            memory_enforced = bool(old.get("slurm", {}).get("memory_enforced"))
+        else:
+            memory_enforced = (os.environ.get("HPCGATE_LAB_MEMORY_CGROUP", "1") != "0"
+                               and cluster.memory_cgroup_usable())
+        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces,
+                              memory_enforced)
         cluster.ensure_munge_dir_modes(self.dir)
         if "munged" not in pids:
             pids["munged"] = cluster.start_munged(self.dir)
@@ -197,6 +205,7 @@ class Lab:
 
         info = self._describe(nodes, ports, pids, namespaces, listen, lab_users)
         info["extra_users"] = len(extra)
+        info["slurm"]["memory_enforced"] = memory_enforced
         self._save(info)
         return info
 

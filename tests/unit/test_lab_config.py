@@ -139,3 +139,14 @@ def test_a_lab_keeps_the_subnet_it_moved_to(tmp_path: Path) -> None:
     kept = netns.namespace_for(tmp_path, "c2")
     assert (kept.host_addr, kept.node_addr) == ("10.213.123.1", "10.213.123.2")
     assert (kept.name, kept.host_if) == (derived.name, derived.host_if)  # names stay the dir's
+
+
+def test_memory_is_enforced_by_cgroup_only_where_asked(tmp_path: Path) -> None:
+    assert "TaskPlugin=task/none" in cluster.slurm_conf(Path("/x"), 1, 2)
+    assert "TaskPlugin=task/cgroup" in cluster.slurm_conf(Path("/x"), 1, 2, memory_enforced=True)
+    assert "ConstrainRAMSpace=yes" in cluster.cgroup_conf()
+    assert "ConstrainCores=no" in cluster.cgroup_conf()  # 16 cores declared on 2 real ones
+    # No cgroup v1 memory controller there: the lab runs without enforcement.
+    assert not cluster.memory_cgroup_usable(tmp_path)
+    (tmp_path / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cluster.memory_cgroup_usable(tmp_path)
