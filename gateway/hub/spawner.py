@@ -421,8 +421,8 @@ class BatchSpawner(Spawner):
         if res.returncode != 0:
             workdir = path.rsplit("/.hpcgate/", 1)[0]
             raise SpawnException(
-                f"Your server's files could not be prepared in your working directory {workdir}.",
-                reason="launch-file", log_message=f"writing {path} as {user}: {res.stderr.strip()}")
+                launch_file_refusal(workdir, res.stderr), reason="launch-file",
+                log_message=f"writing {path} as {user}: {res.stderr.strip()}")
 
     async def _follow(self, watcher: Any, runner: Any, user: str, log_file: str) -> tuple[str, int]:
         """Wait for the launcher's report, then for the route to it (login-node: the hub's
@@ -648,6 +648,19 @@ def _unix_groups(user: str) -> list[str]:
     except KeyError:
         return []
     return [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, entry.pw_gid)]
+
+
+# How a full disk or an exhausted quota shows in the writer's traceback (ENOSPC, EDQUOT).
+_FULL = re.compile(r"No space left on device|Disk quota exceeded|Errno (28|122)\b")
+
+
+def launch_file_refusal(workdir: str, stderr: str) -> str:
+    """The user's sentence for a launch file that could not be written in `workdir`."""
+    if _FULL.search(stderr):
+        return (f"Your working directory {workdir} is full (no space left, or your quota is "
+                "used up), so your server's files could not be written there. Free some space "
+                "there, then start your server again.")
+    return f"Your server's files could not be prepared in your working directory {workdir}."
 
 
 def _host_of(url: str) -> str:
