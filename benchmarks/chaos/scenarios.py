@@ -567,6 +567,228 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
         ch.request("DELETE", f"/user/{user}/{name}/api/kernels/{kernel}", ch.token(user))
 
 
+# -- 7. the directory stopped --------------------------------------------------------------------------
+
+DIRECTORY_FAILOVER_LIMIT = 2.0
+# The authenticator tells logins "unavailable" at once for all_down_retry_interval (5 s) after
+# every server failed, then tries again: a directory back is used within that, plus a login.
+DIRECTORY_RETURN_LIMIT = 7.0
+
+
+def _sentence(page: str) -> str:
+    """The login page's error sentence."""
+    import html
+
+    found = re.search(r'class="login_error"[^>]*>\s*([^<]*?)\s*<', page)
+    return html.unescape(found.group(1)) if found else ""
+
+
+def directory_down(ch: Chaos, trial: Trial, rng: random.Random, directory_down: float = 10.0,
+                   **_: Any) -> None:
+    """The lab's slapd (the primary) stopped: logins go through the replica in under 2 s. Then
+    the replica stopped too: logins get 503 with a sentence, never a 500, and the running
+    servers and browser sessions keep working. One directory started again (either): logins work
+    again within 7 s of it answering."""
+    from auth.authenticator import UNAVAILABLE
+
+    users = ("alice", "bob", "carol")
+    first_back = rng.choice(("replica", "primary"))
+    down = directory_down * rng.uniform(0.5, 1.5)
+    trial.timing = f"both down {down:.0f} s, {first_back} back first"
+    try:
+        ch.stop_daemon("slapd")
+        status, took, page = ch.login("alice", ch.password("alice"))
+        if status != 302:
+            trial.fail(f"with the primary stopped, alice's login answered {status}: "
+                       f"{_sentence(page) or page[:200]}")
+        elif took > DIRECTORY_FAILOVER_LIMIT:
+            trial.fail(f"with the primary stopped, a login took {took:.2f} s")
+        trial.notes.append(f"login through the replica {took:.2f} s")
+        session = ch.request("GET", "/hub/api/", timeout=10)[0]
+        ch.replica.stop()
+        t0 = time.monotonic()
+        told = set()
+        while time.monotonic() - t0 < down:
+            user = rng.choice(users)
+            status, took, page = ch.login(user, ch.password(user))
+            said = _sentence(page)
+            if status == 503 and said == UNAVAILABLE:
+                told.add(said)
+            elif status >= 500 or status == 0:
+                trial.http_5xx += 1
+                trial.fail(f"with no directory, {user}'s login answered {status}: {said or page[:200]}")
+            else:
+                trial.fail(f"with no directory, {user}'s login answered {status}: {said or page[:200]}")
+            _check_steady(ch, trial, f"{time.monotonic() - t0:.0f} s into the directory outage")
+            status = ch.request("GET", "/hub/api/", timeout=10)[0]
+            if status != session:
+                trial.fail(f"the hub API answered {status} during the directory outage")
+            time.sleep(rng.uniform(0.5, 2.0))
+        if not told:
+            trial.fail("no login was told that the directory is unavailable")
+        # One directory comes back; logins work again soon after it answers.
+        if first_back == "replica":
+            ch.replica.start()
+        else:
+            ch.lab_up()
+        back = time.monotonic()
+        worked = _wait(lambda: ch.login("bob", ch.password("bob"))[0] == 302, 60, step=0.5)
+        if not worked:
+            trial.fail(f"logins still fail 60 s after the {first_back} came back")
+            return
+        trial.detection = time.monotonic() - back
+        if trial.detection > DIRECTORY_RETURN_LIMIT:
+            trial.fail(f"logins worked again {trial.detection:.1f} s after the {first_back} returned")
+        status, _, page = ch.login("carol", "not her password")
+        if status != 403:
+            trial.fail(f"a wrong password after the return answered {status}: {_sentence(page)}")
+        _check_steady(ch, trial, "after the directory returned")
+    finally:
+        if not ch.replica.running():
+            ch.replica.start()
+        if ch.pid("slapd") is None:
+            ch.lab_up()
+
+
+# -- 8. the job over its memory ------------------------------------------------------------------------
+
+
+def _told(ch: Chaos, user: str, job_id: int) -> str | None:
+    """What the user's own sessions API says of how that job's session ended."""
+    status, text = ch.request("GET", "/hub/api/hpcgate/sessions", ch.token(user), timeout=30)
+    if status != 200:
+        return None
+
+    def find(node: Any) -> str | None:
+        if isinstance(node, dict):
+            if str(node.get("job_id")) == str(job_id) and node.get("end_text"):
+                return str(node["end_text"])
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                if (found := find(item)) is not None:
+                    return found
+        return None
+
+    return find(json.loads(text))
+
+
+def out_of_memory(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """A server asked for 512 MB; the user opens a file of 300-450 MB through JupyterLab's
+    contents API, which reads it whole into the server's memory: the kernel's OOM killer (the
+    lab's task/cgroup memory limit) kills the server, Slurm records OUT_OF_MEMORY, the hub ends
+    the server "ran out of memory" within a tick and the user's sessions say so; no orphan job."""
+    if not ch.info["slurm"].get("memory_enforced"):
+        raise RuntimeError("this lab's Slurm does not enforce memory (no writable cgroup v1 memory "
+                           "controller, or started without it): nothing can exceed its memory")
+    user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
+    name = f"m{trial.number}-{ch.run_tag}"
+    size = rng.randrange(300, 450) * 1024 * 1024
+    trial.timing = f"{user} on {partition}, a {size >> 20} MB file"
+    big = Path(ch.info["users"][user]["workdir"]) / f"chaos-big-{name}.bin"
+    offset = ch.log_size()
+    try:
+        ch.spawn(user, name, {"partition": partition, "walltime": "0:10:00", "memory": "512M"})
+        if not ch.wait_ready(user, name, timeout=120):
+            raise RuntimeError(f"{user}/{name} did not start")
+        job = ch.server_job(user, name)
+        if job is None:
+            raise RuntimeError(f"no job for {user}/{name}")
+        with open(big, "wb") as f:  # sparse: no disk used; read back as zeros all the same
+            f.truncate(size)
+        about = ch.info["users"][user]
+        os.chown(big, about["uid"], about["gid"])
+        # The request the OOM kill interrupts answers whatever the proxy says of a dead upstream:
+        # that is the fault itself, not counted.
+        opener = threading.Thread(target=ch.request, daemon=True, args=(
+            "GET", f"/user/{user}/{name}/api/contents/{big.name}?content=1&format=base64&type=file",
+            ch.token(user)), kwargs={"timeout": 120})
+        opener.start()
+        record = _wait(lambda: _jobcomp(ch, job["job_id"]), 120, step=0.2)
+        if not record:
+            trial.fail(f"job {job['job_id']} did not end within 2 minutes of opening the file")
+            return
+        trial.notes.append(f"Slurm: {record.get('JobState')}")
+        if record.get("JobState") != "OUT_OF_MEMORY":
+            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}")
+        ended = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
+        _end_noticed(ch, trial, user, name, job["job_id"], offset, ended, r"out of memory")
+        said = _told(ch, user, job["job_id"])
+        if not said or not re.search(r"out of memory", said, re.I):
+            trial.fail(f"the user's sessions do not say the job ran out of memory: {said!r}")
+        opener.join(30)
+    finally:
+        big.unlink(missing_ok=True)
+        gone, errors = ch.remove(user, name)
+        trial.http_5xx += errors
+        if not gone:
+            trial.fail(f"{user}/{name} could not be removed")
+        leftover = ch.server_job(user, name)
+        if ch.active(leftover):
+            trial.orphan_jobs += 1
+            trial.fail(f"job {leftover['job_id']} still {leftover['job_state']} after the trial")
+            ch.cancel(str(leftover["job_id"]))
+
+
+# -- 9. the home full at spawn ---------------------------------------------------------------------------
+
+
+def home_full(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """carol's working directory (the lab's DIR/home/carol) becomes a small tmpfs, filled up (a
+    quota used up): her spawn is refused with a sentence that says her home is full, never a
+    500; no job, no tunnel key line, no launch file left. The tmpfs is unmounted afterwards."""
+    user = "carol"
+    about = ch.info["users"][user]
+    home = Path(about["workdir"])
+    name = f"f{trial.number}-{ch.run_tag}"
+    size_kb = rng.choice((64, 256, 1024))
+    trial.timing = f"a {size_kb} KiB home"
+    first = max((j["job_id"] for j in ch.jobs()), default=0)
+    subprocess.run(["mount", "-t", "tmpfs", "-o",
+                    f"size={size_kb}k,mode=0700,uid={about['uid']},gid={about['gid']}",
+                    f"chaos-home-{ch.run_tag}", str(home)], check=True, timeout=30)
+    try:
+        with contextlib.suppress(OSError), open(home / "filler", "wb") as f:  # until ENOSPC
+            while True:
+                f.write(b"\0" * 65536)
+        status, body = ch.api("POST", f"/users/{user}/servers/{name}",
+                              {"partition": "debug", "walltime": "0:10:00"}, timeout=60)
+        said = body.get("message", "") if isinstance(body, dict) else str(body)
+        trial.notes.append(f"{status}: {said[:90]}")
+        if status >= 500 or status == 0:
+            trial.http_5xx += status >= 500
+            trial.fail(f"the spawn answered {status}: {said[:200]}")
+        elif status in (201, 202):
+            # Accepted: the failure then comes as the spawn's end; wait for it.
+            _wait(lambda: ch.server(user, name) is None, 30)
+            trial.notes.append("accepted, then failed")
+        if status < 500 and "is full" not in said:
+            trial.fail(f"the user was not told the home is full: {said[:200]}")
+        model = ch.server(user, name)
+        if model is not None and (model.get("ready") or model.get("pending")):
+            trial.wrong_states += 1
+            trial.fail(f"{user}/{name} is {model.get('pending') or 'ready'} with a full home")
+        jobs = [j for j in ch.jobs() if j["job_id"] > first and j["name"] == ch.job_name(user, name)]
+        if jobs:
+            trial.orphan_jobs += len(jobs)
+            trial.fail(f"jobs submitted with a full home: {[j['job_id'] for j in jobs]}")
+            ch.cancel(*[str(j["job_id"]) for j in jobs])
+        if ch.key_lines(user, name):
+            trial.fail(f"the tunnel key line of {user}/{name} was left in authorized_keys")
+        left = [str(p.relative_to(home)) for p in home.rglob("*launch*")]
+        if left:
+            trial.fail(f"launch files left in the full home: {left}")
+    finally:
+        ch.remove(user, name)
+        for _ in range(20):  # a process still in the directory makes umount busy for a moment
+            if subprocess.run(["umount", str(home)], capture_output=True, timeout=30).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "-l", str(home)], check=False, timeout=30)
+            trial.fail(f"{home} was busy: unmounted lazily")
+
+
 # -- the runner ---------------------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., None]] = {
@@ -576,8 +798,11 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "walltime": walltime,
     "node_lost": node_lost,
     "tunnel_restart": tunnel_restart,
+    "directory_down": directory_down,
+    "out_of_memory": out_of_memory,
+    "home_full": home_full,
 }
-NEEDS_STEADY = {"proxy_kill", "ctld_down", "tunnel_restart"}
+NEEDS_STEADY = {"proxy_kill", "ctld_down", "tunnel_restart", "directory_down"}
 
 
 def run_scenarios(ch: Chaos, plan: list[tuple[str, int]], rng: random.Random,
