@@ -237,3 +237,65 @@ def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> N
     assert "No orphan jobs" in listed.stdout
     hub.stop("alice")
     hub.stop("bob")
+
+
+def _saved_state(hub: Hub, user: str) -> dict:
+    """The default server's state as the hub saved it in its database."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{hub.hub.dir / 'jupyterhub.sqlite'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT spawners.state FROM spawners JOIN users ON users.id = "
+                         "spawners.user_id WHERE users.name = ? AND spawners.name = ''",
+                         (user,)).fetchone()
+    finally:
+        db.close()
+    return json.loads(row[0] or "{}") if row else {}
+
+
+def _sbatch_of(user: str) -> int | None:
+    """The pid of a `sudo -u USER ... sbatch --parsable` running now (the hub's submit)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"sbatch" in argv and b"--parsable" in argv and user.encode() in argv:
+            return int(entry)
+    return None
+
+
+def test_hub_killed_between_sbatch_and_saving_the_job_id_keeps_the_server(hub: Hub) -> None:
+    """The hub frozen (SIGSTOP) while its sbatch runs, so that the job exists and the hub never
+    saved its id, then SIGKILLed: the new hub finds the job and the server runs in it."""
+    import signal
+
+    thread = threading.Thread(target=hub.spawn, args=("carol", {"partition": "debug",
+                                                                 "walltime": "0:20:00"}),
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while _sbatch_of("carol") is None:
+        assert time.monotonic() < deadline, "the hub never ran sbatch"
+    os.kill(hub.hub.proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while not hub.active_jobs("carol"):
+            assert time.monotonic() < deadline, "sbatch made no job"
+            time.sleep(0.05)
+        [job] = hub.active_jobs("carol")
+        # The window: the job exists, the hub's saved state does not name it.
+        assert not _saved_state(hub, "carol").get("job_id")
+    finally:
+        hub.hub.kill()  # SIGKILL ends a stopped process too
+    hub.hub.start()
+    server = hub.wait_ready("carol", timeout=120)
+    assert server["state"]["job_id"] == str(job["job_id"])
+    assert hub.get("/user/carol/api")[0] == 200
+    assert [j["job_id"] for j in hub.active_jobs("carol")] == [job["job_id"]]
+    listed = orphans(hub)
+    assert "No orphan jobs" in listed.stdout, listed.stdout + listed.stderr
+    hub.stop("carol")
