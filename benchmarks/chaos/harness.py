@@ -32,10 +32,14 @@ HUB_USERS = (*USERS, "carol")
 # How often the hub checks that its proxy runs (configurable-http-proxy's check_running_interval):
 # a killed proxy must be back, with its routes, within about this long.
 PROXY_CHECK_INTERVAL = 5
+AUTH_REFRESH_AGE = 5
 EXTRA_CONFIG = (
     "c.JupyterHub.allow_named_servers = True\n"
     f"c.ConfigurableHTTPProxy.check_running_interval = {PROXY_CHECK_INTERVAL}\n"
     f"c.JupyterHub.last_activity_interval = {PROXY_CHECK_INTERVAL}\n"
+    # Logged-in users are re-read from the directory this often: a directory outage must not
+    # end their sessions (the authenticator keeps them while it cannot ask).
+    f"c.Authenticator.auth_refresh_age = {AUTH_REFRESH_AGE}\n"
 )
 # Reverse tunnels from both nodes (debug runs on c1, long on c2); each user may run a few servers.
 POLICY = with_changes(PINNED_NODES, {"connection": {"mode": "reverse"},
@@ -88,6 +92,8 @@ class Chaos:
             self.replica.stop()
             raise
         self._tokens: dict[str, str] = {}
+        # Each user's last logged-in browser session (its cookies), from login().
+        self.sessions: dict[str, urllib.request.OpenerDirector] = {}
         # In every server name of this run: jobs and key lines of earlier runs (finished jobs stay
         # in squeue for MinJobAge) are never taken for this run's.
         self.run_tag = os.urandom(2).hex()
@@ -184,9 +190,24 @@ class Chaos:
                              timeout=timeout) as resp:
                 return resp.status, time.monotonic() - t0, resp.read().decode(errors="replace")
         except urllib.error.HTTPError as err:
+            if err.code == 302:
+                self.sessions[user] = opener
             return err.code, time.monotonic() - t0, err.read().decode(errors="replace")
         except OSError as err:
             return 0, time.monotonic() - t0, str(err)
+
+    def browse(self, user: str, path: str, timeout: float = 30) -> int:
+        """GET `path` in `user`'s logged-in browser session: the status (a redirect to the
+        login page is 0: the session is gone)."""
+        if user not in self.sessions:
+            return 0
+        try:
+            with self.sessions[user].open(f"{self.hub.url}{path}", timeout=timeout) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return 0 if "/hub/login" in (err.headers.get("Location") or "") else err.code
+        except OSError:
+            return 0
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
         status, text = self.request(method, f"/hub/api{path}", body=body, timeout=timeout)

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos.harness import PROXY_CHECK_INTERVAL, Chaos, Trial
+from benchmarks.chaos.harness import AUTH_REFRESH_AGE, PROXY_CHECK_INTERVAL, Chaos, Trial
 from gateway.lab.procs import tcp_open
 
 # "reported": after the launchers reported their address, before the servers answer (the hub
@@ -600,6 +600,8 @@ def directory_down(ch: Chaos, trial: Trial, rng: random.Random, directory_down: 
             trial.fail(f"with the primary stopped, a login took {took:.2f} s")
         trial.notes.append(f"login through the replica {took:.2f} s")
         session = ch.request("GET", "/hub/api/", timeout=10)[0]
+        # Past auth_refresh_age the hub re-reads alice from the directory at her next request.
+        time.sleep(AUTH_REFRESH_AGE + 0.5)
         ch.replica.stop()
         t0 = time.monotonic()
         told = set()
@@ -618,6 +620,11 @@ def directory_down(ch: Chaos, trial: Trial, rng: random.Random, directory_down: 
             status = ch.request("GET", "/hub/api/", timeout=10)[0]
             if status != session:
                 trial.fail(f"the hub API answered {status} during the directory outage")
+            status = ch.browse("alice", "/hub/home")
+            if status != 200:
+                trial.http_5xx += status >= 500
+                trial.fail(f"alice's logged-in session got {status or 'the login page'} for "
+                           "/hub/home during the directory outage")
             time.sleep(rng.uniform(0.5, 2.0))
         if not told:
             trial.fail("no login was told that the directory is unavailable")
