@@ -253,8 +253,17 @@ def _saved_state(hub: Hub, user: str) -> dict:
     return json.loads(row[0] or "{}") if row else {}
 
 
-def _sbatch_of(user: str) -> int | None:
-    """The pid of a `sudo -u USER ... sbatch --parsable` running now (the hub's submit)."""
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _sbatch_sudo(hub_pid: int) -> int | None:
+    """The hub's `sudo -u USER ... sbatch --parsable` once sudo has started sbatch (as its
+    child): the sudo's pid. Only the hub's: other labs on the machine submit as the same users."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -263,14 +272,17 @@ def _sbatch_of(user: str) -> int | None:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"sbatch" in argv and b"--parsable" in argv and user.encode() in argv:
-            return int(entry)
+        if argv[:2] == [b"sbatch", b"--parsable"]:
+            sudo = _parent(int(entry))
+            if sudo and _parent(sudo) == hub_pid:
+                return sudo
     return None
 
 
 def test_hub_killed_between_sbatch_and_saving_the_job_id_keeps_the_server(hub: Hub) -> None:
-    """The hub frozen (SIGSTOP) while its sbatch runs, so that the job exists and the hub never
-    saved its id, then SIGKILLed: the new hub finds the job and the server runs in it."""
+    """The hub's sudo around sbatch frozen (SIGSTOP) once sbatch runs, so that the job is made
+    but the hub never learns its id, then the hub SIGKILLed: the new hub finds the job and the
+    server runs in it."""
     import signal
 
     thread = threading.Thread(target=hub.spawn, args=("carol", {"partition": "debug",
@@ -278,19 +290,22 @@ def test_hub_killed_between_sbatch_and_saving_the_job_id_keeps_the_server(hub: H
                               daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while _sbatch_of("carol") is None:
+    while (sudo := _sbatch_sudo(hub.hub.proc.pid)) is None:
         assert time.monotonic() < deadline, "the hub never ran sbatch"
-    os.kill(hub.hub.proc.pid, signal.SIGSTOP)
+    # sbatch reads its script from the hub and prints the id into the hub's pipe, which stays
+    # open while sudo (stopped) holds it: the hub waits, with the job made.
+    os.kill(sudo, signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 30
-        while not hub.active_jobs("carol"):
+        while not [j for j in hub.active_jobs("carol") if j["name"] == "hpcgate-carol"]:
             assert time.monotonic() < deadline, "sbatch made no job"
             time.sleep(0.05)
         [job] = hub.active_jobs("carol")
         # The window: the job exists, the hub's saved state does not name it.
         assert not _saved_state(hub, "carol").get("job_id")
     finally:
-        hub.hub.kill()  # SIGKILL ends a stopped process too
+        hub.hub.kill()
+        os.kill(sudo, signal.SIGKILL)
     hub.hub.start()
     server = hub.wait_ready("carol", timeout=120)
     assert server["state"]["job_id"] == str(job["job_id"])
