@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos.harness import AUTH_REFRESH_AGE, PROXY_CHECK_INTERVAL, Chaos, Trial
-from gateway.lab.procs import tcp_open
+from gateway.lab.procs import pid_alive, tcp_open
 
 # "reported": after the launchers reported their address, before the servers answer (the hub
 # used to forget that address: a new hub then waited start_timeout for a report never repeated).
@@ -239,23 +239,44 @@ def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running
 # -- 2. the proxy SIGKILLed ---------------------------------------------------------------------------
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def proxy_kill(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
-    """configurable-http-proxy SIGKILLed: every route back within the hub's check interval (plus
-    the proxy's own start), and requests after that get no 5xx."""
+    """The proxy SIGKILLed: its main process alone (`kill -9` of the pid file's process; nginx's
+    workers then keep serving the old routes) or with its children (the proxy gone as a whole).
+    The hub's check starts it again: every route back, served by a new proxy, within the check
+    interval plus the proxy's own start; requests after that get no 5xx."""
     for user, _, _ in STEADY:
         ch.token(user)
     delay = rng.uniform(0.0, PROXY_CHECK_INTERVAL)
-    trial.timing = f"+{delay:.1f} s"
+    whole = rng.random() < 0.5
+    trial.timing = f"+{delay:.1f} s, {'with its children' if whole else 'the main process'}"
     time.sleep(delay)
     pid = ch.hub.proxy_pid()
     if pid is None:
         raise RuntimeError("no proxy pid file")
-    os.kill(pid, signal.SIGKILL)
+    victims = [pid, *(_children(pid) if whole else [])]
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
-    back = _wait(lambda: all(ch.reach(u, s, timeout=2) == 200 for u, s, _ in STEADY), 60, step=0.1)
-    if not back:
+    if whole and not _wait(lambda: all(ch.reach(u, s, timeout=2) != 200 for u, s, _ in STEADY),
+                           5, step=0.05):
+        trial.fail("the servers still answered 5 s after the proxy was killed")
+
+    def back() -> bool:
+        new = ch.hub.proxy_pid()
+        return (new is not None and new != pid and pid_alive(new)
+                and all(ch.reach(u, s, timeout=2) == 200 for u, s, _ in STEADY))
+
+    if not _wait(back, 60, step=0.1):
         trial.lost_servers += len(STEADY)
-        trial.fail("the routes were not back within 60 s")
+        trial.fail("no new proxy serving every route within 60 s")
         return
     trial.detection = time.monotonic() - t0
     limit = PROXY_CHECK_INTERVAL + PROXY_START_ALLOWANCE
