@@ -401,8 +401,9 @@ def _end_noticed(ch: Chaos, trial: Trial, user: str, name: str, job_id: int, off
 
 
 def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
-    """A server asked for 1 minute ends when Slurm stops it, with the reason in words, within one
-    watcher tick of the end Slurm records (jobcomp: JobState=TIMEOUT, EndTime)."""
+    """A server asked for 1 minute ends at its walltime (the launcher ends it at the end signal,
+    or Slurm does), with the reason in words in the hub's log and the user's sessions, within one
+    watcher tick of the end Slurm records (jobcomp: JobState, EndTime)."""
     user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
     name = f"w{trial.number}-{ch.run_tag}"
     trial.timing = f"{user} on {partition}"
@@ -418,10 +419,16 @@ def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
         if not record:
             trial.fail(f"Slurm recorded no end of job {job['job_id']} within 3 minutes")
             return
-        if record.get("JobState") != "TIMEOUT":
-            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}, not TIMEOUT")
+        # The launcher ends the job itself at the end signal (JupyterLab's tabs told first):
+        # Slurm records COMPLETED; TIMEOUT when Slurm had to end it.
+        trial.notes.append(f"Slurm: {record.get('JobState')}")
+        if record.get("JobState") not in ("TIMEOUT", "COMPLETED"):
+            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}")
         ended = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
         _end_noticed(ch, trial, user, name, job["job_id"], offset, ended, r"walltime|time limit")
+        said = _told(ch, user, job["job_id"])
+        if not said or not re.search(r"walltime|time limit", said, re.I):
+            trial.fail(f"the user's sessions do not say the time limit was reached: {said!r}")
     finally:
         gone, errors = ch.remove(user, name)
         trial.http_5xx += errors

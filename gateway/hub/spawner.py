@@ -413,8 +413,11 @@ class BatchSpawner(Spawner):
         status = await watcher.wait_for(job_id, lambda s: s.is_final, None)
         if self.job_id != job_id or getattr(self, "_stop_pending", False):
             return  # stopped through the hub meanwhile: stop() says so
-        self.log.warning("The job %s of %s ended: %s", job_id, self._log_name,
-                         self._describe(status))
+        # The launcher's word first: at the walltime it ends the job itself, which Slurm then
+        # records COMPLETED ("finished" would mislead whoever reads this line).
+        words = (sessions.how_it_ended(status, False, self.ending)[1] if self.ending
+                 else self._describe(status))
+        self.log.warning("The job %s of %s ended: %s", job_id, self._log_name, words)
         # JupyterHub's periodic poll is running once the server is up (its callbacks mark the
         # server stopped); before that, the next poll reads the same final state.
         if getattr(self, "_poll_callback", None) is not None:
