@@ -13,7 +13,8 @@ randomly chosen timing (the seed is printed; the same seed gives the same timing
   (their address known, not yet answering) or running, then a
   new hub made on the same state directory (as `hpcgate demo` started again); 20 trials unless
   `--trials-of hub_kill=N`;
-- proxy_kill: configurable-http-proxy SIGKILLed; the hub's check brings it back with its routes;
+- proxy_kill: the proxy (nginx or configurable-http-proxy) SIGKILLed, its main process alone or
+  with its workers; the hub's check brings a new one back with every route;
 - ctld_down: slurmctld stopped for `--ctld-down` seconds, then started again;
 - walltime: a server that reaches its walltime ends with the reason in words;
 - node_lost: c2's slurmd killed and the node marked down under a running server;
