@@ -17,6 +17,8 @@ from benchmarks.chaos.scenarios import MOMENTS, SCENARIOS, run_scenarios
 from gateway.lab import Lab
 
 DEFAULT_DIR = "/var/tmp/hpcgate-lab-chaos"
+# The issue asks for 20 hub kills (spread over the moments); --trials-of hub_kill=N changes it.
+DEFAULT_TRIALS_OF = {"hub_kill": 20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the lab's directory; a lab already running there is reused and "
                              "left running")
     parser.add_argument("--trials", type=int, default=4, help="trials per scenario (hub_kill: "
-                        "spread over its five moments)")
+                        f"{DEFAULT_TRIALS_OF['hub_kill']} unless --trials-of says, spread over its "
+                        "five moments)")
     parser.add_argument("--trials-of", action="append", default=[], metavar="SCENARIO=N",
                         help="another number of trials for one scenario (repeatable), e.g. "
                              "walltime=2: each of its trials waits a minute for the walltime")
     parser.add_argument("--seed", type=int, default=None, help="for the random timings")
     parser.add_argument("--ctld-down", type=float, default=60.0,
                         help="seconds slurmctld stays stopped (about; drawn from 80-120%%)")
+    parser.add_argument("--directory-down", type=float, default=10.0,
+                        help="seconds every directory stays stopped (about; drawn from 50-150%%)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, in this order: {','.join(SCENARIOS)}")
     parser.add_argument("--moments", default="",
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
-    counts = dict.fromkeys(names, args.trials)
+    counts = {name: DEFAULT_TRIALS_OF.get(name, args.trials) for name in names}
     for item in args.trials_of:
         scenario, _, n = item.partition("=")
         if scenario not in SCENARIOS or not n.isdigit():
@@ -54,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(moments) - set(MOMENTS):
         parser.error(f"unknown moments: {', '.join(sorted(set(moments) - set(MOMENTS)))}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
-    print(f"seed={seed} trials={args.trials} ctld_down={args.ctld_down:g} "
-          f"scenarios={','.join(names)} {' '.join(args.trials_of)}".rstrip(), flush=True)
+    print(f"seed={seed} trials={','.join(f'{n}={counts[n]}' for n in names)} "
+          f"ctld_down={args.ctld_down:g}", flush=True)
 
     lab = Lab(args.lab_dir)
     was_up = lab.status()["ok"]
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chaos.start()
         trials = run_scenarios(chaos, [(s, counts[s]) for s in names if counts.get(s)], random.Random(seed),
-                               {"ctld_down": args.ctld_down, "moments": moments},
+                               {"ctld_down": args.ctld_down, "directory_down": args.directory_down,
+                                "moments": moments},
                                say=lambda text: print(text, flush=True))
     finally:
         chaos.stop()
@@ -77,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(state, ignore_errors=True)
     print()
-    print("not run: the primary directory stopped (issue #16; tests/integration/"
-          "test_ldap_replicas.py covers failover on private slapd copies), the job out of "
-          "memory, the home full at spawn")
     print(table(trials))
     print(last_line(trials), flush=True)
     return 0 if trials and all(t.passed for t in trials) else 1

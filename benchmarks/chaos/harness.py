@@ -4,6 +4,7 @@ records."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import signal
@@ -12,24 +13,33 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.lab import Lab
-from gateway.lab.hub import LabHub
+from gateway.lab.hub import LabHub, directory_identity
 from gateway.lab.procs import pid_alive
+from gateway.lab.replica import DirectoryCopy, start_directory_copy
 from gateway.lab.site import PINNED_NODES, with_changes
 
 USERS = ("alice", "bob")
+# carol's servers are the home_full scenario's (her home gets a small tmpfs): alice's and bob's
+# steady servers never see it.
+HUB_USERS = (*USERS, "carol")
 # How often the hub checks that its proxy runs (configurable-http-proxy's check_running_interval):
 # a killed proxy must be back, with its routes, within about this long.
 PROXY_CHECK_INTERVAL = 5
+AUTH_REFRESH_AGE = 5
 EXTRA_CONFIG = (
     "c.JupyterHub.allow_named_servers = True\n"
     f"c.ConfigurableHTTPProxy.check_running_interval = {PROXY_CHECK_INTERVAL}\n"
     f"c.JupyterHub.last_activity_interval = {PROXY_CHECK_INTERVAL}\n"
+    # Logged-in users are re-read from the directory this often: a directory outage must not
+    # end their sessions (the authenticator keeps them while it cannot ask).
+    f"c.Authenticator.auth_refresh_age = {AUTH_REFRESH_AGE}\n"
 )
 # Reverse tunnels from both nodes (debug runs on c1, long on c2); each user may run a few servers.
 POLICY = with_changes(PINNED_NODES, {"connection": {"mode": "reverse"},
@@ -72,8 +82,18 @@ class Chaos:
         self.lab, self.info, self.state = lab, info, Path(state_dir)
         self.env = {**os.environ, **info["slurm"]["env"]}
         self.say = say
-        self.hub = self._new_hub()
+        self.state.mkdir(parents=True, exist_ok=True)
+        # Logins go to the lab's slapd first, then to this replica (a copy on ports of its own):
+        # the directory scenario stops one, then both.
+        self.replica: DirectoryCopy = start_directory_copy(info, self.state / "replica")
+        try:
+            self.hub = self._new_hub()
+        except BaseException:
+            self.replica.stop()
+            raise
         self._tokens: dict[str, str] = {}
+        # Each user's last logged-in browser session (its cookies), from login().
+        self.sessions: dict[str, urllib.request.OpenerDirector] = {}
         # In every server name of this run: jobs and key lines of earlier runs (finished jobs stay
         # in squeue for MinJobAge) are never taken for this run's.
         self.run_tag = os.urandom(2).hex()
@@ -83,11 +103,18 @@ class Chaos:
     # -- the hub ------------------------------------------------------------------------------------
 
     def _new_hub(self) -> LabHub:
-        return LabHub(self.info, self.state, extra_config=EXTRA_CONFIG, policy=POLICY)
+        servers = [self.info["ldap"]["uri"], self.replica.uri]
+        return LabHub(self.info, self.state, policy=POLICY, ldap_login=True,
+                      extra_config=EXTRA_CONFIG + f"c.LDAPAuthenticator.server_urls = {servers!r}\n")
 
     def start(self) -> None:
         self.hub.start(timeout=120)
-        self.hub.add_users(USERS)
+        self.hub.add_users(HUB_USERS)
+        for user in HUB_USERS:  # what their first login would write (servers start by the API)
+            status, body = self.api("PATCH", f"/users/{user}",
+                                    {"auth_state": directory_identity(self.info, user)})
+            if status != 200:
+                raise RuntimeError(f"the hub refused {user}'s auth_state: {status} {body}")
 
     def kill_hub(self) -> None:
         self.hub.kill()
@@ -100,8 +127,12 @@ class Chaos:
         return time.monotonic() - t0
 
     def stop(self) -> None:
-        """Hub and proxy (never the jobs: the scenarios stop their servers themselves)."""
-        self.hub.stop()
+        """Hub, proxy and the replica directory (never the jobs: the scenarios stop their
+        servers themselves)."""
+        try:
+            self.hub.stop()
+        finally:
+            self.replica.stop()
 
     def log_size(self) -> int:
         try:
@@ -130,6 +161,53 @@ class Chaos:
             return err.code, err.read().decode(errors="replace")
         except OSError as err:
             return 0, str(err)
+
+    def password(self, user: str) -> str:
+        return json.loads(Path(self.info["ldap"]["passwords_file"]).read_text())[user]
+
+    def login(self, user: str, password: str, timeout: float = 30) -> tuple[int, float, str]:
+        """Log in through the hub's real login page (through the proxy): (status, seconds the
+        POST took, the page's text). 302 is a login that worked; a refusal is the login page
+        again, with its sentence."""
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+        try:
+            opener.open(f"{self.hub.url}/hub/login", timeout=timeout).read()
+        except urllib.error.HTTPError as err:
+            return err.code, 0.0, err.read().decode(errors="replace")
+        except OSError as err:
+            return 0, 0.0, str(err)
+        xsrf = next((c.value for c in jar if c.name == "_xsrf"), "")
+        data = urllib.parse.urlencode({"username": user, "password": password,
+                                       "_xsrf": xsrf}).encode()
+        t0 = time.monotonic()
+        try:
+            with opener.open(f"{self.hub.url}/hub/login", data=data,
+                             timeout=timeout) as resp:
+                return resp.status, time.monotonic() - t0, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as err:
+            if err.code == 302:
+                self.sessions[user] = opener
+            return err.code, time.monotonic() - t0, err.read().decode(errors="replace")
+        except OSError as err:
+            return 0, time.monotonic() - t0, str(err)
+
+    def browse(self, user: str, path: str, timeout: float = 30) -> int:
+        """GET `path` in `user`'s logged-in browser session: the status (a redirect to the
+        login page is 0: the session is gone)."""
+        if user not in self.sessions:
+            return 0
+        try:
+            with self.sessions[user].open(f"{self.hub.url}{path}", timeout=timeout) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return 0 if "/hub/login" in (err.headers.get("Location") or "") else err.code
+        except OSError:
+            return 0
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
         status, text = self.request(method, f"/hub/api{path}", body=body, timeout=timeout)

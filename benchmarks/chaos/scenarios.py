@@ -19,9 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos.harness import PROXY_CHECK_INTERVAL, Chaos, Trial
-from gateway.lab.procs import tcp_open
-from gateway.tunnel.sshargs import Backoff
+from benchmarks.chaos.harness import AUTH_REFRESH_AGE, PROXY_CHECK_INTERVAL, Chaos, Trial
+from gateway.lab.procs import pid_alive, tcp_open
 
 # "reported": after the launchers reported their address, before the servers answer (the hub
 # used to forget that address: a new hub then waited start_timeout for a report never repeated).
@@ -111,6 +110,26 @@ def remove_steady(ch: Chaos) -> None:
 # -- 1. the hub SIGKILLed -----------------------------------------------------------------------------
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _sbatch_running(hub_pid: int) -> bool:
+    """Whether an sbatch the hub started (through sudo) runs now."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"sbatch", b"--parsable"] and _parent(_parent(int(entry))) == hub_pid:
+                return True
+    return False
+
+
 def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running",
              **_: Any) -> None:
     """Two users' named servers; the hub SIGKILLed at `moment`; a new hub on the same state.
@@ -134,7 +153,14 @@ def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running
                 raise RuntimeError("the blocker jobs did not start")
         for user, name, options in servers:
             ch.spawn(user, name, options)
-        if moment == "submit":  # preparing and sbatch take about 0.1 s on the lab
+        if moment == "submit" and rng.random() < 0.5:
+            # While the hub's sbatch runs: the job is made after the hub died, which never
+            # learns its id (the window a random delay rarely hits).
+            if not _wait(lambda: _sbatch_running(ch.hub.proc.pid if ch.hub.proc else 0), 30,
+                         step=0.001):
+                raise RuntimeError("the hub never ran sbatch")
+            moment, delay = "sbatch", 0.0
+        elif moment == "submit":  # preparing and sbatch take about 0.1 s on the lab
             delay = rng.uniform(0.0, 0.25)
         elif moment == "queued":
             if not _wait(lambda: all((j := job(u, s)) and j["job_state"] == "PENDING"
@@ -158,7 +184,7 @@ def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running
             delay = rng.uniform(0.0, 3.0)
         time.sleep(delay)
         at_kill = {}
-        for user, name, _ in servers:
+        for user, name, _ in servers if moment != "sbatch" else ():  # no time to ask
             with contextlib.suppress(RuntimeError):
                 model = ch.server(user, name)
                 at_kill[name] = "ready" if model and model.get("ready") else "pending"
@@ -240,23 +266,44 @@ def hub_kill(ch: Chaos, trial: Trial, rng: random.Random, moment: str = "running
 # -- 2. the proxy SIGKILLed ---------------------------------------------------------------------------
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def proxy_kill(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
-    """configurable-http-proxy SIGKILLed: every route back within the hub's check interval (plus
-    the proxy's own start), and requests after that get no 5xx."""
+    """The proxy SIGKILLed: its main process alone (`kill -9` of the pid file's process; nginx's
+    workers then keep serving the old routes) or with its children (the proxy gone as a whole).
+    The hub's check starts it again: every route back, served by a new proxy, within the check
+    interval plus the proxy's own start; requests after that get no 5xx."""
     for user, _, _ in STEADY:
         ch.token(user)
     delay = rng.uniform(0.0, PROXY_CHECK_INTERVAL)
-    trial.timing = f"+{delay:.1f} s"
+    whole = rng.random() < 0.5
+    trial.timing = f"+{delay:.1f} s, {'with its children' if whole else 'the main process'}"
     time.sleep(delay)
     pid = ch.hub.proxy_pid()
     if pid is None:
         raise RuntimeError("no proxy pid file")
-    os.kill(pid, signal.SIGKILL)
+    victims = [pid, *(_children(pid) if whole else [])]
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
-    back = _wait(lambda: all(ch.reach(u, s, timeout=2) == 200 for u, s, _ in STEADY), 60, step=0.1)
-    if not back:
+    if whole and not _wait(lambda: all(ch.reach(u, s, timeout=2) != 200 for u, s, _ in STEADY),
+                           5, step=0.05):
+        trial.fail("the servers still answered 5 s after the proxy was killed")
+
+    def back() -> bool:
+        new = ch.hub.proxy_pid()
+        return (new is not None and new != pid and pid_alive(new)
+                and all(ch.reach(u, s, timeout=2) == 200 for u, s, _ in STEADY))
+
+    if not _wait(back, 60, step=0.1):
         trial.lost_servers += len(STEADY)
-        trial.fail("the routes were not back within 60 s")
+        trial.fail("no new proxy serving every route within 60 s")
         return
     trial.detection = time.monotonic() - t0
     limit = PROXY_CHECK_INTERVAL + PROXY_START_ALLOWANCE
@@ -381,8 +428,9 @@ def _end_noticed(ch: Chaos, trial: Trial, user: str, name: str, job_id: int, off
 
 
 def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
-    """A server asked for 1 minute ends when Slurm stops it, with the reason in words, within one
-    watcher tick of the end Slurm records (jobcomp: JobState=TIMEOUT, EndTime)."""
+    """A server asked for 1 minute ends at its walltime (the launcher ends it at the end signal,
+    or Slurm does), with the reason in words in the hub's log and the user's sessions, within one
+    watcher tick of the end Slurm records (jobcomp: JobState, EndTime)."""
     user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
     name = f"w{trial.number}-{ch.run_tag}"
     trial.timing = f"{user} on {partition}"
@@ -398,10 +446,16 @@ def walltime(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
         if not record:
             trial.fail(f"Slurm recorded no end of job {job['job_id']} within 3 minutes")
             return
-        if record.get("JobState") != "TIMEOUT":
-            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}, not TIMEOUT")
+        # The launcher ends the job itself at the end signal (JupyterLab's tabs told first):
+        # Slurm records COMPLETED; TIMEOUT when Slurm had to end it.
+        trial.notes.append(f"Slurm: {record.get('JobState')}")
+        if record.get("JobState") not in ("TIMEOUT", "COMPLETED"):
+            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}")
         ended = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
         _end_noticed(ch, trial, user, name, job["job_id"], offset, ended, r"walltime|time limit")
+        said = _told(ch, user, job["job_id"])
+        if not said or not re.search(r"walltime|time limit", said, re.I):
+            trial.fail(f"the user's sessions do not say the time limit was reached: {said!r}")
     finally:
         gone, errors = ch.remove(user, name)
         trial.http_5xx += errors
@@ -511,13 +565,9 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
     """The hub host's tunnel endpoint stopped (its sshd sessions with it) and started again:
     the reverse tunnels are back within 10 s of its return, and a kernel survives."""
     user, name, _ = STEADY[0]
-    # A job's ssh resets its reconnect backoff once a connection has stayed up this long; before
-    # that, each restart finds it waiting longer (0.2 s doubling to 30 s: see the README).
-    stable = Backoff().stable_after + 1
-    wait = ch.tunnels_since + stable - time.monotonic()
-    if wait > 0:
-        trial.notes.append(f"waited {wait:.0f} s for stable tunnels")
-        time.sleep(wait)
+    # No wait for "stable" tunnels: a job's ssh whose connection came up reconnects at once
+    # (Backoff forgives brief_ups_forgiven short connections per stable_after seconds).
+    trial.notes.append(f"tunnels up {time.monotonic() - ch.tunnels_since:.0f} s")
     kernel = _kernel(ch, user, name)
     try:
         value = str(rng.randrange(10**6))
@@ -567,6 +617,235 @@ def tunnel_restart(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> Non
         ch.request("DELETE", f"/user/{user}/{name}/api/kernels/{kernel}", ch.token(user))
 
 
+# -- 7. the directory stopped --------------------------------------------------------------------------
+
+DIRECTORY_FAILOVER_LIMIT = 2.0
+# The authenticator tells logins "unavailable" at once for all_down_retry_interval (5 s) after
+# every server failed, then tries again: a directory back is used within that, plus a login.
+DIRECTORY_RETURN_LIMIT = 7.0
+
+
+def _sentence(page: str) -> str:
+    """The login page's error sentence."""
+    import html
+
+    found = re.search(r'class="login_error"[^>]*>\s*([^<]*?)\s*<', page)
+    return html.unescape(found.group(1)) if found else ""
+
+
+def directory_down(ch: Chaos, trial: Trial, rng: random.Random, directory_down: float = 10.0,
+                   **_: Any) -> None:
+    """The lab's slapd (the primary) stopped: logins go through the replica in under 2 s. Then
+    the replica stopped too: logins get 503 with a sentence, never a 500, and the running
+    servers and browser sessions keep working. One directory started again (either): logins work
+    again within 7 s of it answering."""
+    from auth.authenticator import UNAVAILABLE
+
+    users = ("alice", "bob", "carol")
+    first_back = rng.choice(("replica", "primary"))
+    down = directory_down * rng.uniform(0.5, 1.5)
+    trial.timing = f"both down {down:.0f} s, {first_back} back first"
+    try:
+        ch.stop_daemon("slapd")
+        status, took, page = ch.login("alice", ch.password("alice"))
+        if status != 302:
+            trial.fail(f"with the primary stopped, alice's login answered {status}: "
+                       f"{_sentence(page) or page[:200]}")
+        elif took > DIRECTORY_FAILOVER_LIMIT:
+            trial.fail(f"with the primary stopped, a login took {took:.2f} s")
+        trial.notes.append(f"login through the replica {took:.2f} s")
+        session = ch.request("GET", "/hub/api/", timeout=10)[0]
+        # Past auth_refresh_age the hub re-reads alice from the directory at her next request.
+        time.sleep(AUTH_REFRESH_AGE + 0.5)
+        ch.replica.stop()
+        t0 = time.monotonic()
+        told = set()
+        while time.monotonic() - t0 < down:
+            user = rng.choice(users)
+            status, took, page = ch.login(user, ch.password(user))
+            said = _sentence(page)
+            if status == 503 and said == UNAVAILABLE:
+                told.add(said)
+            elif status >= 500 or status == 0:
+                trial.http_5xx += 1
+                trial.fail(f"with no directory, {user}'s login answered {status}: {said or page[:200]}")
+            else:
+                trial.fail(f"with no directory, {user}'s login answered {status}: {said or page[:200]}")
+            _check_steady(ch, trial, f"{time.monotonic() - t0:.0f} s into the directory outage")
+            status = ch.request("GET", "/hub/api/", timeout=10)[0]
+            if status != session:
+                trial.fail(f"the hub API answered {status} during the directory outage")
+            status = ch.browse("alice", "/hub/home")
+            if status != 200:
+                trial.http_5xx += status >= 500
+                trial.fail(f"alice's logged-in session got {status or 'the login page'} for "
+                           "/hub/home during the directory outage")
+            time.sleep(rng.uniform(0.5, 2.0))
+        if not told:
+            trial.fail("no login was told that the directory is unavailable")
+        # One directory comes back; logins work again soon after it answers.
+        if first_back == "replica":
+            ch.replica.start()
+        else:
+            ch.lab_up()
+        back = time.monotonic()
+        worked = _wait(lambda: ch.login("bob", ch.password("bob"))[0] == 302, 60, step=0.5)
+        if not worked:
+            trial.fail(f"logins still fail 60 s after the {first_back} came back")
+            return
+        trial.detection = time.monotonic() - back
+        if trial.detection > DIRECTORY_RETURN_LIMIT:
+            trial.fail(f"logins worked again {trial.detection:.1f} s after the {first_back} returned")
+        status, _, page = ch.login("carol", "not her password")
+        if status != 403:
+            trial.fail(f"a wrong password after the return answered {status}: {_sentence(page)}")
+        _check_steady(ch, trial, "after the directory returned")
+    finally:
+        if not ch.replica.running():
+            ch.replica.start()
+        if ch.pid("slapd") is None:
+            ch.lab_up()
+
+
+# -- 8. the job over its memory ------------------------------------------------------------------------
+
+
+def _told(ch: Chaos, user: str, job_id: int) -> str | None:
+    """What the user's own sessions API says of how that job's session ended."""
+    status, text = ch.request("GET", "/hub/api/hpcgate/sessions", ch.token(user), timeout=30)
+    if status != 200:
+        return None
+
+    def find(node: Any) -> str | None:
+        if isinstance(node, dict):
+            if str(node.get("job_id")) == str(job_id) and node.get("end_text"):
+                return str(node["end_text"])
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                if (found := find(item)) is not None:
+                    return found
+        return None
+
+    return find(json.loads(text))
+
+
+def out_of_memory(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """A server asked for 512 MB; the user opens a file of 300-450 MB through JupyterLab's
+    contents API, which reads it whole into the server's memory: the kernel's OOM killer (the
+    lab's task/cgroup memory limit) kills the server, Slurm records OUT_OF_MEMORY, the hub ends
+    the server "ran out of memory" within a tick and the user's sessions say so; no orphan job."""
+    if not ch.info["slurm"].get("memory_enforced"):
+        raise RuntimeError("this lab's Slurm does not enforce memory (no writable cgroup v1 memory "
+                           "controller, or started without it): nothing can exceed its memory")
+    user, partition = rng.choice((("alice", "debug"), ("bob", "long")))
+    name = f"m{trial.number}-{ch.run_tag}"
+    size = rng.randrange(300, 450) * 1024 * 1024
+    trial.timing = f"{user} on {partition}, a {size >> 20} MB file"
+    big = Path(ch.info["users"][user]["workdir"]) / f"chaos-big-{name}.bin"
+    offset = ch.log_size()
+    try:
+        ch.spawn(user, name, {"partition": partition, "walltime": "0:10:00", "memory": "512M"})
+        if not ch.wait_ready(user, name, timeout=120):
+            raise RuntimeError(f"{user}/{name} did not start")
+        job = ch.server_job(user, name)
+        if job is None:
+            raise RuntimeError(f"no job for {user}/{name}")
+        with open(big, "wb") as f:  # sparse: no disk used; read back as zeros all the same
+            f.truncate(size)
+        about = ch.info["users"][user]
+        os.chown(big, about["uid"], about["gid"])
+        # The request the OOM kill interrupts answers whatever the proxy says of a dead upstream:
+        # that is the fault itself, not counted.
+        opener = threading.Thread(target=ch.request, daemon=True, args=(
+            "GET", f"/user/{user}/{name}/api/contents/{big.name}?content=1&format=base64&type=file",
+            ch.token(user)), kwargs={"timeout": 120})
+        opener.start()
+        record = _wait(lambda: _jobcomp(ch, job["job_id"]), 120, step=0.2)
+        if not record:
+            trial.fail(f"job {job['job_id']} did not end within 2 minutes of opening the file")
+            return
+        trial.notes.append(f"Slurm: {record.get('JobState')}")
+        if record.get("JobState") != "OUT_OF_MEMORY":
+            trial.fail(f"Slurm ended job {job['job_id']} as {record.get('JobState')}")
+        ended = datetime.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
+        _end_noticed(ch, trial, user, name, job["job_id"], offset, ended, r"out of memory")
+        said = _told(ch, user, job["job_id"])
+        if not said or not re.search(r"out of memory", said, re.I):
+            trial.fail(f"the user's sessions do not say the job ran out of memory: {said!r}")
+        opener.join(30)
+    finally:
+        big.unlink(missing_ok=True)
+        gone, errors = ch.remove(user, name)
+        trial.http_5xx += errors
+        if not gone:
+            trial.fail(f"{user}/{name} could not be removed")
+        leftover = ch.server_job(user, name)
+        if ch.active(leftover):
+            trial.orphan_jobs += 1
+            trial.fail(f"job {leftover['job_id']} still {leftover['job_state']} after the trial")
+            ch.cancel(str(leftover["job_id"]))
+
+
+# -- 9. the home full at spawn ---------------------------------------------------------------------------
+
+
+def home_full(ch: Chaos, trial: Trial, rng: random.Random, **_: Any) -> None:
+    """carol's working directory (the lab's DIR/home/carol) becomes a small tmpfs, filled up (a
+    quota used up): her spawn is refused with a sentence that says her home is full, never a
+    500; no job, no tunnel key line, no launch file left. The tmpfs is unmounted afterwards."""
+    user = "carol"
+    about = ch.info["users"][user]
+    home = Path(about["workdir"])
+    name = f"f{trial.number}-{ch.run_tag}"
+    size_kb = rng.choice((64, 256, 1024))
+    trial.timing = f"a {size_kb} KiB home"
+    first = max((j["job_id"] for j in ch.jobs()), default=0)
+    subprocess.run(["mount", "-t", "tmpfs", "-o",
+                    f"size={size_kb}k,mode=0700,uid={about['uid']},gid={about['gid']}",
+                    f"chaos-home-{ch.run_tag}", str(home)], check=True, timeout=30)
+    try:
+        with contextlib.suppress(OSError), open(home / "filler", "wb") as f:  # until ENOSPC
+            while True:
+                f.write(b"\0" * 65536)
+        status, body = ch.api("POST", f"/users/{user}/servers/{name}",
+                              {"partition": "debug", "walltime": "0:10:00"}, timeout=60)
+        said = body.get("message", "") if isinstance(body, dict) else str(body)
+        trial.notes.append(f"{status}: {said[:90]}")
+        if status >= 500 or status == 0:
+            trial.http_5xx += status >= 500
+            trial.fail(f"the spawn answered {status}: {said[:200]}")
+        elif status in (201, 202):
+            # Accepted: the failure then comes as the spawn's end; wait for it.
+            _wait(lambda: ch.server(user, name) is None, 30)
+            trial.notes.append("accepted, then failed")
+        if status < 500 and "is full" not in said:
+            trial.fail(f"the user was not told the home is full: {said[:200]}")
+        model = ch.server(user, name)
+        if model is not None and (model.get("ready") or model.get("pending")):
+            trial.wrong_states += 1
+            trial.fail(f"{user}/{name} is {model.get('pending') or 'ready'} with a full home")
+        jobs = [j for j in ch.jobs() if j["job_id"] > first and j["name"] == ch.job_name(user, name)]
+        if jobs:
+            trial.orphan_jobs += len(jobs)
+            trial.fail(f"jobs submitted with a full home: {[j['job_id'] for j in jobs]}")
+            ch.cancel(*[str(j["job_id"]) for j in jobs])
+        if ch.key_lines(user, name):
+            trial.fail(f"the tunnel key line of {user}/{name} was left in authorized_keys")
+        left = [str(p.relative_to(home)) for p in home.rglob("*launch*")]
+        if left:
+            trial.fail(f"launch files left in the full home: {left}")
+    finally:
+        ch.remove(user, name)
+        for _ in range(20):  # a process still in the directory makes umount busy for a moment
+            if subprocess.run(["umount", str(home)], capture_output=True, timeout=30).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "-l", str(home)], check=False, timeout=30)
+            trial.fail(f"{home} was busy: unmounted lazily")
+
+
 # -- the runner ---------------------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[..., None]] = {
@@ -576,8 +855,11 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "walltime": walltime,
     "node_lost": node_lost,
     "tunnel_restart": tunnel_restart,
+    "directory_down": directory_down,
+    "out_of_memory": out_of_memory,
+    "home_full": home_full,
 }
-NEEDS_STEADY = {"proxy_kill", "ctld_down", "tunnel_restart"}
+NEEDS_STEADY = {"proxy_kill", "ctld_down", "tunnel_restart", "directory_down"}
 
 
 def run_scenarios(ch: Chaos, plan: list[tuple[str, int]], rng: random.Random,

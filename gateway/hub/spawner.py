@@ -87,6 +87,9 @@ class BatchSpawner(Spawner):
     job_request: dict[str, Any] | None = None
     """What the job asked the scheduler for (partition, account, cores...), for the session's card."""
     submitted_at: float = 0.0
+    submitting: float = 0.0
+    """When sbatch was started and its job id is not known yet (0 otherwise): a hub killed in
+    between finds the job by its name on restart instead of losing the server."""
     ending: str = ""
     """What the launcher said as the job ended on its own ("time-limit"), for the history."""
     history: list[dict[str, Any]] = []
@@ -108,6 +111,7 @@ class BatchSpawner(Spawner):
         self.token_digest = state.get("token_digest", "")
         self.job_request = state.get("request")
         self.submitted_at = state.get("submitted", 0.0)
+        self.submitting = state.get("submitting", 0.0)
         self.ending = state.get("ending", "")
         self.history = list(state.get("history", []))
         if "connect" in state:
@@ -120,6 +124,9 @@ class BatchSpawner(Spawner):
             state.update(job_id=self.job_id, host=self.job_host, port=self.job_port,
                          token_digest=self.token_digest, request=self.job_request,
                          submitted=self.submitted_at, ending=self.ending)
+        elif self.submitting:  # what the job's launcher will report with, once it is found
+            state.update(submitting=self.submitting, token_digest=self.token_digest,
+                         request=self.job_request)
         if self.history:  # survives clear_state(): what happened to the last sessions
             state["history"] = self.history
         saved = self.connection.save()
@@ -132,6 +139,7 @@ class BatchSpawner(Spawner):
         super().clear_state()
         self.job_id, self.job_host, self.job_port, self.token_digest = "", "", 0, ""
         self.job_request, self.submitted_at, self.ending = None, 0.0, ""
+        self.submitting = 0.0
         self._connection = None
 
     def _save_state_now(self) -> None:
@@ -364,6 +372,8 @@ class BatchSpawner(Spawner):
             raise SpawnException(str(err), reason="bad-options") from err
 
         self._address: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self.submitting = time.time()
+        self._save_state_now()
         try:
             self.job_id = await scheduler.submit(req, user)
         except SubmitError as err:
@@ -375,6 +385,8 @@ class BatchSpawner(Spawner):
                                  log_message=f"{err.message} ({err.raw.strip()})") from err
         except UnsafeValue as err:
             raise SpawnException(str(err), reason="bad-options") from err
+        finally:
+            self.submitting = 0.0  # the job's id is known now, or there is no job
         self.submitted_at = time.time()
         self._save_state_now()
         self._emit(10, f"Submitted job {self.job_id}")
@@ -404,8 +416,11 @@ class BatchSpawner(Spawner):
         status = await watcher.wait_for(job_id, lambda s: s.is_final, None)
         if self.job_id != job_id or getattr(self, "_stop_pending", False):
             return  # stopped through the hub meanwhile: stop() says so
-        self.log.warning("The job %s of %s ended: %s", job_id, self._log_name,
-                         self._describe(status))
+        # The launcher's word first: at the walltime it ends the job itself, which Slurm then
+        # records COMPLETED ("finished" would mislead whoever reads this line).
+        words = (sessions.how_it_ended(status, False, self.ending)[1] if self.ending
+                 else self._describe(status))
+        self.log.warning("The job %s of %s ended: %s", job_id, self._log_name, words)
         # JupyterHub's periodic poll is running once the server is up (its callbacks mark the
         # server stopped); before that, the next poll reads the same final state.
         if getattr(self, "_poll_callback", None) is not None:
@@ -424,8 +439,8 @@ class BatchSpawner(Spawner):
         if res.returncode != 0:
             workdir = path.rsplit("/.hpcgate/", 1)[0]
             raise SpawnException(
-                f"Your server's files could not be prepared in your working directory {workdir}.",
-                reason="launch-file", log_message=f"writing {path} as {user}: {res.stderr.strip()}")
+                launch_file_refusal(workdir, res.stderr), reason="launch-file",
+                log_message=f"writing {path} as {user}: {res.stderr.strip()}")
 
     async def _follow(self, watcher: Any, runner: Any, user: str, log_file: str) -> tuple[str, int]:
         """Wait for the launcher's report, then for the route to it (login-node: the hub's
@@ -553,7 +568,36 @@ class BatchSpawner(Spawner):
 
     # -- poll / stop ------------------------------------------------------------------------------
 
+    async def _find_submitted_job(self) -> bool | None:
+        """A hub killed while sbatch ran saved no job id: find the job by its name and owner
+        (the newest unfinished one). True when found (now this server's job), False when there
+        is none, None when the scheduler cannot say."""
+        scheduler, _, _ = self._shared()
+        user, _ = await self.unix_account()
+        try:
+            jobs = await scheduler.list_jobs()
+        except SchedulerError as err:
+            self.log.warning("Cannot look for the job %s was submitting: %s", self._log_name, err)
+            return None
+        mine = [s for s in jobs.values() if not s.is_final and _name_and_owner(s) ==
+                (self._job_name(), user)]
+        if not mine:
+            self.log.warning("%s was being submitted when the hub stopped; no job of it is "
+                             "queued or running.", self._log_name)
+            self.submitting = 0.0
+            self._save_state_now()
+            return False
+        found = max(mine, key=lambda s: int(s.job_id) if s.job_id.isdigit() else 0)
+        self.job_id, self.submitted_at, self.submitting = found.job_id, self.submitting, 0.0
+        self._save_state_now()
+        self.log.info("%s: found its job %s, submitted as the hub stopped", self._log_name,
+                      self.job_id)
+        return True
+
     async def poll(self) -> int | None:
+        if not self.job_id and self.submitting and not getattr(self, "_spawn_pending", False):
+            if await self._find_submitted_job() is None:
+                return None  # the scheduler cannot say: never "gone"
         if not self.job_id:
             # A start the hub died in before sbatch may have left a tunnel key line. JupyterHub
             # stops a server poll() calls ended without calling stop(): release it here.
@@ -609,6 +653,8 @@ class BatchSpawner(Spawner):
         task = getattr(self, "_end_watch", None)
         if task is not None:
             task.cancel()  # an end the hub asked for is not news
+        if not self.job_id and self.submitting:
+            await self._find_submitted_job()  # not to leave it running for nobody
         if not self.job_id:
             # A start the hub died in before sbatch may have left a tunnel key line.
             await self.connection.release()
@@ -651,6 +697,27 @@ def _unix_groups(user: str) -> list[str]:
     except KeyError:
         return []
     return [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, entry.pw_gid)]
+
+
+# How a full disk or an exhausted quota shows in the writer's traceback (ENOSPC, EDQUOT).
+_FULL = re.compile(r"No space left on device|Disk quota exceeded|Errno (28|122)\b")
+
+
+def launch_file_refusal(workdir: str, stderr: str) -> str:
+    """The user's sentence for a launch file that could not be written in `workdir`."""
+    if _FULL.search(stderr):
+        return (f"Your working directory {workdir} is full (no space left, or your quota is "
+                "used up), so your server's files could not be written there. Free some space "
+                "there, then start your server again.")
+    return f"Your server's files could not be prepared in your working directory {workdir}."
+
+
+def _name_and_owner(status: JobStatus) -> tuple[str, str]:
+    """A listed job's (name, owner) from the scheduler's record (Slurm's JSON, PBS's qstat)."""
+    raw = status.raw if isinstance(status.raw, dict) else {}
+    if "Job_Name" in raw:  # PBS: the owner is user@submit-host
+        return str(raw.get("Job_Name", "")), str(raw.get("Job_Owner", "")).split("@", 1)[0]
+    return str(raw.get("name", "")), str(raw.get("user_name", ""))
 
 
 def _host_of(url: str) -> str:

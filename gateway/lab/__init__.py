@@ -178,7 +178,15 @@ class Lab:
         if not (tls_dir / "server.crt").exists():
             make_ca_and_server_cert(tls_dir, ["localhost"], ["127.0.0.1"])
 
-        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces, cpus)
+        # Memory is enforced where the host allows it (task/cgroup); running daemons keep the
+        # setting they started with, so the file matches them.
+        if "slurmd-c1" in pids:
+            memory_enforced = bool(old.get("slurm", {}).get("memory_enforced"))
+        else:
+            memory_enforced = (os.environ.get("HPCGATE_LAB_MEMORY_CGROUP", "1") != "0"
+                               and cluster.memory_cgroup_usable())
+        cluster.write_configs(self.dir, ports["slurmctld"], ports["slurmd"], namespaces, cpus,
+                              memory_enforced)
         cluster.ensure_munge_dir_modes(self.dir)
         if "munged" not in pids:
             pids["munged"] = cluster.start_munged(self.dir)
@@ -215,6 +223,7 @@ class Lab:
         info["node_cpus"] = cpus
         if with_postgres:
             info["postgres"] = postgres_server.describe(self.dir)
+        info["slurm"]["memory_enforced"] = memory_enforced
         self._save(info)
         return info
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 # Fastest first (measured); the server picks the first one it also offers.
 DEFAULT_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
@@ -195,13 +198,21 @@ class ForwardWatch:
 
 @dataclass
 class Backoff:
-    """Delays between ssh restarts: `first`, doubling up to `maximum`; back to `first` once a
-    connection has stayed up for `stable_after` seconds."""
+    """Delays between ssh restarts: `first`, doubling up to `maximum` while attempts fail.
+
+    A connection whose forwards came up resets the delay to `first`: an endpoint restarted
+    twice in a row must find tunnels reconnecting at once, not waiting out the doubling of the
+    first restart's failed attempts. A connection that stayed up less than `stable_after`
+    seconds resets it only `brief_ups_forgiven` times within `stable_after` seconds: a server
+    that drops every connection at once is not hammered (the delay keeps doubling)."""
 
     first: float = 0.2
     maximum: float = 30.0
     stable_after: float = 30.0
+    clock: Callable[[], float] = time.monotonic
     delay: float = field(init=False)
+    brief_ups: list[float] = field(init=False, default_factory=list)
+    brief_ups_forgiven: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
         self.delay = self.first
@@ -210,6 +221,11 @@ class Backoff:
         """The wait before the next attempt, given how the last one went."""
         if was_up and ran_for >= self.stable_after:
             self.delay = self.first
+        elif was_up:
+            now = self.clock()
+            self.brief_ups = [t for t in self.brief_ups if now - t < self.stable_after] + [now]
+            if len(self.brief_ups) <= self.brief_ups_forgiven:
+                self.delay = self.first
         wait = self.delay
         self.delay = min(self.delay * 2, self.maximum)
         return wait

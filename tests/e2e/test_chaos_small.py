@@ -1,6 +1,7 @@
 """A small run of `python -m benchmarks.chaos` (issue #16) through the same code: one trial each of
-the hub SIGKILLed under running servers, the proxy SIGKILLed, slurmctld stopped for ~25 s and the
-tunnel endpoint restarted. Every counter of the last line must be zero."""
+the hub SIGKILLed under running servers, the proxy SIGKILLed, slurmctld stopped for ~25 s, the
+tunnel endpoint restarted, the directories stopped (~3 s with none), a job over its memory and a
+full home at spawn. Every counter of the last line must be zero."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from gateway.lab import Lab
 
 pytestmark = pytest.mark.lab
 
-PLAN = [("hub_kill", 1), ("proxy_kill", 1), ("ctld_down", 1), ("tunnel_restart", 1)]
+PLAN = [("hub_kill", 1), ("proxy_kill", 1), ("ctld_down", 1), ("tunnel_restart", 1),
+        ("directory_down", 1), ("out_of_memory", 1), ("home_full", 1)]
+DIRECTORY_DOWN = 3.0
 # slurmctld must stay down clearly longer than squeue's message timeout (10 s) plus a tick for
 # the watcher to fail a query and the health API to say so; the scenario draws 0.8-1.2x this
 # (15 s drew 12 s once, and the health API had no time to say it: a flaky run, not a hub fault).
@@ -33,7 +36,8 @@ def test_the_small_chaos_run_loses_nothing(lab: dict) -> None:
     try:
         chaos.start()
         trials = run_scenarios(chaos, PLAN, random.Random(seed),
-                               {"ctld_down": CTLD_DOWN, "moments": ["running"]})
+                               {"ctld_down": CTLD_DOWN, "directory_down": DIRECTORY_DOWN,
+                                "moments": ["running"]})
     finally:
         chaos.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -44,5 +48,6 @@ def test_the_small_chaos_run_loses_nothing(lab: dict) -> None:
     print(last_line(trials))
     print(f"took {time.monotonic() - t0:.0f} s")
     assert [t.scenario for t in trials] == [s for s, _ in PLAN]
-    assert last_line(trials) == "trials=4 lost_servers=0 orphan_jobs=0 wrong_states=0 http_5xx=0"
+    assert last_line(trials) == (f"trials={len(PLAN)} lost_servers=0 orphan_jobs=0 wrong_states=0 "
+                                 "http_5xx=0")
     assert all(t.passed for t in trials), [t.line() for t in trials if not t.passed]

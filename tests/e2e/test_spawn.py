@@ -267,3 +267,80 @@ def test_the_hub_keeps_its_users_and_servers_in_postgresql(hub: Hub) -> None:
         assert [json.loads(s)["job_id"] for s in states] == [str(job["job_id"])]
     finally:
         hub.stop("carol")
+
+
+def _saved_state(hub: Hub, user: str) -> dict:
+    """The default server's state as the hub saved it in its database (this module's hubs keep
+    it in PostgreSQL)."""
+    engine = sqlalchemy.create_engine(postgres.database_url(hub.lab, database_name(hub.hub.dir)))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sqlalchemy.text(
+                "SELECT spawners.state FROM spawners JOIN users ON users.id = spawners.user_id "
+                "WHERE users.name = :user AND spawners.name = ''"), {"user": user}).fetchone()
+    finally:
+        engine.dispose()
+    return json.loads(row[0] or "{}") if row else {}
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _sbatch_sudo(hub_pid: int) -> int | None:
+    """The hub's `sudo -u USER ... sbatch --parsable` once sudo has started sbatch (as its
+    child): the sudo's pid. Only the hub's: other labs on the machine submit as the same users."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sbatch", b"--parsable"]:
+            sudo = _parent(int(entry))
+            if sudo and _parent(sudo) == hub_pid:
+                return sudo
+    return None
+
+
+def test_hub_killed_between_sbatch_and_saving_the_job_id_keeps_the_server(hub: Hub) -> None:
+    """The hub's sudo around sbatch frozen (SIGSTOP) once sbatch runs, so that the job is made
+    but the hub never learns its id, then the hub SIGKILLed: the new hub finds the job and the
+    server runs in it."""
+    import signal
+
+    thread = threading.Thread(target=hub.spawn, args=("carol", {"partition": "debug",
+                                                                 "walltime": "0:20:00"}),
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while (sudo := _sbatch_sudo(hub.hub.proc.pid)) is None:
+        assert time.monotonic() < deadline, "the hub never ran sbatch"
+    # sbatch reads its script from the hub and prints the id into the hub's pipe, which stays
+    # open while sudo (stopped) holds it: the hub waits, with the job made.
+    os.kill(sudo, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while not [j for j in hub.active_jobs("carol") if j["name"] == "hpcgate-carol"]:
+            assert time.monotonic() < deadline, "sbatch made no job"
+            time.sleep(0.05)
+        [job] = hub.active_jobs("carol")
+        # The window: the job exists, the hub's saved state does not name it.
+        assert not _saved_state(hub, "carol").get("job_id")
+    finally:
+        hub.hub.kill()
+        os.kill(sudo, signal.SIGKILL)
+    hub.hub.start()
+    server = hub.wait_ready("carol", timeout=120)
+    assert server["state"]["job_id"] == str(job["job_id"])
+    assert hub.get("/user/carol/api")[0] == 200
+    assert [j["job_id"] for j in hub.active_jobs("carol")] == [job["job_id"]]
+    listed = orphans(hub)
+    assert "No orphan jobs" in listed.stdout, listed.stdout + listed.stderr
+    hub.stop("carol")

@@ -118,13 +118,13 @@ async def test_stop_without_a_job_still_releases_the_key_line_a_killed_start_lef
         async def release(self) -> None:
             released.append(True)
 
-    await BatchSpawner.stop(SimpleNamespace(job_id="", connection=Restored()))  # type: ignore[arg-type]
+    await BatchSpawner.stop(SimpleNamespace(job_id="", submitting=0.0, connection=Restored()))  # type: ignore[arg-type]
     assert released == [True]
     # JupyterHub calls stop() only for servers poll() says run: the new hub's poll() finds no
     # job, so it must release too (but not while a start of this server is under way).
-    await BatchSpawner.poll(SimpleNamespace(job_id="", connection=Restored(),  # type: ignore[arg-type]
+    await BatchSpawner.poll(SimpleNamespace(job_id="", submitting=0.0, connection=Restored(),  # type: ignore[arg-type]
                                             _spawn_pending=False))
     assert released == [True, True]
-    await BatchSpawner.poll(SimpleNamespace(job_id="", connection=Restored(),  # type: ignore[arg-type]
+    await BatchSpawner.poll(SimpleNamespace(job_id="", submitting=0.0, connection=Restored(),  # type: ignore[arg-type]
                                             _spawn_pending=True))
     assert released == [True, True]

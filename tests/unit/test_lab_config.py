@@ -167,3 +167,14 @@ def test_nodes_may_declare_more_cores_than_the_machine_has() -> None:
     assert "CPUs=256 " in wide and "CoresPerSocket=256 " in wide and "CPUs=16 " not in wide
     with pytest.raises(LabError, match="--node-cpus"):
         Lab("/nonexistent-lab").up(node_cpus=-1)
+
+
+def test_memory_is_enforced_by_cgroup_only_where_asked(tmp_path: Path) -> None:
+    assert "TaskPlugin=task/none" in cluster.slurm_conf(Path("/x"), 1, 2)
+    assert "TaskPlugin=task/cgroup" in cluster.slurm_conf(Path("/x"), 1, 2, memory_enforced=True)
+    assert "ConstrainRAMSpace=yes" in cluster.cgroup_conf()
+    assert "ConstrainCores=no" in cluster.cgroup_conf()  # 16 cores declared on 2 real ones
+    # No cgroup v1 memory controller there: the lab runs without enforcement.
+    assert not cluster.memory_cgroup_usable(tmp_path)
+    (tmp_path / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cluster.memory_cgroup_usable(tmp_path)

@@ -104,9 +104,32 @@ def test_watch_keeps_what_matters() -> None:
 def test_backoff_doubles_to_its_maximum_and_resets_after_a_stable_connection() -> None:
     backoff = Backoff(first=0.2, maximum=1.0, stable_after=30)
     assert [backoff.after_exit(False, 0.1) for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
-    assert backoff.after_exit(True, 5) == 1.0  # up, but not for long: no reset
     assert backoff.after_exit(True, 31) == 0.2
     assert backoff.after_exit(False, 0.1) == 0.4
+
+
+def test_a_connection_that_was_up_is_retried_at_once_even_if_it_was_up_briefly() -> None:
+    # The hub's tunnel endpoint restarted twice within 30 s: the first restart's failed attempts
+    # doubled the delay; the tunnel came back, and the second restart must not find it waiting.
+    backoff = Backoff(first=0.2, maximum=30, stable_after=30)
+    assert [backoff.after_exit(False, 0.1) for _ in range(6)] == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
+    assert backoff.after_exit(True, 5) == 0.2
+    assert backoff.after_exit(False, 0.1) == 0.4
+
+
+def test_a_server_that_drops_every_connection_at_once_is_not_hammered() -> None:
+    backoff = Backoff(first=0.2, maximum=30, stable_after=30)
+    waits = [backoff.after_exit(True, 0.5) for _ in range(8)]
+    assert waits[:Backoff.brief_ups_forgiven] == [0.2] * Backoff.brief_ups_forgiven
+    assert waits[-1] >= 3.2  # past the forgiven brief connections, doubling again
+
+
+def test_brief_connections_are_forgiven_again_once_they_are_old() -> None:
+    now = [1000.0]
+    backoff = Backoff(first=0.2, maximum=30, stable_after=30, clock=lambda: now[0])
+    assert [backoff.after_exit(True, 1) for _ in range(5)] == [0.2, 0.2, 0.2, 0.4, 0.8]
+    now[0] += 31  # the brief connections are more than stable_after old
+    assert backoff.after_exit(True, 1) == 0.2
 
 
 # -- settings --------------------------------------------------------------------------------------
