@@ -63,12 +63,30 @@ def how_it_ended(status: JobStatus | None, stopped_here: bool, ending: str = "",
     return "exit-code", f"Failed with exit code {status.exit_code if status.exit_code is not None else '?'}."
 
 
+# How close to its walltime a job that ended on its own counts as ended by it: the end signal
+# (policy job.end_signal, 90 s by default) comes up to 60 s early, and the launcher's own report of
+# it can be lost on a loaded hub or a dropped tunnel. Longer leads rely on that report.
+NEAR_LIMIT_SECONDS = 180
+
+
+def ended_near_limit(spawner: Any, status: JobStatus | None, now: float) -> bool:
+    """Whether the job ended on its own within NEAR_LIMIT_SECONDS of its walltime: the
+    scheduler's signal ended it."""
+    walltime = (spawner.job_request or {}).get("walltime_seconds")
+    if status is None or status.started is None or not walltime:
+        return False
+    return now >= status.started.timestamp() + walltime - NEAR_LIMIT_SECONDS
+
+
 def history_entry(spawner: Any, status: JobStatus | None, stopped_here: bool,
                   fallback: tuple[str, str] | None = None) -> dict[str, Any]:
     """One ended session, as kept in the spawner's state."""
-    kind, words = how_it_ended(status, stopped_here, spawner.ending, fallback)
-    started = _epoch(status.started) if status is not None else None
     now = time.time()
+    ending = spawner.ending
+    if not ending and not stopped_here and ended_near_limit(spawner, status, now):
+        ending = "time-limit"
+    kind, words = how_it_ended(status, stopped_here, ending, fallback)
+    started = _epoch(status.started) if status is not None else None
     return {"job_id": spawner.job_id, "request": spawner.job_request or {},
             "options": dict(spawner.user_options or {}),
             "node": status.node if status is not None else None,

@@ -126,12 +126,16 @@ def end_at_walltime(config: dict[str, Any], grace: float = 8.0) -> None:
         url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/hpcgate/report"
         body = json.dumps({"server_name": env.get("JUPYTERHUB_SERVER_NAME", ""),
                            "ending": "time-limit"}).encode()
-        try:
-            post_json(url, body, env["JUPYTERHUB_API_TOKEN"], timeout=5)
-        except OSError:
-            pass  # the hub learns it from the job's end anyway; stopping cleanly matters more
         print("hpcgate: the walltime is near: stopping JupyterLab and its kernels", flush=True)
-        time.sleep(grace)  # JupyterLab asks every 5 s this close to the end
+        deadline = time.monotonic() + grace  # JupyterLab asks every 5 s this close to the end
+        while time.monotonic() < deadline:  # a busy hub or a tunnel reconnecting: try again
+            try:
+                if post_json(url, body, env["JUPYTERHUB_API_TOKEN"], timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        time.sleep(max(0.0, deadline - time.monotonic()))
         os.kill(os.getpid(), signal.SIGTERM)
 
     def on_usr2(signum: int, frame: Any) -> None:

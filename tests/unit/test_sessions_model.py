@@ -45,3 +45,19 @@ def test_request_summary_is_json_safe() -> None:
     out = request_summary({"partition": "debug", "cpus": 2, "memory_mb": 1024, "gpus": 0,
                            "walltime": timedelta(minutes=20), "account": None, "node": None})
     assert out["walltime_seconds"] == 1200 and out["partition"] == "debug"
+
+
+def test_a_job_that_ended_by_itself_at_its_walltime_counts_as_the_time_limit() -> None:
+    """The launcher's report of the end signal lost (a loaded hub): the times still tell."""
+    import time
+    from datetime import datetime
+
+    def ended_after(ran: float) -> str:
+        spawner = SimpleNamespace(job_id="9", history=[], ending="", user_options={},
+                                  job_request={"walltime_seconds": 600}, submitted_at=0.0)
+        started = datetime.fromtimestamp(time.time() - ran)
+        remember_end(spawner, status(JobState.COMPLETED, exit_code=0, started=started), False)
+        return spawner.history[0]["end_kind"]
+
+    assert ended_after(520) == "time-limit"  # 80 s before the limit: the signal's doing
+    assert ended_after(300) == "finished"  # half way: the user shut it down
