@@ -74,7 +74,9 @@ def test_one_location_per_prefix_upstreams_with_keepalive_and_headers_from_the_p
                       "proxy_read_timeout 86400s;", "listen 127.0.0.1:8000 default_server;",
                       "listen unix:/s/status.sock;", 'return 200 "7\\n";',
                       "error_page 502 504 =503 @hpcgate_unreachable;", "proxy_method GET;",
-                      "rewrite ^ /hub/error/503 break;"):
+                      "rewrite ^ /hub/error/503 break;",
+                      # the hub's error page never sets a stranger's _xsrf cookie on the user
+                      "proxy_hide_header Set-Cookie;"):
         assert directive in conf, directive
     # The client's own forwarding headers are never passed on.
     assert "$http_x_forwarded_for" not in conf and "$proxy_add_x_forwarded_for" not in conf

@@ -229,6 +229,10 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
                  "    proxy_method GET;",
                  "    proxy_pass_request_body off;",
                  "    proxy_pass_request_headers off;",
+                 # The hub answers this cookie-less request as for a stranger, with a new _xsrf
+                 # cookie: passed on, it replaced the logged-in user's, and every API call of their
+                 # open hub pages was refused (403) until they reloaded.
+                 "    proxy_hide_header Set-Cookie;",
                  *[f"    {line}" for line in _ERROR_PAGE_HEADERS],
                  f"    proxy_pass {hub.scheme}://{hub.upstream};",
                  "}"]
