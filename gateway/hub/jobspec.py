@@ -32,6 +32,12 @@ class JobSetup:
     """What the server's activity recorder keeps of executed code (policy activity.code)."""
 
 
+def warning_seconds(policy: SitePolicy) -> tuple[int, ...]:
+    """The policy's walltime warnings as seconds left, largest first, each once."""
+    return tuple(sorted({int(w.total_seconds()) for w in policy.job.walltime_warnings},
+                        reverse=True))
+
+
 def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup:
     job = policy.job
     prefix = ADAPTERS[policy.cluster.scheduler].directive_prefix
@@ -43,6 +49,5 @@ def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup
                          if d.startswith(prefix)),
         workdir=workdir, server_dir=f"{workdir}/.hpcgate/servers/{server or 'default'}",
         report_timeout=job.report_timeout, end_signal=int(job.end_signal),
-        walltime_warnings=tuple(sorted({int(w.total_seconds()) for w in job.walltime_warnings},
-                                       reverse=True)),
+        walltime_warnings=warning_seconds(policy),
         activity_code=policy.activity.code)

@@ -21,6 +21,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import Scope, needs_scope
 from tornado import web
 
+from gateway.hub.jobspec import warning_seconds
 from gateway.hub.sessions import describe
 
 SESSIONS_PATH = "/api/hpcgate/sessions"
@@ -40,9 +41,7 @@ async def server_card(spawner: Any) -> dict[str, Any]:
     warnings: tuple[int, ...] = ()
     try:
         scheduler, _, watcher = spawner.scheduler_connection()
-        policy = spawner.site_policy()
-        warnings = tuple(sorted({int(w.total_seconds()) for w in policy.job.walltime_warnings},
-                                reverse=True))
+        warnings = warning_seconds(spawner.site_policy())
     except Exception:  # noqa: BLE001 - a card without live details beats no page at all
         spawner.log.debug("no scheduler details for %s", spawner._log_name, exc_info=True)
     return await describe(spawner, watcher, scheduler, warnings)
