@@ -121,7 +121,7 @@ class ActivityPageHandler(ActivityRequest):
             "jsonl_url": f"{self.hub.base_url}activity/export?"
                          f"{urlencode({**params, 'format': 'jsonl'})}",
             "page_url": f"{self.hub.base_url}activity", "time_text": time_text,
-            "hourly": rng.hourly, "ms": _ms,
+            "hourly": rng.hourly, "ms": _ms, "recording": policy.activity.record,
         }
         self.write(await self._render(ns))
 

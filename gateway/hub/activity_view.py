@@ -235,7 +235,8 @@ CSV_COLUMNS = ("id", "kind", "time", "user", "server", "job_id", "node", "kernel
                "kernel_name", "language", "session_path", "cell_id", "requested", "started",
                "ended", "duration_ms", "outcome", "ename", "interrupted", "execution_count",
                "msg_id", "client", "code_kept", "code_sha256", "code_lines", "code_text",
-               "code_bytes", "output_bytes", "reason", "path", "terminal", "schema_version")
+               "code_bytes", "output_bytes", "reason", "path", "terminal", "bytes", "range_start",
+               "file_bytes", "schema_version")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

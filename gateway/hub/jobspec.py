@@ -7,6 +7,7 @@ prove each `job` field reaches the job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.policy.model import SitePolicy
 from schedulers.registry import ADAPTERS
@@ -28,8 +29,14 @@ class JobSetup:
     """Seconds before the walltime the job is asked to end cleanly (0: never)."""
     walltime_warnings: tuple[int, ...]
     """Seconds left at which the user is warned, largest first."""
+    activity_record: bool
+    """Whether the server runs the activity recorder (policy activity.record)."""
     activity_code: str
     """What the server's activity recorder keeps of executed code (policy activity.code)."""
+
+    def launch_activity(self) -> dict[str, Any]:
+        """The launch file's `activity` entry (gateway.job.launcher.activity_args reads it)."""
+        return {"record": self.activity_record, "code": self.activity_code}
 
 
 def warning_seconds(policy: SitePolicy) -> tuple[int, ...]:
@@ -50,4 +57,4 @@ def job_setup(policy: SitePolicy, user: str, home: str, server: str) -> JobSetup
         workdir=workdir, server_dir=f"{workdir}/.hpcgate/servers/{server or 'default'}",
         report_timeout=job.report_timeout, end_signal=int(job.end_signal),
         walltime_warnings=warning_seconds(policy),
-        activity_code=policy.activity.code)
+        activity_record=policy.activity.record, activity_code=policy.activity.code)

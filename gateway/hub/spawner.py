@@ -349,7 +349,7 @@ class BatchSpawner(Spawner):
                   "hub_host": _host_of(env.get("JUPYTERHUB_API_URL", "")),
                   "node_addresses": await self._node_addresses(scheduler, node_addresses),
                   "report_timeout": setup.report_timeout,
-                  "activity": {"code": setup.activity_code}}
+                  "activity": setup.launch_activity()}
         # The depots the user's groups allow, linked in depots/ by the launcher.
         launch["depots"] = await spawner_launch_entry(self, user, workdir)
         await self.connection.release()  # a start the hub died in may have left a key line

@@ -176,13 +176,17 @@ def use_bound_socket(sock: socket.socket) -> None:
 
 
 def activity_args(config: dict[str, Any], state_dir: Path) -> list[str]:
-    """The activity recorder (gateway.job.activity) in this server: its buffer in the server's
-    directory, what it keeps of code as the site policy says."""
-    code = config.get("activity", {}).get("code", "hash")
+    """The activity recorder (gateway.job.activity) in this server, unless the site policy turned
+    it off (activity.record): its buffer in the server's directory, what it keeps of code as the
+    policy says."""
+    activity = config.get("activity", {})
     # gateway.job.session: the time left and the session's end, for JupyterLab (see there).
+    if not activity.get("record", True):
+        return ["--ServerApp.jpserver_extensions={'gateway.job.session': True}"]
     return ["--ServerApp.jpserver_extensions={'gateway.job.activity': True, "
             "'gateway.job.session': True}",
-            f"--ActivityRecorder.state_dir={state_dir}", f"--ActivityRecorder.code={code}"]
+            f"--ActivityRecorder.state_dir={state_dir}",
+            f"--ActivityRecorder.code={activity.get('code', 'hash')}"]
 
 
 DEFAULT_CMD = ["jupyterhub-singleuser"]

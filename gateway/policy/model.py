@@ -345,6 +345,10 @@ class Activity:
     """The activity history: every kernel execution and server event, recorded in each server's
     job and kept in the hub's store (see the README's Activity section)."""
 
+    record: bool = setting(
+        "Record activity in servers started from now on (false: the launcher does not load the "
+        "recorder; what the hub already keeps stays until the retention removes it).",
+        Boolean(), True)
     code: str = setting(
         "What a record keeps of executed code: none, hash (its SHA-256 and line count) or full "
         "(the text). Outputs are never kept.", Choice("none", "hash", "full"), "hash")

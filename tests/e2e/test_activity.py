@@ -4,11 +4,13 @@ them to the hub's store, and the Activity page, its API and its exports show the
 hub allows: alice her own and, as a lead of soundscape-lab, bob's; bob nothing of alice's; carol,
 an operator, everyone's. The hub stopped for 30 s while cells run (direct and reverse-tunnel
 modes) loses nothing and stores nothing twice; a job cancelled with scancel mid-execution leaves
-every earlier record in the store and the one in flight marked unfinished."""
+every earlier record in the store and the one in flight marked unfinished. The policy's
+activity.code (none, full) decides what the store keeps of code."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
@@ -29,7 +31,7 @@ from gateway.lab.hub import LabHub
 from gateway.lab.jupyter import V1, KernelClient
 from gateway.lab.site import PINNED_NODES, with_changes
 from tests.helpers.hub import Hub, fetch, running_hub, server_dir, user_token
-from tests.helpers.lab import as_user, passwords
+from tests.helpers.lab import as_user, passwords, workdir
 from tests.helpers.paths import REPO
 from tests.helpers.portal import Portal
 
@@ -171,6 +173,25 @@ def test_executions_in_two_languages_reach_the_store_in_order(
     assert ok["ended"] <= err["requested"] and err["ended"] <= bash["requested"]
     assert ok["code"]["kept"] == "hash" and "text" not in ok["code"]
     assert {"server_start", "kernel_start"} <= {r["kind"] for r in records}
+
+
+def test_a_large_download_through_the_proxy_reaches_the_store(
+        direct_hub: Hub, tokens: dict[str, str], alice_cells: dict[str, Any]) -> None:
+    made = as_user(direct_hub.lab, "alice",
+                   ["truncate", "-s", "20M", str(workdir(direct_hub.lab, "alice") / "take 3.flac")])
+    assert made.returncode == 0, made.stderr
+    status, headers, body = fetch(direct_hub, "/user/alice/files/take%203.flac", tokens["alice"],
+                                  timeout=60)
+    assert status == 200 and len(body) == 20 << 20 and headers["Content-Type"] == "audio/flac"
+    status, _, _ = fetch(direct_hub, "/user/alice/files/take%203.flac", tokens["alice"],
+                         headers={"Range": "bytes=0-1023"})  # a small range: not a download
+    assert status == 206
+    records = wait_in_store(direct_hub, tokens["alice"], "alice", lambda rs: any(
+        r["kind"] == "download" for r in rs))
+    [rec] = [r for r in records if r["kind"] == "download"]
+    assert (rec["path"], rec["bytes"], rec["range_start"], rec["file_bytes"]) == \
+        ("take 3.flac", 20 << 20, 0, 20 << 20)
+    assert rec["node"] == "c1" and rec["job_id"]
 
 
 def test_alice_sees_her_timeline_and_downloads_it(
@@ -335,3 +356,27 @@ def test_the_hub_down_for_30s_in_reverse_tunnel_mode(reverse_hub: Hub) -> None:
     [job] = reverse_hub.active_jobs("alice")
     assert job["batch_host"] == "c2"
     hub_down_while_cells_run(reverse_hub, "alice", REVERSE)
+
+
+CELL = "total = 0\nfor i in range(3):\n    total += i\nprint(total)"
+
+
+@pytest.mark.parametrize("code", ["none", "full"])
+def test_the_policy_decides_what_is_kept_of_code(lab: dict, reverse_hub: Hub, code: str) -> None:
+    # From the policy file through the spawner, the job's launcher and the recorder to the
+    # store (`hash`, the default, is checked above). bob: alice's server runs on reverse_hub.
+    policy = with_changes(DIRECT, {"activity": {"code": code}})
+    with running_hub(lab, f"activity-{code}", ("bob",), policy=policy, extra_config=CONFIG) as hub:
+        start(hub, "bob", "debug")
+        token = user_token(hub, "bob")
+        kernel = HubKernel(hub, "bob", token, new_session(hub, "bob", token, f"{code}.ipynb",
+                                                          "notebook", "python3"))
+        msg_id = kernel.execute(CELL, cell_id="c1")
+        kernel.close()
+        kept = by_msg(wait_in_store(hub, token, "bob", lambda rs: msg_id in {
+            r.get("msg_id") for r in rs}), msg_id)["code"]
+    if code == "none":
+        assert kept == {"kept": "none"}
+    else:
+        assert kept == {"kept": "full", "text": CELL, "lines": 4,
+                        "sha256": hashlib.sha256(CELL.encode()).hexdigest()}

@@ -6,9 +6,11 @@ hub's API (over its Unix socket, as in reverse-tunnel mode) that is away at firs
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from gateway.job.activity.records import parse_iso, problems
+from gateway.job.files import HANDLER as FILES_HANDLER
 from gateway.lab.jupyter import NOBODY, V1, KernelClient, Server, jupyter_server
 
 HUB_TOKEN = "server-token-1234"
@@ -188,3 +191,72 @@ def test_records_reach_the_hub_once_it_is_back(server: Server, hub: StandInHub) 
     assert stop and stop[0]["reason"] == "signal SIGTERM"
     assert json.loads((server.state / "activity.delivered").read_text())["offset"] == \
         (server.state / "activity.jsonl").stat().st_size
+
+
+MiB = 1 << 20
+
+
+def _get(srv: Server, path: str, headers: dict[str, str] | None = None,
+         method: str = "GET") -> tuple[int, int]:
+    """Status and body length of a whole /files/ request (HTTP/1.1: the sendfile path)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    try:
+        conn.request(method, f"/files/{path}",
+                     headers={"Authorization": f"token {srv.token}", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, len(resp.read())
+    finally:
+        conn.close()
+
+
+def _raw(srv: Server, request: bytes, keep: int) -> int:
+    """Send a raw request, read `keep` bytes of the answer, hang up; the bytes read."""
+    got = 0
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
+        sock.sendall(request)
+        while got < keep:
+            chunk = sock.recv(min(1 << 16, keep - got))
+            if not chunk:
+                break
+            got += len(chunk)
+    return got
+
+
+def test_large_downloads_through_files_are_recorded_with_path_and_bytes() -> None:
+    args = [f"--ContentsManager.files_handler_class={FILES_HANDLER}",
+            f"--ActivityRecorder.download_min={MiB}"]
+    with jupyter_server(args) as srv:
+        root = srv.base / "root"
+        (root / "site A").mkdir()
+        os.truncate(_made(root / "site A" / "dawn.wav"), 12 * MiB)
+        os.truncate(_made(root / "long.flac"), 256 * MiB)
+        os.truncate(_made(root / "small.txt"), 2 * MiB)
+
+        assert _get(srv, "site%20A/dawn.wav") == (200, 12 * MiB)
+        assert _get(srv, "site%20A/dawn.wav", {"Range": f"bytes={4 * MiB}-"}) == (206, 8 * MiB)
+        assert _get(srv, "site%20A/dawn.wav", {"Range": "bytes=0-524287"}) == (206, MiB // 2)
+        assert _get(srv, "site%20A/dawn.wav", method="HEAD")[0] == 200
+        # HTTP/1.0 keeps tornado's own chunked path (no sendfile): counted there too.
+        request = (f"GET /files/small.txt HTTP/1.0\r\nAuthorization: token {srv.token}\r\n\r\n")
+        assert _raw(srv, request.encode(), 3 * MiB) > 2 * MiB
+        # A player that seeks away: the client hangs up after 2 MiB of a 256 MiB file.
+        request = (f"GET /files/long.flac HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nRange: bytes={MiB}-\r\n"
+                   f"Authorization: token {srv.token}\r\n\r\n")
+        assert _raw(srv, request.encode(), 2 * MiB) == 2 * MiB
+
+        found = srv.wait_for(lambda r: r["kind"] == "download" and r["path"] == "long.flac")
+        downloads = [r for r in srv.records() if r["kind"] == "download"]
+        assert all(problems(r) == [] for r in downloads)
+        seen = [(r["path"], r["bytes"], r["range_start"], r["file_bytes"]) for r in downloads]
+        assert seen[:3] == [("site A/dawn.wav", 12 * MiB, 0, 12 * MiB),
+                            ("site A/dawn.wav", 8 * MiB, 4 * MiB, 12 * MiB),
+                            ("small.txt", 2 * MiB, 0, 2 * MiB)], seen  # not the 512 KiB nor HEAD
+        cut = found[0]
+        assert cut["range_start"] == MiB and cut["file_bytes"] == 256 * MiB
+        assert 2 * MiB - 4096 <= cut["bytes"] < 255 * MiB, cut  # what left before the hang-up
+        assert len(downloads) == 4, seen
+
+
+def _made(path: Path) -> Path:
+    path.touch()
+    return path

@@ -87,3 +87,6 @@ def test_the_launcher_enables_the_recorder_with_the_policy(tmp_path: Path) -> No
     assert ast.literal_eval(extensions) == {"gateway.job.activity": True, "gateway.job.session": True}
     assert f"--ActivityRecorder.state_dir={tmp_path}" in args
     assert "--ActivityRecorder.code=none" in args
+    # activity.record: false: the session extension only, nothing recorded.
+    off = activity_args({"activity": {"record": False, "code": "full"}}, tmp_path)
+    assert off == ["--ServerApp.jpserver_extensions={'gateway.job.session': True}"]

@@ -33,7 +33,7 @@ from gateway.hub.activity_view import (
     to_csv,
     to_jsonl,
 )
-from gateway.job.activity.records import Origin, iso, keep_code, problems
+from gateway.job.activity.records import Origin, iso, keep_code, problems, schema
 
 NOW = 1_900_000_000.0  # 2030-03-17T17:46:40Z
 VIEWERS = {"soundscape-lab": ["soundscape-leads"], "class-a": ["teachers"]}
@@ -208,3 +208,43 @@ def test_the_export_command_reads_the_store_as_an_admin(tmp_path: Path) -> None:
     missing = export("--user", "root", "--format", "csv", "--db", str(tmp_path / "none"))
     assert missing.returncode == 1 and "cannot read the activity store" in missing.stderr
     assert export("--format", "csv").returncode == 2  # --user or --group is required
+
+
+def test_every_field_of_the_schema_has_a_csv_column() -> None:
+    doc = schema()
+    fields = set(doc["properties"])
+    for name, part in doc["$defs"].items():
+        if name != "time":
+            fields |= set(part.get("properties", {}))
+    fields = (fields - {"code"}) | {"code_kept", "code_sha256", "code_lines", "code_text"}
+    assert fields - set(CSV_COLUMNS) == set()
+    assert {"bytes", "range_start", "file_bytes"} <= set(CSV_COLUMNS)  # kind download
+
+
+def test_a_download_shows_its_file_and_bytes() -> None:
+    from gateway.hub.activity_access import ActivityScope
+    from gateway.hub.activity_page import Target, _ms
+    from gateway.hub.activity_view import time_text
+
+    rec = Origin(user="alice").record("download", time=iso(NOW - HOUR), path="<i>dawn</i>.wav",
+                                      bytes=12 << 20, range_start=4096, file_bytes=1 << 30)
+    assert problems(rec) == []
+    s = summarize([rec], TimeRange(NOW - 5 * HOUR, NOW))
+    html = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
+                  summary=s, chart=chart(s), recent=[rec], shown=1, total=1, since="a", until="b",
+                  clipped=False, retention_days=180, cutoff="x", oldest=None,
+                  user_choices=["alice"], group_choices=[], csv_url="c", jsonl_url="j",
+                  page_url="/hub/activity", time_text=time_text, hourly=True, ms=_ms)
+    assert 'id="activity-off"' not in html
+    off = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
+                 summary=s, chart=chart(s), recent=[], shown=0, total=0, since="a", until="b",
+                 clipped=False, retention_days=180, cutoff="x", oldest=None, user_choices=[],
+                 group_choices=[], csv_url="c", jsonl_url="j", page_url="p", time_text=time_text,
+                 hourly=True, ms=_ms, recording=False)
+    assert 'id="activity-off"' in off and "records no activity now" in off
+    row = html.split('data-kind="download"')[1].split("</tr>")[0]
+    assert "&lt;i&gt;dawn&lt;/i&gt;.wav" in row and "12.0 MiB sent from byte 4096" in row
+    csv_row_ = dict(zip(CSV_COLUMNS, next(csv.reader(io.StringIO(to_csv([rec])).readlines()[1:])),
+                        strict=True))
+    assert (csv_row_["bytes"], csv_row_["range_start"], csv_row_["file_bytes"]) == \
+        (str(12 << 20), "4096", str(1 << 30))

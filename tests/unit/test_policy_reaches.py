@@ -157,6 +157,14 @@ def activity_code_view(p: SitePolicy) -> Any:
     return keep_code(job_setup(p, "alice", "/home/alice", "").activity_code, "print('hi')\n")
 
 
+def activity_record_view(p: SitePolicy) -> Any:
+    """The server extensions the launcher enables for a job with this policy."""
+    from gateway.job.launcher import activity_args
+
+    launch = {"activity": job_setup(p, "alice", "/home/alice", "").launch_activity()}
+    return activity_args(launch, Path("/home/alice/.hpcgate/servers/default"))
+
+
 def retention_view(p: SitePolicy) -> Any:
     """The hub store's cutoff: records before it are deleted."""
     from gateway.hub.activity_store import retention_cutoff
@@ -327,6 +335,7 @@ REACHES: dict[str, tuple[Change, Callable[[SitePolicy], Any]]] = {
     "check.test_user": (setter("check.test_user", "someone"), check_view),
     "check.job_timeout": (setter("check.job_timeout", "9m"), check_view),
     "check.nodes_per_partition": (setter("check.nodes_per_partition", 5), check_view),
+    "activity.record": (setter("activity.record", False), activity_record_view),
     "activity.code": (setter("activity.code", "full"), activity_code_view),
     "activity.retention": (setter("activity.retention", "30d"), retention_view),
     "activity.viewers.*": (setter("activity.viewers", {"astro": ["teaching"]}), viewers_view),

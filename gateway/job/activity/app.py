@@ -23,12 +23,13 @@ import zmq
 from jupyter_client.connect import ConnectionFileMixin
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Float, Unicode, default
+from traitlets import Enum, Float, Int, Unicode, default
 
 from gateway.job.activity.buffer import Buffer, Deliverer, DeliveryState, hub_poster
 from gateway.job.activity.connection import recording_connection
 from gateway.job.activity.recorder import KernelWatch, Recorder
 from gateway.job.activity.records import CODE_POLICIES, Origin, encode
+from gateway.job.files import DOWNLOAD_LISTENER
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CONTENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
@@ -54,6 +55,9 @@ class ActivityRecorder(ExtensionApp):
     max_delay = Float(60.0, config=True, help="Longest wait between delivery attempts, in s.")
     stop_flush = Float(5.0, config=True, help="Seconds spent delivering the last records at stop.")
     session_ttl = Float(5.0, config=True, help="Seconds a kernel's session path is cached.")
+    download_min = Int(8 << 20, config=True,
+                       help="A transfer through /files/ is recorded (kind download: path and "
+                            "bytes) once it has sent this many bytes; smaller ones are not.")
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
@@ -87,6 +91,8 @@ class ActivityRecorder(ExtensionApp):
             self.log.info("activity: recording executions in %s (code kept: %s)", state, self.code)
         else:
             self.log.warning("activity: kernel websockets of %r are not recorded (shell side)", base)
+        # gateway.job.files.TrackedFileHandler reports each finished transfer here.
+        self.settings[DOWNLOAD_LISTENER] = self._on_download
         events = self.serverapp.event_logger
         events.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
         events.add_listener(schema_id=CONTENTS, listener=self._on_contents)
@@ -247,6 +253,11 @@ class ActivityRecorder(ExtensionApp):
             if now - self._opened.get(path, -1e9) > 30:
                 self._opened[path] = now
                 self.recorder.event("notebook_open", path=path)
+
+    def _on_download(self, path: str, sent: int, range_start: int, file_bytes: int) -> None:
+        if sent >= self.download_min:
+            self.recorder.event("download", path=path, bytes=sent, range_start=range_start,
+                                file_bytes=file_bytes)
 
     def _hook_terminals(self, manager: Any) -> None:
         if manager is None:

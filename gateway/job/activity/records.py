@@ -22,7 +22,7 @@ CODE_POLICIES = ("none", "hash", "full")
 EXECUTION_OUTCOMES = ("ok", "error", "aborted", "unfinished")
 EVENT_KINDS = ("kernel_start", "kernel_restart", "kernel_interrupt", "kernel_shutdown", "kernel_died",
                "notebook_open", "notebook_save", "terminal_open", "terminal_close", "server_start",
-               "server_stop")
+               "server_stop", "download")
 KINDS = ("execution", *EVENT_KINDS)
 
 
