@@ -7,12 +7,12 @@ What differs between OpenAPI versions lives in `schedulers.slurmrest.versions`.
 The watcher's tick is GET /jobs?update_time=T (one controller RPC). slurmctld answers it with
 "nothing changed" while no job of the cluster changed since T, and with every job otherwise (see
 `versions`): the client keeps our jobs' last records and serves them while nothing changes, so a
-tick on a quiet table costs one RPC and a few hundred bytes however long the queue. T is always
+tick on a still job table costs one RPC and no body, however long the queue. T is always
 slurmctld's own clock (the listing's `last_update`, or GET /diag's `req_time` for v0.0.38), never
-the hub's. What the global change time does not cover is read per job (GET /job/ID, one RPC each,
-at most `max_job_reads` per tick): ids no listing has answered for yet, queued jobs whose
-estimated start the backfill scheduler moves without touching it, and any job not read for
-`refresh_seconds`.
+the hub's. What the global change time does not cover is read per job, at most `max_job_reads`
+per tick (GET /job/ID: two RPCs on the lab's 22.05, REQUEST_FED_INFO and
+REQUEST_JOB_INFO_SINGLE): ids no listing has answered for yet, queued jobs whose estimated start
+the backfill scheduler moves without touching it, and any job not read for `refresh_seconds`.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class SlurmRestScheduler:
                  environment: dict[str, str] | None = None, jobcomp_file: str | None = None,
                  timeout: float = 30, api_version: str = DEFAULT_API_VERSION,
                  command_timeout: float | None = None, node_cache_seconds: float = 300,
-                 max_job_reads: int = 2, refresh_waiting_seconds: float = 30,
+                 max_job_reads: int = 1, refresh_waiting_seconds: float = 30,
                  refresh_seconds: float = 600, overlap_seconds: int = 1):
         self.dialect = dialect(api_version)  # ValueError naming the supported versions
         self.api_version = api_version
@@ -94,7 +94,7 @@ class SlurmRestScheduler:
         self._nodes: dict[str, str] = {}
         self._nodes_at = float("-inf")
         self.max_job_reads = max_job_reads
-        """GET /job/ID per tick at most: with the listing and GET /diag a tick stays <= 3 RPCs."""
+        """GET /job/ID per tick at most (2 RPCs each): with the listing a tick stays <= 3 RPCs."""
         self.refresh_waiting_seconds = refresh_waiting_seconds
         """Queued jobs are read again after this (their estimated start moves silently)."""
         self.refresh_seconds = refresh_seconds
