@@ -250,6 +250,7 @@ def rest_sides(label: str, info: dict[str, Any], job_ids: list[str], ticks: int,
 def report(sides: list[Side], servers: int, background: int) -> list[str]:
     """The table, one column per side, every figure per tick."""
     rows = [
+        ("ticks", lambda s: f"{s.ticks}"),
         ("controller RPCs", lambda s: f"{s.per_tick(s.rpcs):.1f}"),
         ("controller time (ms)", lambda s: f"{s.per_tick(s.controller_us) / 1000:.2f}"),
         ("hub CPU (ms)", lambda s: f"{s.per_tick(s.cpu_self + s.cpu_children) * 1000:.1f}"),
@@ -262,10 +263,11 @@ def report(sides: list[Side], servers: int, background: int) -> list[str]:
         rows.append(("slurmrestd CPU (ms)", lambda s: "-" if s.restd_cpu is None
                      else f"{s.per_tick(s.restd_cpu) * 1000:.1f}"))
     width = max(22, *(len(s.name) + 2 for s in sides))
-    head = max(24, *(len(t) + 4 for s in sides for t in (s.rpc_types or {})))
-    lines = [f"{servers} jobs followed; per tick (averaged over {sides[0].ticks} ticks), "
-             f"{background} of them held background jobs of other users; columns name every job record "
-             "slurmctld holds",
+    head = max([24, *(len(t) + 4 for s in sides for t in (s.rpc_types or {}))])
+    ticks = sorted({s.ticks for s in sides})
+    lines = [f"{servers} jobs followed; per tick (averaged over {'/'.join(map(str, ticks))} ticks, see "
+             f"the row), {background} held background jobs of other users; columns name every job "
+             "record slurmctld holds",
              f"{'':{head}}" + "".join(f"{s.name:>{width}}" for s in sides)]
     lines += [f"{label:{head}}" + "".join(f"{fmt(s):>{width}}" for s in sides)
               for label, fmt in rows]
