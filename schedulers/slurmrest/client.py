@@ -221,8 +221,8 @@ class SlurmRestScheduler:
             self._gone.discard(job_id)
 
     async def _controller_time_before(self, sent: float) -> int | None:
-        """slurmctld's clock no later than the moment a request sent at `sent` (monotonic) was
-        answered: GET /diag's time, less the seconds since then. None if /diag fails."""
+        """slurmctld's clock no later than when the request sent at `sent` (monotonic) reached
+        it: GET /diag's time less the seconds since sending, rounded up. None if /diag fails."""
         try:
             status, doc = await self._request("GET", "diag", self.query_user)
         except SchedulerUnavailable:
