@@ -10,8 +10,9 @@ names them.
 
 The watcher's query is GET /jobs?update_time=T. In every version (22.05 to 25.11) slurmctld answers
 it all or nothing: "no change" when no job of the whole cluster changed since T (its one global
-last_job_update; v0.0.38 says so with HTTP 304, v0.0.40+ with 200, an empty list and a warning),
-otherwise every job, as without update_time. `parse_jobs_answer` reads both.
+last_job_update; v0.0.38 says so with HTTP 304, seen on the lab's 22.05; v0.0.40+, by SchedMD's
+source, with 200, an empty list and a warning), otherwise every job, as without update_time.
+`parse_jobs_answer` reads both.
 """
 
 from __future__ import annotations
