@@ -2,7 +2,7 @@
 and on a busy queue.
 
     python -m benchmarks.poll_load --servers 100 [--background-jobs 20000] [--ticks 5]
-                                   [--lab-dir /var/tmp/hpcgate-lab-bench]
+                                   [--transport sudo|rest] [--lab-dir /var/tmp/hpcgate-lab-bench]
 
 Submits N sleeping jobs on the lab (as alice, bob and carol in turn) and follows them for the same
 number of ticks (a) with hpcgate's JobWatcher (one `squeue -h -t all -j OUR_IDS -O ...` per tick)
@@ -12,6 +12,17 @@ per tick). hpcgate runs first on the quiet queue, then both run again after the 
 (slurmctld's own counters, `sdiag`, reset before each side), the hub's CPU (its own process plus
 the commands it runs), bytes read from the commands, and wall time. The last line is
 `ratio=<batchspawner RPCs / hpcgate RPCs>` on the busy queue.
+
+`--transport rest` follows the jobs through the lab's slurmrestd instead (GET /jobs?update_time=T,
+see schedulers.slurmrest.client), in two columns per queue: the first tick of a hub that just
+started (a full listing: what every tick costs while any job of the cluster changes from one tick
+to the next) and the ticks once nothing changed (one RPC). Its GET /diag calls are REQUEST_STATS_INFO
+to slurmctld, which `sdiag` is left out of, so they are counted from the client; slurmrestd's own
+CPU (a separate daemon) has its row.
+
+The quiet round is quiet only once the last run's jobs have left slurmctld (MinJobAge, 300 s in
+the lab): the columns name the job records it holds. A second run started within that time met
+40,200 records, and slurmrestd did not list them within the client's 30 s timeout.
 """
 
 from __future__ import annotations
@@ -26,11 +37,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.lab import Lab, cluster
 from schedulers.backends import SlurmScheduler
 from schedulers.model import JobRequest, JobState
 from schedulers.runners import CommandResult, LocalRunner, SudoRunner
+from schedulers.slurmrest import SlurmRestScheduler
 from schedulers.watcher import JobWatcher
 
 USERS = ("alice", "bob", "carol")
@@ -69,6 +82,8 @@ class Side:
     cpu_children: float = 0.0
     bytes_read: int = 0
     wall: float = 0.0
+    restd_cpu: float | None = None
+    """slurmrestd's CPU (the REST transport's daemon, not the hub's process)."""
 
     def per_tick(self, value: float) -> float:
         return value / max(self.ticks, 1)
@@ -152,9 +167,94 @@ def batchspawner_side(env: dict[str, str], jobs: list[tuple[str, str]], ticks: i
     return side
 
 
+class CountingRest(SlurmRestScheduler):
+    """The hub's slurmrestd client, counting GET /diag (REQUEST_STATS_INFO, which `sdiag` leaves
+    out) and the full listings among its answers."""
+
+    diag_calls = 0
+    listings = 0
+
+    async def _request(self, method: str, endpoint: str, user: str, body: Any = None
+                       ) -> tuple[int, Any]:
+        status, doc = await super()._request(method, endpoint, user, body)
+        self.diag_calls += endpoint == "diag"
+        self.listings += endpoint.startswith("jobs") and status == 200
+        return status, doc
+
+
+def _process_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _rest_measure(side: Side, watcher: JobWatcher, rest: CountingRest, env: dict[str, str],
+                        restd_pid: int | None, ticks: int) -> None:
+    """`ticks` ticks by hand, 0.5 s apart as the fast ticks are; CPU counted around each tick."""
+    sdiag(env, reset=True)
+    diag0, bytes0 = rest.diag_calls, rest.bytes_read
+    side.cpu_self = side.wall = 0.0
+    side.restd_cpu = 0.0
+    for i in range(ticks):
+        if i:
+            await asyncio.sleep(0.5)
+        self0, restd0, t0 = _cpu()[0], _process_cpu(restd_pid), time.perf_counter()
+        await watcher.tick()
+        side.wall += time.perf_counter() - t0
+        side.cpu_self += _cpu()[0] - self0
+        side.restd_cpu += _process_cpu(restd_pid) - restd0
+        assert watcher.failures == 0, watcher.last_error
+    counts, times = sdiag(env), sdiag(env, field="total_time")
+    diag = rest.diag_calls - diag0
+    side.rpc_types = {**counts, **({"REQUEST_STATS_INFO (GET /diag)": diag} if diag else {})}
+    side.rpcs = sum(counts.values()) + diag
+    side.controller_us = sum(times.values())
+    side.bytes_read = rest.bytes_read - bytes0
+    side.ticks = ticks
+
+
+async def _rest_watch(label: str, info: dict[str, Any], job_ids: list[str], ticks: int,
+                      restd_pid: int | None) -> tuple[Side, Side, int]:
+    env = info["slurm"]["env"]
+    rest = CountingRest(info["slurm"]["rest_url"], info["slurm"]["jwt_key"])
+    try:
+        await rest.node_addresses()  # cached for 5 minutes: not a per-tick cost
+        watcher = JobWatcher(rest)
+        for job_id in job_ids:
+            watcher.track(job_id)
+        await watcher.stop()  # ticks by hand
+        first = Side(f"{label}, 1st tick")
+        await _rest_measure(first, watcher, rest, env, restd_pid, 1)
+        seen = sum(1 for j in job_ids if watcher.latest(j).state is not JobState.UNKNOWN)
+        assert seen == len(job_ids), f"the watcher saw {seen} of {len(job_ids)} jobs"
+        # Our jobs were just submitted and started: wait until slurmctld's job table is still.
+        settle, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listings = rest.listings
+            await asyncio.sleep(0.5)
+            await watcher.tick()
+            if rest.listings == listings:
+                break
+            settle += 1
+        steady = Side(f"{label}, unchanged")
+        await _rest_measure(steady, watcher, rest, env, restd_pid, ticks)
+        return first, steady, settle
+    finally:
+        await rest.close()
+
+
+def rest_sides(label: str, info: dict[str, Any], job_ids: list[str], ticks: int,
+               restd_pid: int | None) -> list[Side]:
+    first, steady, settle = asyncio.run(_rest_watch(label, info, job_ids, ticks, restd_pid))
+    print(f"({label}: {settle} full listings before slurmctld's job table was unchanged)")
+    return [first, steady]
+
+
 def report(sides: list[Side], servers: int, background: int) -> list[str]:
     """The table, one column per side, every figure per tick."""
     rows = [
+        ("ticks", lambda s: f"{s.ticks}"),
         ("controller RPCs", lambda s: f"{s.per_tick(s.rpcs):.1f}"),
         ("controller time (ms)", lambda s: f"{s.per_tick(s.controller_us) / 1000:.2f}"),
         ("hub CPU (ms)", lambda s: f"{s.per_tick(s.cpu_self + s.cpu_children) * 1000:.1f}"),
@@ -163,15 +263,21 @@ def report(sides: list[Side], servers: int, background: int) -> list[str]:
         ("bytes read", lambda s: f"{s.per_tick(s.bytes_read):.0f}"),
         ("tick time (s)", lambda s: f"{s.per_tick(s.wall):.3f}"),
     ]
+    if any(s.restd_cpu is not None for s in sides):
+        rows.append(("slurmrestd CPU (ms)", lambda s: "-" if s.restd_cpu is None
+                     else f"{s.per_tick(s.restd_cpu) * 1000:.1f}"))
     width = max(22, *(len(s.name) + 2 for s in sides))
-    lines = [f"{servers} jobs followed; per tick (averaged over {sides[0].ticks} ticks), "
-             f"{background} of them held background jobs of other users; columns name every job record "
-             "slurmctld holds",
-             f"{'':24}" + "".join(f"{s.name:>{width}}" for s in sides)]
-    lines += [f"{label:24}" + "".join(f"{fmt(s):>{width}}" for s in sides) for label, fmt in rows]
+    head = max([24, *(len(t) + 4 for s in sides for t in (s.rpc_types or {}))])
+    ticks = sorted({s.ticks for s in sides})
+    lines = [f"{servers} jobs followed; per tick (averaged over {'/'.join(map(str, ticks))} ticks, see "
+             f"the row), {background} held background jobs of other users; columns name every job "
+             "record slurmctld holds",
+             f"{'':{head}}" + "".join(f"{s.name:>{width}}" for s in sides)]
+    lines += [f"{label:{head}}" + "".join(f"{fmt(s):>{width}}" for s in sides)
+              for label, fmt in rows]
     types = sorted({t for s in sides for t in (s.rpc_types or {})})
-    lines += [f"  {t:<22}" + "".join(f"{(s.rpc_types or {}).get(t, 0):>{width}}" for s in sides)
-              for t in types]
+    lines += [f"  {t:<{head - 2}}" + "".join(f"{(s.rpc_types or {}).get(t, 0):>{width}}"
+                                             for s in sides) for t in types]
     return lines
 
 
@@ -182,6 +288,8 @@ def main() -> None:
     parser.add_argument("--background-jobs", type=int, default=0,
                         help="held jobs of other users in the queue for the second round")
     parser.add_argument("--lab-dir", "--dir", dest="dir", default="/var/tmp/hpcgate-lab-bench")
+    parser.add_argument("--transport", choices=("sudo", "rest"), default="sudo",
+                        help="how hpcgate's watcher asks: squeue through sudo, or slurmrestd")
     args = parser.parse_args()
 
     lab = Lab(args.dir)
@@ -201,19 +309,25 @@ def main() -> None:
                 jobs.append((user, await sched.submit(req, user)))
         asyncio.run(submit_all())
         ids = [j for _, j in jobs]
+        restd_pid = lab.status()["services"].get("slurmrestd", {}).get("pid")
+
+        def hpcgate(label: str) -> list[Side]:
+            if args.transport == "rest":
+                return rest_sides(f"rest, {label}", info, ids, args.ticks, restd_pid)
+            return [hpcgate_side(f"hpcgate, {label}", env, ids, args.ticks)]
+
         # Labelled by every record slurmctld holds: cancelled jobs count until MinJobAge passes.
-        quiet = hpcgate_side(f"hpcgate, {cluster.job_records(lab_dir)} jobs", env, ids, args.ticks)
-        sides = [quiet]
+        quiet_sides = hpcgate(f"{cluster.job_records(lab_dir)} jobs")
         if args.background_jobs:
             t0 = time.perf_counter()
             added_background = cluster.submit_background_jobs(lab_dir, args.background_jobs, ["bob", "carol"])
             print(f"(submitted {added_background} held background jobs in {time.perf_counter() - t0:.0f} s)")
         background = cluster.background_jobs(lab_dir)
         records = cluster.job_records(lab_dir)
-        busy = hpcgate_side(f"hpcgate, {records} jobs", env, ids, args.ticks)
+        busy_sides = hpcgate(f"{records} jobs")
         batch = batchspawner_side(env, jobs, args.ticks)
         batch.name = f"batchspawner, {records} jobs"
-        sides += [busy, batch]
+        sides = [*quiet_sides, *busy_sides, batch]
     finally:
         subprocess.run(["scancel", *[j for _, j in jobs]], env={**os.environ, **env},
                        capture_output=True)
@@ -224,12 +338,15 @@ def main() -> None:
 
     for line in report(sides, args.servers, background):
         print(line)
-    cpu = [s.per_tick(s.cpu_self + s.cpu_children) for s in (quiet, busy)]
-    own = [s.per_tick(s.cpu_self) for s in (quiet, busy)]
-    print(f"hpcgate hub CPU busy/quiet: {cpu[1] / max(cpu[0], 1e-9):.2f} (its process alone "
-          f"{own[1] / max(own[0], 1e-9):.2f}); bytes busy/quiet: "
-          f"{busy.bytes_read / max(quiet.bytes_read, 1):.2f}")
-    print(f"ratio={batch.rpcs / max(busy.rpcs, 1):.1f}")
+    for quiet, busy in zip(quiet_sides, busy_sides, strict=True):
+        cpu = [s.per_tick(s.cpu_self + s.cpu_children) for s in (quiet, busy)]
+        own = [s.per_tick(s.cpu_self) for s in (quiet, busy)]
+        what = f" ({busy.name.split(', ')[-1]})" if args.transport == "rest" else ""
+        print(f"hpcgate hub CPU busy/quiet{what}: {cpu[1] / max(cpu[0], 1e-9):.2f} (its process "
+              f"alone {own[1] / max(own[0], 1e-9):.2f}); bytes busy/quiet: "
+              f"{busy.bytes_read / max(quiet.bytes_read, 1):.2f}")
+    # The steady tick: the CLI's only one, slurmrestd's once nothing changed.
+    print(f"ratio={batch.rpcs / max(busy_sides[-1].rpcs, 1):.1f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,17 @@
 
 Authentication is Slurm's JWT: the hub holds the cluster's HS256 key (AuthAltParameters=jwt_key)
 and signs short-lived tokens for the user it acts as (claim `sun`). Tokens travel in headers only.
-GET /jobs lists every job in one controller RPC. What differs between OpenAPI versions lives in
-`schedulers.slurmrest.versions`.
+What differs between OpenAPI versions lives in `schedulers.slurmrest.versions`.
+
+The watcher's tick is GET /jobs?update_time=T (one controller RPC). slurmctld answers it with
+"nothing changed" while no job of the cluster changed since T, and with every job otherwise (see
+`versions`): the client keeps our jobs' last records and serves them while nothing changes, so a
+tick on a still job table costs one RPC and no body, however long the queue. T is always
+slurmctld's own clock (the listing's `last_update`, or GET /diag's `req_time` for v0.0.38), never
+the hub's. What the global change time does not cover is read per job, at most `max_job_reads`
+per tick (GET /job/ID: two RPCs on the lab's 22.05, REQUEST_FED_INFO and
+REQUEST_JOB_INFO_SINGLE): ids no listing has answered for yet, queued jobs whose estimated start
+the backfill scheduler moves without touching it, and any job not read for `refresh_seconds`.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,11 +37,17 @@ from schedulers.errors import CancelError, SchedulerError, SchedulerUnavailable,
 from schedulers.model import JobRequest, JobStatus, UnsafeValue
 from schedulers.slurmrest.versions import (
     DEFAULT_API_VERSION,
+    build_jobs_query,
     dialect,
     errors_text,
+    parse_controller_time,
+    parse_job_answer,
+    parse_jobs_answer,
     parse_nodes,
     parse_submit,
 )
+
+_JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
 
 
 class QueueLimitsNotOffered(SchedulerError, NotImplementedError):
@@ -59,7 +76,9 @@ class SlurmRestScheduler:
     def __init__(self, url: str, jwt_key_file: str, query_user: str = "root",
                  environment: dict[str, str] | None = None, jobcomp_file: str | None = None,
                  timeout: float = 30, api_version: str = DEFAULT_API_VERSION,
-                 command_timeout: float | None = None, node_cache_seconds: float = 300):
+                 command_timeout: float | None = None, node_cache_seconds: float = 300,
+                 max_job_reads: int = 1, refresh_waiting_seconds: float = 30,
+                 refresh_seconds: float = 600, overlap_seconds: int = 1):
         self.dialect = dialect(api_version)  # ValueError naming the supported versions
         self.api_version = api_version
         self.url = url.rstrip("/")
@@ -74,6 +93,23 @@ class SlurmRestScheduler:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._nodes: dict[str, str] = {}
         self._nodes_at = float("-inf")
+        self.max_job_reads = max_job_reads
+        """GET /job/ID per tick at most (2 RPCs each): with the listing a tick stays <= 3 RPCs."""
+        self.refresh_waiting_seconds = refresh_waiting_seconds
+        """Queued jobs are read again after this (their estimated start moves silently)."""
+        self.refresh_seconds = refresh_seconds
+        """Any other job is read again after this: a safety net, not the way changes arrive."""
+        self.overlap_seconds = overlap_seconds
+        """How far before the last listing's time the next update_time goes back."""
+        # Our jobs as slurmctld last listed them, and when each was read (monotonic clock).
+        self._known: dict[str, JobStatus] = {}
+        self._read_at: dict[str, float] = {}
+        self._gone: set[str] = set()
+        """Ids the controller does not hold (absent from a listing, or "Invalid job id")."""
+        self._since: int | None = None
+        """slurmctld's time up to which `_known` is complete; None: the next tick reads all."""
+        self.requests = 0
+        self.bytes_read = 0
 
     def _token(self, user: str) -> str:
         token, expires = self._tokens.get(user, ("", 0.0))
@@ -91,6 +127,8 @@ class SlurmRestScheduler:
                                              json=body, headers=headers) as resp:
                 text = await resp.text()
                 status = resp.status
+            self.requests += 1
+            self.bytes_read += len(text)
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             raise SchedulerUnavailable("slurmrestd is not answering.", str(err)) from err
         try:
@@ -119,9 +157,80 @@ class SlurmRestScheduler:
         return self.dialect.parse_jobs(doc, await self.node_addresses())
 
     async def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
-        # GET /jobs lists every job anyway (one RPC): keep the ones asked for.
-        wanted = set(job_ids)
-        return {k: v for k, v in (await self.list_jobs()).items() if k in wanted}
+        """Our jobs that slurmctld holds: one GET /jobs?update_time=T, then GET /diag after a
+        listing (v0.0.38), or up to `max_job_reads` GET /job/ID after "nothing changed"."""
+        wanted = list(dict.fromkeys(job_ids))
+        keep = set(wanted)
+        for job_id in [j for j in self._known if j not in keep]:  # untracked by the watcher
+            del self._known[job_id]
+            self._read_at.pop(job_id, None)
+        self._gone &= keep
+        if not wanted:
+            return {}
+        unanswered = [j for j in wanted if j not in self._known and j not in self._gone]
+        # Many ids no listing has answered for yet (a hub that just started): one full listing.
+        since = self._since if len(unanswered) <= self.max_job_reads else None
+        sent = time.monotonic()
+        status, doc = await self._request("GET", build_jobs_query(since), self.query_user)
+        answer = parse_jobs_answer(status, doc, keep, await self.node_addresses(), self.dialect)
+        if answer.changed:
+            now = time.monotonic()
+            for job_id in wanted:
+                if job_id in answer.jobs:
+                    self._known[job_id], self._read_at[job_id] = answer.jobs[job_id], now
+                    self._gone.discard(job_id)
+                else:
+                    self._known.pop(job_id, None)
+                    self._read_at.pop(job_id, None)
+                    self._gone.add(job_id)
+            packed = answer.packed_at or await self._controller_time_before(sent)
+            if packed is not None:
+                self._since = max(1, packed - self.overlap_seconds)
+            # else: the old T stays, which only makes the next answer a listing again
+        else:
+            for job_id in self._due(unanswered)[:self.max_job_reads]:
+                await self._read_one(job_id)
+        return {j: self._known[j] for j in wanted if j in self._known}
+
+    def _due(self, unanswered: list[str]) -> list[str]:
+        """Ids to read one by one after "nothing changed": the unanswered first, then the
+        longest unread of those whose refresh time has come."""
+        now = time.monotonic()
+
+        def limit(job_id: str) -> float:
+            state = self._known[job_id].state
+            if state.is_final:
+                return math.inf  # nothing more to learn
+            return self.refresh_waiting_seconds if state.is_waiting else self.refresh_seconds
+
+        stale = sorted((j for j in self._known if now - self._read_at.get(j, 0.0) >= limit(j)),
+                       key=lambda j: self._read_at.get(j, 0.0))
+        return unanswered + stale
+
+    async def _read_one(self, job_id: str) -> None:
+        found = None
+        if _JOB_ID.match(job_id):  # anything else never names a Slurm job (nor enters a URL)
+            status, doc = await self._request("GET", f"job/{job_id}", self.query_user)
+            found = parse_job_answer(status, doc, job_id, await self.node_addresses(), self.dialect)
+        if found is None:
+            self._known.pop(job_id, None)
+            self._read_at.pop(job_id, None)
+            self._gone.add(job_id)
+        else:
+            self._known[job_id], self._read_at[job_id] = found, time.monotonic()
+            self._gone.discard(job_id)
+
+    async def _controller_time_before(self, sent: float) -> int | None:
+        """slurmctld's clock no later than when the request sent at `sent` (monotonic) reached
+        it: GET /diag's time less the seconds since sending, rounded up. None if /diag fails."""
+        try:
+            status, doc = await self._request("GET", "diag", self.query_user)
+        except SchedulerUnavailable:
+            return None
+        now = parse_controller_time(doc) if status == 200 else None
+        if now is None:
+            return None
+        return now - math.ceil(time.monotonic() - sent)
 
     async def queue_limits(self) -> dict[str, Any]:
         raise QueueLimitsNotOffered(

@@ -7,6 +7,12 @@ limits as {"set", "infinite", "number"} objects, `job_state` a list, `exit_code`
 ({"status", "return_code", "signal"}), and from v0.0.41 `job_resources.nodes` an object.
 The shapes come from SchedMD's own OpenAPI documents; tests/fixtures/slurmrest/PROVENANCE.md
 names them.
+
+The watcher's query is GET /jobs?update_time=T. In every version (22.05 to 25.11) slurmctld answers
+it all or nothing: "no change" when no job of the whole cluster changed since T (its one global
+last_job_update; v0.0.38 says so with HTTP 304, seen on the lab's 22.05; v0.0.40+, by SchedMD's
+source, with 200, an empty list and a warning), otherwise every job, as without update_time.
+`parse_jobs_answer` reads both.
 """
 
 from __future__ import annotations
@@ -178,6 +184,11 @@ def normalize_job(job: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _status(job: Mapping[str, Any], normalize: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+            node_addresses: Mapping[str, str]) -> JobStatus:
+    return dataclasses.replace(slurm.status_from_job(normalize(job), node_addresses), raw=dict(job))
+
+
 def parse_jobs_v38(doc: Any, node_addresses: Mapping[str, str]) -> dict[str, JobStatus]:
     """GET /slurm/v0.0.38/jobs: the very document of 22.05's `squeue --json`."""
     return slurm.parse_status(json.dumps(doc), node_addresses=node_addresses)
@@ -188,9 +199,13 @@ def parse_jobs_v40(doc: Any, node_addresses: Mapping[str, str]) -> dict[str, Job
     result = {}
     for job in _jobs_of(doc):
         if isinstance(job, Mapping) and "job_id" in job:
-            status = slurm.status_from_job(normalize_job(job), node_addresses)
-            result[status.job_id] = dataclasses.replace(status, raw=dict(job))
+            status = _status(job, normalize_job, node_addresses)
+            result[status.job_id] = status
     return result
+
+
+def _same(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    return job
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,8 @@ class Dialect:
     build_submit: Callable[[JobRequest, Mapping[str, str]], dict[str, Any]]
     parse_jobs: Callable[[Any, Mapping[str, str]], dict[str, JobStatus]]
     can_pin_node: bool
+    normalize: Callable[[Mapping[str, Any]], Mapping[str, Any]] = _same
+    """One job record in the shape `slurm.status_from_job` reads."""
 
     def path(self, endpoint: str) -> str:
         return f"slurm/{self.version}/{endpoint}"
@@ -208,9 +225,96 @@ class Dialect:
 
 _DIALECTS = {
     "v0.0.38": Dialect("v0.0.38", build_rest_job, parse_jobs_v38, can_pin_node=False),
-    **{v: Dialect(v, build_job_desc, parse_jobs_v40, can_pin_node=True)
+    **{v: Dialect(v, build_job_desc, parse_jobs_v40, can_pin_node=True, normalize=normalize_job)
        for v in ("v0.0.40", "v0.0.41", "v0.0.42")},
 }
+
+
+# -- the watcher's query: what changed since T ------------------------------------------------------
+
+# v0.0.40+'s words for "nothing changed" (src/plugins/openapi/slurmctld/jobs.c, resp_warn).
+NO_CHANGE_WARNING = "No job changes since update_time"
+# slurmctld's answer for an id it does not hold (ESLURM_INVALID_JOB_ID).
+INVALID_JOB_ID = 2017
+
+
+@dataclass(frozen=True)
+class JobsAnswer:
+    """GET /jobs?update_time=T: either nothing changed, or the whole job table (ours kept)."""
+
+    changed: bool
+    jobs: dict[str, JobStatus] = dataclasses.field(default_factory=dict)
+    """The wanted jobs the listing holds; a wanted id missing here is not held by slurmctld."""
+    packed_at: int | None = None
+    """slurmctld's clock when it packed the listing (v0.0.40+ `last_update`); None in v0.0.38."""
+
+
+def build_jobs_query(update_time: int | None) -> str:
+    """The endpoint (below /slurm/VERSION/) of the watcher's query; None asks for every job."""
+    if update_time is None:
+        return "jobs"
+    if isinstance(update_time, bool) or not isinstance(update_time, int) or update_time < 1:
+        raise ValueError(f"update_time must be a positive Unix time, not {update_time!r}")
+    return f"jobs?update_time={update_time}"
+
+
+def _epoch_number(value: Any) -> int | None:
+    """A time as plain integer (v0.0.38) or {"set", "infinite", "number"} (v0.0.40+)."""
+    if isinstance(value, Mapping):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _warnings_text(doc: Any) -> str:
+    warnings = doc.get("warnings") if isinstance(doc, Mapping) else None
+    return "; ".join(str(w.get("description") or "") for w in warnings or [] if isinstance(w, Mapping))
+
+
+def parse_jobs_answer(http_status: int, doc: Any, wanted: set[str], node_addresses: Mapping[str, str],
+                      dia: Dialect) -> JobsAnswer:
+    """The watcher's GET /jobs?update_time=T answer. Only `wanted` jobs become JobStatus records,
+    so the hub's work after the JSON decode does not grow with other people's jobs. A failed or
+    unreadable answer raises SchedulerUnavailable (the jobs become UNKNOWN, never gone)."""
+    if http_status == 304:  # v0.0.38 (and the v0.0.38 plugin of later releases)
+        return JobsAnswer(changed=False)
+    if http_status != 200:
+        raise SchedulerUnavailable("slurmrestd could not list jobs.",
+                                   errors_text(doc) or f"HTTP {http_status}")
+    if (isinstance(doc, Mapping) and not doc.get("errors") and not doc.get("jobs")
+            and NO_CHANGE_WARNING in _warnings_text(doc)):
+        return JobsAnswer(changed=False)
+    found = {}
+    for job in _jobs_of(doc):  # raises on errors beside the list
+        if isinstance(job, Mapping) and str(job.get("job_id")) in wanted:
+            status = _status(job, dia.normalize, node_addresses)
+            found[status.job_id] = status
+    return JobsAnswer(changed=True, jobs=found, packed_at=_epoch_number(doc.get("last_update")))
+
+
+def parse_job_answer(http_status: int, doc: Any, job_id: str, node_addresses: Mapping[str, str],
+                     dia: Dialect) -> JobStatus | None:
+    """GET /job/ID: the job, or None when slurmctld no longer holds it (MinJobAge passed)."""
+    errors = doc.get("errors") if isinstance(doc, Mapping) else None
+    if any(isinstance(e, Mapping) and (e.get("error_number") == INVALID_JOB_ID
+                                       or "Invalid job id" in str(e.get("error") or ""))
+           for e in errors or []):
+        return None
+    if http_status != 200:
+        raise SchedulerUnavailable(f"slurmrestd could not read job {job_id}.",
+                                   errors_text(doc) or f"HTTP {http_status}")
+    for job in _jobs_of(doc):
+        if isinstance(job, Mapping) and str(job.get("job_id")) == job_id:
+            return _status(job, dia.normalize, node_addresses)
+    return None
+
+
+def parse_controller_time(doc: Any) -> int | None:
+    """slurmctld's clock from GET /diag (`statistics.req_time`), for v0.0.38's listings, which
+    do not say when they were packed."""
+    stats = doc.get("statistics") if isinstance(doc, Mapping) else None
+    return _epoch_number(stats.get("req_time")) if isinstance(stats, Mapping) else None
 
 
 def dialect(version: str) -> Dialect:
