@@ -137,6 +137,7 @@ class ChangingSlurmrestd:
 
     def __init__(self) -> None:
         self.changed = True
+        self.others: list[dict[str, Any]] = []  # other users' jobs in each full listing
         self.paths: list[str] = []
         self.app = web.Application()
         prefix = f"/slurm/{self.version}"
@@ -148,7 +149,8 @@ class ChangingSlurmrestd:
         self.paths.append(request.path_qs)
         if "update_time" in request.query and not self.changed:
             return web.json_response(fixture(self.version, "jobs_unchanged"))
-        return web.json_response(fixture(self.version, "jobs"))
+        doc = fixture(self.version, "jobs")
+        return web.json_response({**doc, "jobs": doc["jobs"] + self.others})
 
     async def job(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
@@ -210,3 +212,30 @@ async def test_queued_jobs_are_read_again_since_their_start_estimate_moves_silen
     assert statuses["101"].state is JobState.PENDING
     # The running job waits for refresh_seconds (600 s); the queued one is read by itself.
     assert fake.paths == ["/slurm/v0.0.42/jobs?update_time=1767261799", "/slurm/v0.0.42/job/101"]
+
+
+async def test_a_busy_clusters_listing_is_read_off_the_hubs_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """5,000 other jobs (a listing of several MB): decoded and filtered in a thread, while the
+    hub's loop keeps its rhythm; our jobs come out as from a short listing."""
+    import threading
+
+    from schedulers.slurmrest import client
+
+    threads: list[str] = []
+    real_parse = client.parse_jobs_answer
+
+    def parse(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_parse(*args)
+
+    monkeypatch.setattr(client, "parse_jobs_answer", parse)
+    async with serving(tmp_path) as (fake, rest):
+        short = await rest.status(["102", "104"])
+        first = fixture(fake.version, "jobs")["jobs"][0]
+        fake.others = [{**first, "job_id": 500000 + i, "name": f"other-{i}"} for i in range(5000)]
+        rest._known.clear()
+        rest._since = None
+        busy = await rest.status(["102", "104"])
+    assert busy == short
+    assert threads[0] == threading.main_thread().name and threads[-1] != threads[0]
