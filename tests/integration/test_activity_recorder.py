@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -175,6 +176,61 @@ def test_a_bash_kernel_is_recorded_with_its_language(server: Server) -> None:
     assert rec["output_bytes"] > 0 and rec["outcome"] in ("ok", "error")
 
 
+def test_iopub_is_read_once_whichever_clients_come_and_go(server: Server) -> None:
+    """The recorder reads a kernel's IOPub from one websocket while any is connected, else from
+    a socket of its own: two tabs, the first closed, the second closed, then a client on the
+    kernel's own ports. Every execution is recorded once, with its timing and output."""
+    from jupyter_client import BlockingKernelClient
+
+    kid = server.api("POST", "/api/kernels", {"name": "python3"})["id"]
+    direct = BlockingKernelClient(connection_file=str(server.base / "rt" / f"kernel-{kid}.json"))
+    direct.load_connection_file()
+    # IOPub's subscribers: jupyter_server's own activity watch, each tab's, the recorder's.
+    assert _subscribers(direct.iopub_port, 2)  # the watch and the recorder's own
+    first_tab = KernelClient(server, kid, V1)
+    ids = [first_tab.execute("x = 1; print(x)")]
+    assert _subscribers(direct.iopub_port, 2)  # the tab's instead of the recorder's
+    second_tab = KernelClient(server, kid, V1)
+    ids.append(second_tab.execute("x += 1; print(x)"))  # the first tab's IOPub is read
+    assert _subscribers(direct.iopub_port, 3)
+    first_tab.close()
+    ids.append(second_tab.execute("x += 1; print(x)"))  # the second tab's, once it forwards
+    second_tab.close()
+    # The recorder's own socket is back (jupyter_server may keep a closed tab's sockets a while,
+    # buffering for its return: the count says nothing here).
+    time.sleep(0.5)
+    direct.start_channels()
+    try:
+        ids.append(direct.execute("x += 1; print(x)"))
+        assert direct.get_shell_msg(timeout=30)["content"]["status"] == "ok"
+    finally:
+        direct.stop_channels()
+    records = [executions(server, msg_id) for msg_id in ids]  # each exactly once
+    assert [r["execution_count"] for r in records] == [1, 2, 3, 4]
+    assert [r["client"] for r in records] == ["websocket"] * 3 + ["kernel"]
+    for rec in records:
+        assert rec["outcome"] == "ok" and rec["started"] and rec["ended"], rec
+        assert rec["output_bytes"] > 0, rec
+    server.api("DELETE", f"/api/kernels/{kid}")
+
+
+def _subscribers(port: int, expected: int, timeout: float = 10) -> bool:
+    """Whether the connections to a kernel's IOPub port come to `expected` (and stay a moment)."""
+    deadline, count = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        count = len(out.splitlines())
+        if count == expected:
+            time.sleep(0.3)
+            out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                                 capture_output=True, text=True, check=True).stdout
+            if len(out.splitlines()) == expected:
+                return True
+        time.sleep(0.05)
+    raise AssertionError(f"{count} connections to IOPub port {port}, not {expected}")
+
+
 def test_records_reach_the_hub_once_it_is_back(server: Server, hub: StandInHub) -> None:
     assert hub.received == []  # away so far: the buffer holds everything
     time.sleep(1.5)  # at least one more refused try
@@ -260,3 +316,4 @@ def test_large_downloads_through_files_are_recorded_with_path_and_bytes() -> Non
 def _made(path: Path) -> Path:
     path.touch()
     return path
+

@@ -80,7 +80,7 @@ class ActivityRecorder(ExtensionApp):
                                        hub_poster(self.hub_api_url, token), max_delay=self.max_delay)
         self.paths = SessionPaths(self.serverapp.session_manager, self.session_ttl)
         self.recorder = Recorder(Origin.from_environment(), self.code, self._write, self.paths.get,
-                                 self._client_connects)
+                                 self._client_connects, self._own_iopub)
         self.stop_reason = "shutdown"
         self._task: asyncio.Task[None] | None = None
         self._opened: dict[str, float] = {}
@@ -152,6 +152,7 @@ class ActivityRecorder(ExtensionApp):
         if action == "restart":
             watch.close_all()
             reason, watch.died = ("died" if watch.died else "user"), False
+            watch.source = None  # until a websocket forwards from the restarted kernel again
             self._listen(watch)  # a restart may bring new ports
             rec.kernel_event("kernel_restart", watch, reason)
         elif action == "interrupt":
@@ -210,12 +211,21 @@ class ActivityRecorder(ExtensionApp):
             watch.stream = None
             watch.unlisten()
 
+    def _own_iopub(self, watch: KernelWatch, needed: bool) -> None:
+        if not needed:
+            self._unlisten(watch)
+        elif watch.stream is None and watch.kernel_id in self.recorder.kernels:
+            try:
+                self._listen(watch)
+            except KeyError:  # the kernel is gone
+                pass
+
     def _client_connects(self, kernel_id: str) -> None:
         """A websocket is connecting. A SUB socket that connected while the kernel was still
         starting can take seconds to join; one made now, as jupyter_server makes its own, is
         in place by the time the connection's kernel_info nudge has gone through."""
         watch = self.recorder.kernels.get(kernel_id)
-        if watch is not None and not watch.heard:
+        if watch is not None and watch.source is None and not watch.heard:
             self._listen(watch)
 
     def _died(self, watch: KernelWatch, how: str) -> None:

@@ -4,7 +4,8 @@ jupyter_server builds one connection object per kernel websocket from the web ap
 `kernel_websocket_connection_class`; the extension puts a subclass of whatever class is there.
 Each method forwards first (super()), then queues for the recorder (read once the loop is free):
 an execute_request as the server received it (JSON text or the v1 binary protocol JupyterLab
-uses) and each execute_reply going back.
+uses), each execute_reply going back, the kernel's IOPub messages (the recorder reads one
+connection's per kernel) and the connection's end.
 """
 
 from __future__ import annotations
@@ -59,8 +60,17 @@ def recording_connection(base: type, recorder: Recorder) -> type:
         def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
             super().handle_outgoing_message(stream, outgoing_msg)
             channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
-            if channel == "shell":
+            if channel == "iopub":
+                recorder.later(recorder.websocket_iopub, self.kernel_id, self, outgoing_msg,
+                               time.time())
+            elif channel == "shell":
                 recorder.later(recorder.shell_out, self.kernel_id, outgoing_msg, time.time())
+
+        def disconnect(self) -> Any:
+            try:
+                return super().disconnect()
+            finally:  # after what this connection forwarded before it
+                recorder.later(recorder.websocket_closed, self.kernel_id, self)
 
     RecordingConnection.__name__ = RecordingConnection.__qualname__ = f"Recording{base.__name__}"
     return RecordingConnection

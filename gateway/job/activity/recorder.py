@@ -1,10 +1,13 @@
 """Executions and kernel events, from the messages between the server and its kernels.
 
 Two taps, joined by the request's msg_id:
-- the kernel's IOPub, on a SUB socket of our own per kernel (`kernel.connect_iopub()`, as
-  jupyter_server's own activity watcher does): status busy/idle, execute_input, error and the
-  outputs' sizes, once per kernel whatever the number of clients, and also for clients that talk
-  to the kernel's ports directly;
+- the kernel's IOPub: status busy/idle, execute_input, error and the outputs' sizes, once per
+  kernel whatever the number of clients, and also for clients that talk to the kernel's ports
+  directly (IOPub is a broadcast: every subscriber gets every message). Read from one source at a
+  time: while a websocket is connected to the kernel, what jupyter_server forwards to one of them
+  (`KernelWatch.source`); otherwise a SUB socket of our own (`kernel.connect_iopub()`). A SUB
+  socket of our own beside the websocket's made the kernel publish every message twice, and cost
+  0.3 ms per execution; the handovers overlap, and messages seen twice are dropped by their id;
 - the shell channel of each kernel websocket (`connection.RecordingConnection`): the request as
   the server received it (its time, `metadata.cellId`, the code) and the reply's status.
 Nothing here sits in a message's path: each tap reads after jupyter_server has forwarded it.
@@ -28,6 +31,7 @@ _WATCHED = OUTPUTS | {b"status", b"execute_input"}
 _MSG_TYPE = re.compile(rb'"msg_type"\s*:\s*"([a-z_]+)"')
 _MSG_ID = re.compile(rb'"msg_id"\s*:\s*"([^"\\]{1,255})"')
 _COUNT = re.compile(rb'"execution_count"\s*:\s*(\d{1,18})\b')
+SEEN_IOPUB = 512  # IOPub message ids remembered, to read each once across a change of source
 REPLY_GRACE = 2.0  # s to wait for the later of reply and idle before closing a record without it
 MAX_PENDING = 10_000  # requests a kernel never answered (kept until it dies, restarts or stops)
 Writer = Callable[[dict[str, Any]], None]
@@ -79,6 +83,8 @@ class KernelWatch:
         self.stream: Any = None  # our SUB socket on the kernel's IOPub
         self.unlisten: Callable[[], Any] = lambda: None
         self.heard = False  # a message arrived on `stream`
+        self.source: Any = None  # the websocket connection whose IOPub we read; None: `stream`
+        self.seen: dict[bytes, None] = {}  # the last IOPub message ids read, oldest first
         self.died = False
 
     def fields(self) -> dict[str, Any]:
@@ -126,6 +132,12 @@ class KernelWatch:
         msg_type = found.group(1) if found else b""
         if msg_type not in _WATCHED:
             return
+        if (own := _MSG_ID.search(frames[0])) is not None:  # read once, whichever source
+            if own.group(1) in self.seen:
+                return
+            self.seen[own.group(1)] = None
+            if len(self.seen) > SEEN_IOPUB:
+                del self.seen[next(iter(self.seen))]
         parent = frames[1]
         if b'"execute_request"' not in parent or (found := _MSG_ID.search(parent)) is None:
             return
@@ -214,10 +226,12 @@ class Recorder:
 
     def __init__(self, origin: Origin, code_policy: str, write: Writer,
                  session_path: Callable[[str], str | None] = lambda kernel_id: None,
-                 client_connects: Callable[[str], None] = lambda kernel_id: None):
+                 client_connects: Callable[[str], None] = lambda kernel_id: None,
+                 own_iopub: Callable[[KernelWatch, bool], None] = lambda watch, needed: None):
         keep_code(code_policy, "")  # refuse an unknown policy at once
         self.origin, self.code_policy, self._write = origin, code_policy, write
         self.session_path, self.client_connects = session_path, client_connects
+        self.own_iopub = own_iopub  # (watch, needed): open or close our own SUB socket
         self.kernels: dict[str, KernelWatch] = {}
         self._queue: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._scheduled = False
@@ -256,6 +270,29 @@ class Recorder:
         watch = self.kernels.get(kernel_id)
         if watch is not None and header.get("msg_type") == "execute_request":
             watch.request(header, metadata, content, now)
+
+    def websocket_iopub(self, kernel_id: str, connection: Any, msg_list: list[Any],
+                        now: float) -> None:
+        """An IOPub message jupyter_server forwarded to one websocket. The first connection that
+        forwards one becomes the kernel's IOPub source (our own socket closes); the others'
+        copies are not read."""
+        watch = self.kernels.get(kernel_id)
+        if watch is None:
+            return
+        if watch.source is None:
+            watch.source = connection
+            self.own_iopub(watch, False)
+        elif watch.source is not connection:
+            return
+        watch.iopub([bytes(f) for f in msg_list], now)
+
+    def websocket_closed(self, kernel_id: str, connection: Any) -> None:
+        """A websocket went away: if it was the IOPub source, our own socket takes over (the
+        next connection to forward a message takes over from it in turn)."""
+        watch = self.kernels.get(kernel_id)
+        if watch is not None and watch.source is connection:
+            watch.source = None
+            self.own_iopub(watch, True)
 
     def shell_out(self, kernel_id: str, msg_list: list[Any], now: float) -> None:
         """A message from the kernel's shell to a websocket, as zmq gave it."""
