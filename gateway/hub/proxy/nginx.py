@@ -473,7 +473,12 @@ class NginxProxy(Proxy):
                 self._proc.wait()
             # Workers outlive a killed master and keep the listening sockets (a new master could
             # not bind): end them first, those last seen and any other the master left.
-            for worker in _orphans(dead, self._known_workers):
+            orphans = _orphans(dead, self._known_workers)
+            unseen = orphans - set(self._known_workers)
+            if orphans:
+                self.log.info("Ending %d worker(s) the dead nginx %s left%s", len(orphans), dead,
+                              f" ({len(unseen)} the hub had not seen)" if unseen else "")
+            for worker in orphans:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(worker, signal.SIGKILL)
             self._known_workers = {}
