@@ -327,6 +327,36 @@ def test_a_queued_server_readopted_by_a_restarted_hub_stops_at_once(hub: Hub) ->
                        check=True)
 
 
+def test_a_queued_job_cancelled_outside_while_a_restarted_hub_waits_ends_its_server(
+        hub: Hub) -> None:
+    """bob's job waits in the queue across a hub restart, then an admin cancels it (scancel):
+    the server ends at once with the reason in his sessions, not after start_timeout."""
+    blocker = _fill_c2(hub)
+    try:
+        threading.Thread(target=hub.spawn, args=("bob", {"partition": "long",
+                                                         "walltime": "0:20:00"}),
+                         daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not any(j["job_state"] == "PENDING" for j in hub.active_jobs("bob")):
+            assert time.monotonic() < deadline, hub.active_jobs("bob")
+            time.sleep(0.1)
+        [job] = hub.active_jobs("bob")
+        hub.hub.kill()
+        hub.hub.start()
+        assert _card(hub, "bob")["state"] == "queued"
+        subprocess.run(["scancel", str(job["job_id"])],
+                       env={**os.environ, **hub.lab["slurm"]["env"]}, check=True)
+        deadline = time.monotonic() + 20
+        while hub.server("bob") is not None:
+            assert time.monotonic() < deadline, hub.server("bob")
+            time.sleep(0.2)
+        ended = _card(hub, "bob")["history"][0]
+        assert (ended["job_id"], ended["end_kind"]) == (str(job["job_id"]), "cancelled"), ended
+    finally:
+        subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]},
+                       check=True)
+
+
 def test_the_hub_keeps_its_users_and_servers_in_postgresql(hub: Hub) -> None:
     assert not (hub.hub.dir / "jupyterhub.sqlite").exists()
     assert hub.spawn("carol", {"partition": "debug", "walltime": "0:10:00"})[0] in (201, 202)
