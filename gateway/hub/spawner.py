@@ -98,7 +98,7 @@ class BatchSpawner(Spawner):
     _readoption_end: int | None = None
     """poll()'s answer once a re-adopted start ended (stopped, the job ended, timed out)."""
     _cancelling: asyncio.Future[None] | None = None
-    """The cancel of a re-adopted job stopped while it waited (held so that it runs to its end)."""
+    """The cancel of a re-adopted job that will not serve (held so that it runs to its end)."""
 
     @property
     def connection(self) -> ConnectionMode:
@@ -702,7 +702,9 @@ class BatchSpawner(Spawner):
             fallback = ("start-timeout", words)
         self.log.warning("%s: %s", self._log_name, words)
         sessions.remember_end(self, watcher.latest(job_id), stopped_here=False, fallback=fallback)
-        await self._end_readopted_job(watcher, job_id, self.connection)
+        # In the background too: a stop asked for meanwhile must find the check over.
+        self._cancelling = asyncio.ensure_future(
+            self._end_readopted_job(watcher, job_id, self.connection))
         return self._end_readoption(1, SpawnException(words, reason=fallback[0]))
 
     def _end_readoption(self, exit_code: int, reason: SpawnException) -> int:
