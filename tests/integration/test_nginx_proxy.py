@@ -4,6 +4,7 @@ and a long download through graceful reloads. Upstreams are small aiohttp server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.hub.proxy.nginx import NginxProxy, _cmdline, _workers
+from gateway.hub.proxy.nginx import NginxProxy, _cmdline, _orphans, _workers
 from gateway.hub.proxy.render import RouteError
 from gateway.lab.procs import free_port
 
@@ -403,6 +404,13 @@ async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: Ngin
         await get(env, "/user/gina/x")
 
 
+def _end_orphans(master: int | None) -> None:
+    """Teardown: no worker of a killed master left holding a port, whatever the test found."""
+    for pid in _orphans(master, {}):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def _new_nginx_serving(env: Env, proxy: NginxProxy, old: int, port: int,
                              timeout: float) -> Any:
     """Until an nginx other than `old`, started by `proxy`'s periodic check, serves a route
@@ -427,9 +435,9 @@ async def test_workers_the_hub_never_saw_do_not_keep_a_new_nginx_out(env: Env) -
     port = free_port()
     proxy = env.proxy("orphans", public_url=f"http://127.0.0.1:{port}/", check_running_interval=1)
     await proxy.start()
+    old = proxy._pid
     try:
         await proxy.add_route("/user/olga/", env.target(2), {})
-        old = proxy._pid
         workers = set(_workers(old))
         os.kill(old, signal.SIGKILL)
         proxy._known_workers = {}  # as if forked after the hub's last look
@@ -439,6 +447,7 @@ async def test_workers_the_hub_never_saw_do_not_keep_a_new_nginx_out(env: Env) -
         assert status == 200 and body["port"] == env.upstreams[2]
     finally:
         await proxy.stop()
+        _end_orphans(old)
 
 
 async def test_a_restart_that_fails_is_tried_again_at_the_next_check(env: Env) -> None:
@@ -450,9 +459,9 @@ async def test_a_restart_that_fails_is_tried_again_at_the_next_check(env: Env) -
     proxy = env.proxy("retry", public_url=f"http://127.0.0.1:{port}/", check_running_interval=1)
     await proxy.start()
     holder = socket.socket()
+    old = proxy._pid
     try:
         await proxy.add_route("/user/rita/", env.target(1), {})
-        old = proxy._pid
         for pid in [old, *_workers(old)]:
             os.kill(pid, signal.SIGKILL)
         # Take the port before the check runs again (nothing here lets the event loop run).
@@ -475,6 +484,7 @@ async def test_a_restart_that_fails_is_tried_again_at_the_next_check(env: Env) -
     finally:
         holder.close()
         await proxy.stop()
+        _end_orphans(old)
 
 
 async def test_tls_with_http2_towards_browsers(env: Env) -> None:
