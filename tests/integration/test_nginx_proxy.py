@@ -439,6 +439,7 @@ async def test_workers_the_hub_never_saw_do_not_keep_a_new_nginx_out(env: Env) -
     try:
         await proxy.add_route("/user/olga/", env.target(2), {})
         workers = set(_workers(old))
+        assert not _orphans(old, {})  # a live nginx's workers are its own, never orphans
         os.kill(old, signal.SIGKILL)
         proxy._known_workers = {}  # as if forked after the hub's last look
         assert (await _new_nginx_serving(env, proxy, old, port, 15))["port"] == env.upstreams[0]
