@@ -130,7 +130,8 @@ def _state(spawner: Any, status: JobStatus | None) -> str:
         return "ended"
     if spawner.ready:
         return "running"
-    if spawner.pending == "spawn":
+    # "check": a restarted hub waits for the report of a job it found queued or starting.
+    if spawner.pending in ("spawn", "check"):
         if status is not None and status.state.is_waiting:
             return "queued"
         return "starting"

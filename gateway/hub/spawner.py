@@ -95,6 +95,10 @@ class BatchSpawner(Spawner):
     history: list[dict[str, Any]] = []
     """The last ended sessions of this server, newest first (kept across stops; see sessions.py)."""
     _connection: ConnectionMode | None = None
+    _readoption_end: int | None = None
+    """poll()'s answer once a re-adopted start ended (stopped, the job ended, timed out)."""
+    _cancelling: asyncio.Future[None] | None = None
+    """The cancel of a re-adopted job that will not serve (held so that it runs to its end)."""
 
     @property
     def connection(self) -> ConnectionMode:
@@ -141,6 +145,7 @@ class BatchSpawner(Spawner):
         self.job_request, self.submitted_at, self.ending = None, 0.0, ""
         self.submitting = 0.0
         self._connection = None
+        self._readoption_end = None
 
     def _save_state_now(self) -> None:
         # JupyterHub stores state only once start() returns; a hub that dies while the job is
@@ -558,13 +563,14 @@ class BatchSpawner(Spawner):
             self._readopt_event = asyncio.Event()
         return self._readopt_event
 
-    async def _cancel_quietly(self, scheduler: Any, user: str) -> None:
-        if not self.job_id:
+    async def _cancel_quietly(self, scheduler: Any, user: str, job_id: str = "") -> None:
+        job_id = job_id or self.job_id
+        if not job_id:
             return
         try:
-            await scheduler.cancel([self.job_id], user=user)
+            await scheduler.cancel([job_id], user=user)
         except SchedulerError as err:
-            self.log.warning("Could not cancel job %s of %s: %s", self.job_id, user, err)
+            self.log.warning("Could not cancel job %s of %s: %s", job_id, user, err)
 
     # -- poll / stop ------------------------------------------------------------------------------
 
@@ -610,8 +616,12 @@ class BatchSpawner(Spawner):
             self.log.error("Cannot ask the scheduler about job %s of %s: %s", self.job_id,
                            self._log_name, err.log_message)
             return None
+        if self._readoption_end is not None:
+            return self._readoption_end  # JupyterHub's stop after a re-adoption that ended
         if watcher.latest(self.job_id) is None:
             watcher.track(self.job_id, starting=not self.job_port)
+        if not self.job_port and self._check_pending and not self._stop_pending:
+            return await self._readoption(watcher)
         status = watcher.latest(self.job_id)
         if status is None or not status.is_final:
             if (self.job_port and status is not None and status.state is JobState.RUNNING
@@ -635,15 +645,100 @@ class BatchSpawner(Spawner):
         return status.exit_code if status.exit_code else (0 if status.state is JobState.COMPLETED
                                                           else 1)
 
+    async def _readoption(self, watcher: Any) -> int | None:
+        """JupyterHub's start-up check (app.init_spawners) of a server whose job was queued or
+        starting when the hub stopped: answer "running" once the launcher reports, or end the
+        server with its reason when the job ends, start_timeout passes, or a stop is asked for.
+
+        Meanwhile the server is "pending check", and JupyterHub's stop handler cannot stop such
+        a server itself: it cancels the server's `_spawn_future` (the start it interrupts), gives
+        it a second, then stops the server and fails (500) if a check is still pending. So the
+        check's wait stands as that future here: its cancel ends the check at once with the
+        server stopped, the handler's stop that follows finds nothing left to do (202/204), and
+        the job is cancelled by the spawner."""
+        job_id = self.job_id
+        interrupt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawn_future = interrupt
+        reported = asyncio.ensure_future(self._readopted().wait())
+        ended = asyncio.ensure_future(watcher.wait_for(
+            job_id, lambda s: s.is_final or s.reason_is_permanent, None))
+        try:
+            await asyncio.wait({interrupt, reported, ended}, timeout=self.start_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reported.cancel()
+            ended.cancel()
+        if interrupt.cancelled():
+            self.log.info("%s: stop asked for while its job %s waits to start; cancelling it",
+                          self._log_name, job_id)
+            sessions.remember_end(self, watcher.latest(job_id), stopped_here=True)
+            # Not awaited: the stop handler's second must find the check over (scancel as the
+            # user can take longer on a busy hub); the job's end is still waited for and logged.
+            self._cancelling = asyncio.ensure_future(
+                self._end_readopted_job(watcher, job_id, self.connection))
+            return self._end_readoption(0, SpawnException(
+                "You stopped this server while its job waited to start; the job was cancelled.",
+                reason="stopped"))
+        if self.job_port:
+            self._spawn_future = None  # as JupyterHub leaves a start that succeeded
+            watcher.settled(job_id)
+            self._watch_for_end(watcher)
+            return None
+        status = ended.result() if ended.done() and not ended.cancelled() else None
+        if status is not None and status.is_final:
+            sessions.remember_end(self, status, stopped_here=False)
+            await self.connection.release()
+            words = f"Your job ended before JupyterLab started: {self._describe(status)}"
+            self.log.warning("%s: %s", self._log_name, words)
+            exit_code = status.exit_code or (0 if status.state is JobState.COMPLETED else 1)
+            return self._end_readoption(exit_code, SpawnException(
+                words, reason=status.state.value.lower()))
+        if status is not None:  # a reason the job never starts for (a limit, a bad account)
+            words = f"{status.reason_text}. The job was cancelled."
+            fallback = ("never-starts", words)
+        else:
+            words = (f"Your server did not start within {format_duration(self.start_timeout)} "
+                     "after the hub restarted; the job was cancelled.")
+            fallback = ("start-timeout", words)
+        self.log.warning("%s: %s", self._log_name, words)
+        sessions.remember_end(self, watcher.latest(job_id), stopped_here=False, fallback=fallback)
+        # In the background too: a stop asked for meanwhile must find the check over.
+        self._cancelling = asyncio.ensure_future(
+            self._end_readopted_job(watcher, job_id, self.connection))
+        return self._end_readoption(1, SpawnException(words, reason=fallback[0]))
+
+    def _end_readoption(self, exit_code: int, reason: SpawnException) -> int:
+        """poll()'s answer from now on, and the start's failure where JupyterHub looks for it:
+        its stop then keeps this spawner (the stop handler that follows a cancel needs it) and its
+        pages show the sentence, as after any failed start."""
+        self._readoption_end = exit_code
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(reason)
+        self._spawn_future = failed
+        self._save_state_now()
+        return exit_code
+
+    async def _end_readopted_job(self, watcher: Any, job_id: str,
+                                 connection: ConnectionMode) -> None:
+        """Cancel a re-adopted job that will not serve, release its tunnel key, and wait (up to
+        stop_timeout) for the scheduler to record the end."""
+        try:
+            scheduler, _, _ = self._shared()
+            user, _ = await self.unix_account()
+            await self._cancel_quietly(scheduler, user, job_id)
+        except SpawnException as err:
+            self.log.error("Cannot cancel job %s of %s: %s", job_id, self._log_name,
+                           err.log_message or err)
+        await connection.release()
+        watcher.poke()
+        with contextlib.suppress(asyncio.TimeoutError):
+            final = await watcher.wait_for(job_id, lambda s: s.is_final, self.stop_timeout)
+            self.log.info("Job %s of %s ended: %s", job_id, self._log_name, final.state.value)
+        watcher.untrack(job_id)
+
     async def get_url(self) -> str:
-        """After a hub restart, a job that was still starting reports its address here."""
-        if self.job_id and not self.job_port:
-            _, _, watcher = self._shared()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._readopted().wait(), self.start_timeout)
-            if self.job_port and self.server is not None:
-                self.server.ip, self.server.port = self.job_host, self.job_port
-                watcher.settled(self.job_id)
+        """After a hub restart: where the job's server is reached now (poll() has waited for
+        the launcher's report of a job that was still queued or starting)."""
         if self.job_port and self.server is not None:
             self.server.ip, self.server.port = await self.connection.readopt(self.job_host,
                                                                               self.job_port)

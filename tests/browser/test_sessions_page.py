@@ -290,6 +290,36 @@ def test_drained_partition_is_told_in_words_and_stop_while_queued_cancels(
     assert orphans.returncode == 0, orphans.stdout + orphans.stderr
 
 
+def test_stop_on_the_sessions_page_after_a_hub_restart_cancels_the_queued_job(
+        hub: Hub, browser: Any, passwords: dict[str, str]) -> None:
+    """alice's job waits (nodes drained) while the hub is SIGKILLed and started again: her card
+    still says queued, its Stop answers at once ("Stop requested.", not the hub's 500 "pending
+    check"), the job is cancelled and the session ended "Stopped from the portal."."""
+    stop_all(hub, "alice")
+    page = as_user(browser, hub, passwords, "alice")
+    with drained(hub, "maintenance test"):
+        spawn_from_form(page, hub, partition="debug", walltime="10m")
+        assert wait_state(page, hub, "", ("queued",)) == "queued"
+        [job] = hub.active_jobs("alice")
+        hub.hub.kill()
+        hub.hub.start()
+        assert wait_state(page, hub, "", ("queued",)) == "queued"  # same login: cookies kept
+        card(page).locator(".hpcgate-stop").click()
+        page.wait_for_function("document.getElementById('hpcgate-sessions-status').textContent"
+                               " === 'Stop requested.'", timeout=30_000)
+        assert wait_state(page, hub, "", ("stopped",), timeout=30) == "stopped"
+        shot(page, "sessions-stopped-after-restart")
+        deadline = time.monotonic() + 30
+        while hub.active_jobs("alice") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not hub.active_jobs("alice")
+        assert scontrol_job(hub, str(job["job_id"]))["JobState"] == "CANCELLED"
+    _, mine = hub.api("GET", "/hpcgate/sessions/alice")
+    [default] = [c for c in mine["sessions"] if c["name"] == ""]
+    assert default["history"][0]["job_id"] == str(job["job_id"])
+    assert default["history"][0]["end_text"] == "Stopped from the portal."
+
+
 def test_walltime_warning_then_a_clean_end_at_the_time_limit(hub: Hub, browser: Any,
                                                              passwords: dict[str, str]) -> None:
     stop_all(hub, "alice")

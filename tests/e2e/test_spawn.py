@@ -20,7 +20,7 @@ import sqlalchemy
 from gateway.lab import postgres
 from gateway.lab.hub import database_name
 from gateway.lab.site import PINNED_NODES, with_changes
-from tests.helpers.hub import Hub, running_hub, server_dir, user_token
+from tests.helpers.hub import Hub, fetch, running_hub, server_dir, user_token
 
 pytestmark = pytest.mark.lab
 
@@ -245,6 +245,116 @@ def test_hub_killed_keeps_running_server_and_adopts_pending_spawn(hub: Hub) -> N
     assert "No orphan jobs" in listed.stdout
     hub.stop("alice")
     hub.stop("bob")
+
+
+def _fill_c2(hub: Hub) -> str:
+    """A job of carol's taking all of c2 (the `long` partition's node), once it runs."""
+    env = [f"{k}={v}" for k, v in hub.lab["slurm"]["env"].items()]
+    blocker = subprocess.run(
+        ["sudo", "-u", "carol", "env", *env, "sbatch", "--parsable", "-w", "c2", "-c", "16",
+         "--mem=8000", "-o", "/dev/null", "--wrap", "sleep 600"],
+        capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    deadline = time.monotonic() + 30
+    while hub.job(int(blocker))["job_state"] != "RUNNING":
+        assert time.monotonic() < deadline, hub.job(int(blocker))
+        time.sleep(0.1)
+    return blocker
+
+
+def _card(hub: Hub, user: str, name: str = "") -> dict:
+    status, body = hub.api("GET", f"/hpcgate/sessions/{user}")
+    assert status == 200, body
+    [card] = [c for c in body["sessions"] if c["name"] == name]
+    return card
+
+
+def test_a_queued_server_readopted_by_a_restarted_hub_stops_at_once(hub: Hub) -> None:
+    """The hub restarted while bob's server and alice's named one wait in the queue (c2 full):
+    the sessions API shows them queued (so the page offers Stop), and a stop, by an admin or by
+    the user as the sessions page sends it, answers 202/204 at once (JupyterHub's own handler
+    answered 500 "pending check" until the job started), cancels the job in Slurm and keeps
+    the reason in the user's sessions."""
+    blocker = _fill_c2(hub)
+    try:
+        threading.Thread(target=hub.spawn, args=("bob", {"partition": "long",
+                                                         "walltime": "0:20:00"}),
+                         daemon=True).start()
+        threading.Thread(target=hub.spawn, args=("alice", {"partition": "long",
+                                                           "walltime": "0:20:00"}, "q"),
+                         daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not all(any(j["job_state"] == "PENDING" for j in hub.active_jobs(u))
+                      for u in ("alice", "bob")):
+            assert time.monotonic() < deadline, hub.active_jobs("alice") + hub.active_jobs("bob")
+            time.sleep(0.1)
+        [bob_job] = hub.active_jobs("bob")
+        [alice_job] = hub.active_jobs("alice")
+
+        hub.hub.kill()
+        hub.hub.start()
+        shown = [_card(hub, "bob")["state"], _card(hub, "alice", "q")["state"]]
+
+        alice_token = user_token(hub, "alice")
+        t0 = time.monotonic()
+        status, body = hub.api("DELETE", "/users/bob/server")
+        assert status in (202, 204), (status, body)
+        # alice herself, with her own token, as the sessions page's Stop does.
+        status, _, text = fetch(hub, "/hub/api/users/alice/servers/q", alice_token,
+                                method="DELETE")
+        assert status in (202, 204), (status, text)
+        assert time.monotonic() - t0 < 15
+        assert shown == ["queued", "queued"]  # the page showed them queued, with Stop
+        for user, name in (("bob", ""), ("alice", "q")):
+            deadline = time.monotonic() + 30
+            while hub.server(user, name) is not None:
+                assert time.monotonic() < deadline, hub.server(user, name)
+                time.sleep(0.2)
+        for job in (bob_job, alice_job):
+            deadline = time.monotonic() + 30
+            while hub.job(job["job_id"])["job_state"] != "CANCELLED":
+                assert time.monotonic() < deadline, hub.job(job["job_id"])
+                time.sleep(0.2)
+        for user, name, job in (("bob", "", bob_job), ("alice", "q", alice_job)):
+            card = _card(hub, user, name)
+            assert card["state"] == "stopped", card
+            ended = card["history"][0]
+            assert (ended["job_id"], ended["end_kind"]) == (str(job["job_id"]), "stopped"), ended
+            assert ended["end_text"] == "Stopped from the portal."
+        listed = orphans(hub)
+        assert "No orphan jobs" in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]},
+                       check=True)
+
+
+def test_a_queued_job_cancelled_outside_while_a_restarted_hub_waits_ends_its_server(
+        hub: Hub) -> None:
+    """bob's job waits in the queue across a hub restart, then an admin cancels it (scancel):
+    the server ends at once with the reason in his sessions, not after start_timeout."""
+    blocker = _fill_c2(hub)
+    try:
+        threading.Thread(target=hub.spawn, args=("bob", {"partition": "long",
+                                                         "walltime": "0:20:00"}),
+                         daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not any(j["job_state"] == "PENDING" for j in hub.active_jobs("bob")):
+            assert time.monotonic() < deadline, hub.active_jobs("bob")
+            time.sleep(0.1)
+        [job] = hub.active_jobs("bob")
+        hub.hub.kill()
+        hub.hub.start()
+        assert _card(hub, "bob")["state"] == "queued"
+        subprocess.run(["scancel", str(job["job_id"])],
+                       env={**os.environ, **hub.lab["slurm"]["env"]}, check=True)
+        deadline = time.monotonic() + 20
+        while hub.server("bob") is not None:
+            assert time.monotonic() < deadline, hub.server("bob")
+            time.sleep(0.2)
+        ended = _card(hub, "bob")["history"][0]
+        assert (ended["job_id"], ended["end_kind"]) == (str(job["job_id"]), "cancelled"), ended
+    finally:
+        subprocess.run(["scancel", blocker], env={**os.environ, **hub.lab["slurm"]["env"]},
+                       check=True)
 
 
 def test_the_hub_keeps_its_users_and_servers_in_postgresql(hub: Hub) -> None:

@@ -4,10 +4,12 @@ and a long download through graceful reloads. Upstreams are small aiohttp server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.hub.proxy.nginx import NginxProxy
+from gateway.hub.proxy.nginx import NginxProxy, _cmdline, _orphans, _workers
 from gateway.hub.proxy.render import RouteError
 from gateway.lab.procs import free_port
 
@@ -66,8 +68,9 @@ class Env:
 
     def proxy(self, state: str = "state", **kw: Any) -> NginxProxy:
         kw.setdefault("public_url", f"http://127.0.0.1:{self.port}/")
+        kw.setdefault("check_running_interval", 0)  # the tests call check_running() themselves
         p = NginxProxy(state_dir=str(self.dir / state), nginx_path=self.nginx, should_start=True,
-                       check_running_interval=0, **kw)
+                       **kw)
         self.proxies.append(p)
         return p
 
@@ -399,6 +402,90 @@ async def test_stop_and_check_running_restarts_with_routes(env: Env, proxy: Ngin
     assert proxy._running_pid() is None
     with pytest.raises(aiohttp.ClientConnectionError):
         await get(env, "/user/gina/x")
+
+
+def _end_orphans(master: int | None) -> None:
+    """Teardown: no worker of a killed master left holding a port, whatever the test found."""
+    for pid in _orphans(master, {}):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _new_nginx_serving(env: Env, proxy: NginxProxy, old: int, port: int,
+                             timeout: float) -> Any:
+    """Until an nginx other than `old`, started by `proxy`'s periodic check, serves a route
+    added after it started (the old workers, should any live, do not know it): its answer."""
+    deadline = time.monotonic() + timeout
+    while not (proxy._pid not in (None, old) and proxy._running_pid() is not None
+               and proxy._known_workers):  # set once start() saw the new nginx serve
+        assert time.monotonic() < deadline, f"no new nginx within {timeout} s"
+        await asyncio.sleep(0.1)
+    await proxy.add_route("/user/new/", env.target(0), {})
+    status, body = await get(env, "/user/new/x", port=port)
+    assert status == 200, body
+    await proxy.delete_route("/user/new/")
+    return body
+
+
+async def test_workers_the_hub_never_saw_do_not_keep_a_new_nginx_out(env: Env) -> None:
+    """The master SIGKILLed alone just after it forked workers the hub had not seen yet (a reload
+    in flight, a worker replaced since the last check): they keep the listening socket, and a new
+    master cannot bind. The check ends them too (the master's process group), and a new nginx
+    serves the routes."""
+    port = free_port()
+    proxy = env.proxy("orphans", public_url=f"http://127.0.0.1:{port}/", check_running_interval=1)
+    await proxy.start()
+    old = proxy._pid
+    try:
+        await proxy.add_route("/user/olga/", env.target(2), {})
+        workers = set(_workers(old))
+        assert not _orphans(old, {})  # a live nginx's workers are its own, never orphans
+        os.kill(old, signal.SIGKILL)
+        proxy._known_workers = {}  # as if forked after the hub's last look
+        assert (await _new_nginx_serving(env, proxy, old, port, 15))["port"] == env.upstreams[0]
+        assert not any(_cmdline(w).startswith(b"nginx") for w in workers)
+        status, body = await get(env, "/user/olga/x", port=port)  # the routes from before
+        assert status == 200 and body["port"] == env.upstreams[2]
+    finally:
+        await proxy.stop()
+        _end_orphans(old)
+
+
+async def test_a_restart_that_fails_is_tried_again_at_the_next_check(env: Env) -> None:
+    """nginx killed with its workers while something else takes its port for a few seconds: that
+    start fails (nginx cannot bind), and the periodic check keeps trying; once the port is free
+    a new nginx serves the routes. (A failed start used to end the check for good: no proxy
+    until the hub restarted.)"""
+    port = free_port()
+    proxy = env.proxy("retry", public_url=f"http://127.0.0.1:{port}/", check_running_interval=1)
+    await proxy.start()
+    holder = socket.socket()
+    old = proxy._pid
+    try:
+        await proxy.add_route("/user/rita/", env.target(1), {})
+        for pid in [old, *_workers(old)]:
+            os.kill(pid, signal.SIGKILL)
+        # Take the port before the check runs again (nothing here lets the event loop run).
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                holder.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed nginx kept its port"
+                time.sleep(0.005)
+        holder.listen()
+        await asyncio.sleep(4.5)  # a check at most 1 s away; nginx tries to bind for 2.5 s
+        assert not proxy._known_workers  # no start got through meanwhile
+        holder.close()
+        assert (await _new_nginx_serving(env, proxy, old, port, 15))["port"] == env.upstreams[0]
+        status, body = await get(env, "/user/rita/x", port=port)  # the routes from before
+        assert status == 200 and body["port"] == env.upstreams[1]
+    finally:
+        holder.close()
+        await proxy.stop()
+        _end_orphans(old)
 
 
 async def test_tls_with_http2_towards_browsers(env: Env) -> None:

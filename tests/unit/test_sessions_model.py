@@ -61,3 +61,15 @@ def test_a_job_that_ended_by_itself_at_its_walltime_counts_as_the_time_limit() -
 
     assert ended_after(520) == "time-limit"  # 80 s before the limit: the signal's doing
     assert ended_after(300) == "finished"  # half way: the user shut it down
+
+
+def test_a_server_a_restarted_hub_still_checks_shows_its_job_and_can_be_stopped() -> None:
+    """After a hub restart JupyterHub keeps a queued server "pending check" until its job
+    reports: the card says queued (or starting), not "Not running", so the page offers Stop."""
+    from gateway.hub.sessions import _state
+
+    checking = SimpleNamespace(pending="check", ready=False)
+    assert _state(checking, status(JobState.PENDING)) == "queued"
+    assert _state(checking, status(JobState.RUNNING, node="c2")) == "starting"
+    assert _state(checking, None) == "starting"
+    assert _state(checking, status(JobState.CANCELLED)) == "ended"

@@ -423,7 +423,7 @@ class NginxProxy(Proxy):
             try:
                 await self._wait_generation(self._generation)
             except Exception:
-                await self.stop()
+                await self._end_nginx()  # this attempt only: the periodic check tries again
                 raise
             self._known_workers = _workers(self._pid)
         if self._checker is None and self.check_running_interval:
@@ -431,10 +431,14 @@ class NginxProxy(Proxy):
             self._checker.start()
 
     async def stop(self) -> None:
-        """Stop nginx (fast shutdown: open connections close)."""
+        """Stop nginx (fast shutdown: open connections close) and its periodic check."""
         if self._checker is not None:
             self._checker.stop()
             self._checker = None
+        await self._end_nginx()
+
+    async def _end_nginx(self) -> None:
+        """Stop the nginx this object runs or adopted (SIGTERM, SIGKILL after 5 s)."""
         pid = self._running_pid()
         if pid is None:
             return
@@ -453,22 +457,37 @@ class NginxProxy(Proxy):
         self._proc, self._pid = None, None
 
     async def check_running(self) -> None:
-        """Start nginx again if it died; it comes back with every route (they are on disk)."""
+        """Start nginx again if it died; it comes back with every route (they are on disk). A
+        start that fails is logged and tried again at the next check, however often it fails."""
         pid = self._running_pid()
         if pid is not None:
             self._known_workers = _workers(pid)
             return
-        self.log.error("nginx is not running any more; starting it again")
-        if self._proc is not None:
-            self._proc.wait()
-        # Workers outlive a killed master and keep the listening sockets: end them first.
-        for worker, title in self._known_workers.items():
-            if _cmdline(worker) == title:
-                with contextlib.suppress(ProcessLookupError):
+        # Not in the middle of a reload, which would still signal the dead master.
+        async with self._apply_lock:
+            if self._running_pid() is not None:
+                return
+            self.log.error("nginx is not running any more; starting it again")
+            dead = self._pid or _read_pid(self.nginx_pid_file)
+            if self._proc is not None:
+                self._proc.wait()
+            # Workers outlive a killed master and keep the listening sockets (a new master could
+            # not bind): end them first, those last seen and any other the master left.
+            orphans = _orphans(dead, self._known_workers)
+            unseen = orphans - set(self._known_workers)
+            if orphans:
+                self.log.info("Ending %d worker(s) the dead nginx %s left%s", len(orphans), dead,
+                              f" ({len(unseen)} the hub had not seen)" if unseen else "")
+            for worker in orphans:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(worker, signal.SIGKILL)
-        self._known_workers = {}
-        self._proc, self._pid = None, None
-        await self.start()
+            self._known_workers = {}
+            self._proc, self._pid = None, None
+        try:
+            await self.start()
+        except Exception as err:  # noqa: BLE001 - the next check tries again; say why meanwhile
+            self.log.error("nginx did not start again (%s); trying again in %d s", err,
+                           self.check_running_interval)
 
 
 class NginxRefused(RuntimeError):
@@ -535,6 +554,29 @@ def _is_our_nginx(pid: int, conf: Path) -> bool:
         return False
     title = _cmdline(pid)
     return title.startswith(b"nginx: master process") and str(conf).encode() in title
+
+
+def _orphans(master: int | None, known: dict[int, bytes]) -> set[int]:
+    """The workers a dead nginx master left: those seen last (`known`, if still the same
+    processes) and every other nginx worker of its process group that no master owns any more
+    (forked since the last look, by a reload or to replace a worker). The hub starts nginx in a
+    session of its own, so the master's pid is its workers' process group; a live nginx's workers
+    are its children, and never counted."""
+    found = {pid for pid, title in known.items() if _cmdline(pid) == title}
+    if not master:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        if (pgrp == master and ppid != master and state != "Z"
+                and _cmdline(int(entry)).startswith(b"nginx: worker process")):
+            found.add(int(entry))
+    return found
 
 
 def _workers(master: int | None) -> dict[int, bytes]:
