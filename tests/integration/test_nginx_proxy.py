@@ -280,32 +280,104 @@ async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, 
 
 
 async def test_a_configuration_the_master_refuses_on_reload_is_rolled_back(
-        env: Env, proxy: NginxProxy, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route changes to IP targets skip nginx -t (the master parses the file on SIGHUP anyway):
-    should the master refuse it, the change fails at once, and files and routes are as before."""
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without dynamic routes, route changes to IP targets skip nginx -t (the master parses the
+    file on SIGHUP anyway): should the master refuse it, the change fails at once, and files and
+    routes are as before."""
     from gateway.hub.proxy import nginx as module
 
-    await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
-    conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
-    real = module.render_http
+    port = free_port()
+    proxy = env.proxy("reloads", public_url=f"http://127.0.0.1:{port}/", dynamic_routes=False)
+    await proxy.start()
+    try:
+        await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
+        assert "/user/kim/" in proxy.conf_path.read_text()  # routes in the configuration
+        conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
+        real = module.render_http
 
-    def broken(routes: dict, settings: Any) -> str:
-        text = real(routes, settings)
-        return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
+        def broken(routes: dict, settings: Any) -> str:
+            text = real(routes, settings)
+            return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
 
-    monkeypatch.setattr(module, "render_http", broken)
-    t0 = time.monotonic()
-    with pytest.raises(module.NginxRefused, match="no_such_directive"):
-        await proxy.add_route("/user/lee/", env.target(1), {})
-    assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
-    assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
-    assert await proxy.get_route("/user/lee/") is None
-    monkeypatch.setattr(module, "render_http", real)
-    await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+        monkeypatch.setattr(module, "render_http", broken)
+        t0 = time.monotonic()
+        with pytest.raises(module.NginxRefused, match="no_such_directive"):
+            await proxy.add_route("/user/lee/", env.target(1), {})
+        assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
+        assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
+        assert await proxy.get_route("/user/lee/") is None
+        monkeypatch.setattr(module, "render_http", real)
+        await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+        assert (await get(env, "/user/lee/x", port=port))[1]["port"] == env.upstreams[1]
+        assert (await get(env, "/user/kim/x", port=port))[1]["port"] == env.upstreams[0]
+    finally:
+        await proxy.stop()
+
+
+async def test_a_change_the_route_table_refuses_changes_nothing(env: Env, proxy: NginxProxy) -> None:
+    """nginx's route table refuses a key longer than its limit (64 KiB): the change fails, with
+    routes.json as before, and the next change (the whole table again) goes through."""
+    await proxy.add_route("/user/kim/", env.target(0), {})
+    state = (proxy.dir / "routes.json").read_text()
+    before = await proxy.get_all_routes()
+    with pytest.raises(RuntimeError, match="refused the route change"):
+        await proxy.add_route("/user/" + "k" * 70000 + "/", env.target(1), {})
+    assert (proxy.dir / "routes.json").read_text() == state
+    assert await proxy.get_all_routes() == before
+    await proxy.add_route("/user/lee/", env.target(1), {})
     assert (await get(env, "/user/lee/x"))[1]["port"] == env.upstreams[1]
     assert (await get(env, "/user/kim/x"))[1]["port"] == env.upstreams[0]
     for spec in ("/user/kim/", "/user/lee/"):
         await proxy.delete_route(spec)
+
+
+async def test_route_changes_touch_no_worker_with_1000_routes(env: Env, proxy: NginxProxy) -> None:
+    """Dynamic routes: the configuration holds no route, a change neither reloads nor forks (the
+    same workers serve before and after), and each is served as soon as add_route returns."""
+    from gateway.hub.proxy.nginx import _workers
+
+    for i in range(0, 1000, 250):
+        await asyncio.gather(*[proxy.add_route(f"/user/filler{j}/", f"http://127.0.0.1:{20000 + j}", {})
+                               for j in range(i, i + 250)])
+    assert "filler" not in proxy.conf_path.read_text()
+    workers = _workers(proxy._pid)
+    timings = []
+    for i in range(20):
+        t0 = time.monotonic()
+        await proxy.add_route(f"/user/quick{i}/", env.target(i % 3), {})
+        timings.append(time.monotonic() - t0)
+        status, body = await get(env, f"/user/quick{i}/x")
+        assert status == 200 and body["port"] == env.upstreams[i % 3]
+        t0 = time.monotonic()
+        await proxy.delete_route(f"/user/quick{i}/")
+        timings.append(time.monotonic() - t0)
+        assert (await get(env, f"/user/quick{i}/x"))[0] == 404
+    assert _workers(proxy._pid) == workers
+    await asyncio.gather(*[proxy.delete_route(f"/user/filler{j}/") for j in range(1000)])
+    timings.sort()
+    print(f"route changes with 1,000 routes: p50 {1000 * timings[20]:.1f} ms, "
+          f"max {1000 * timings[-1]:.1f} ms")
+    assert timings[-1] < 1  # a reload took 0.1-0.2 s here, and more under load
+
+
+async def test_a_hub_upgraded_to_dynamic_routes_adopts_its_nginx(env: Env) -> None:
+    """A hub restarted with dynamic routes on an nginx that serves routes from its configuration
+    reloads it once onto the route table: the same master, the routes still served."""
+    port = free_port()
+    old = env.proxy("upgrade", public_url=f"http://127.0.0.1:{port}/", dynamic_routes=False)
+    await old.start()
+    new = None
+    try:
+        await old.add_route("/user/uma/", env.target(2), {})
+        new = env.proxy("upgrade", public_url=f"http://127.0.0.1:{port}/")
+        await new.start()
+        assert new._pid == old._pid and "/user/uma/" not in new.conf_path.read_text()
+        assert (await get(env, "/user/uma/x", port=port))[1]["port"] == env.upstreams[2]
+        await new.add_route("/user/vic/", env.target(1), {})
+        assert (await get(env, "/user/vic/x", port=port))[1]["port"] == env.upstreams[1]
+    finally:
+        await (new or old).stop()
+
 
 async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
     first = proxy._generation

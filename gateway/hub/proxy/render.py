@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 GENERATION_PATH = "/_hpcgate_generation"
+ROUTES_PATH = "/_hpcgate_routes"
 
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
@@ -122,6 +123,12 @@ class Settings:
     timeout: int = 86400  # seconds: a kernel's websocket may be quiet for hours
     keepalive: int = 32
     tls: tuple[str, str] | None = None  # (certificate, key) files: TLS and HTTP/2 towards browsers
+    # The directory of hpcgate_routes.lua: the routes live in nginx's shared memory, changed
+    # without a reload (lua-nginx-module), and the configuration holds none. "": one location
+    # per route, a reload per change.
+    lua_dir: str = ""
+    table_size_mb: int = 16  # the shared dict holding the route table
+    dynamic_keepalive: int = 256  # idle upstream connections per worker, all targets together
 
 
 # Headers of the error page's request to the hub (proxy_set_header in a location replaces every
@@ -171,6 +178,16 @@ def _locations(routes: list[tuple[Spec, Target]], indent: str) -> list[str]:
             # /user/alice (no slash) belongs to /user/alice/ too, as in CHP's segment matching.
             lines.append(f"{indent}location = {quote(spec.path.rstrip('/'))} {{ {_proxy_pass(target)} }}")
     return lines
+
+
+def table_line(spec: Spec, target: Target, address: str) -> str:
+    """A route as hpcgate_routes.lua's update() reads it: tab-separated, key first.
+
+    `address` is the target host's IP address (the balancer takes no names). Nothing here can
+    hold a tab or a newline: parse_routespec and parse_target refuse control characters."""
+    ip = ipaddress.ip_address(address.strip("[]"))  # refuses anything but an address
+    return "\t".join(("set", spec.host + spec.path, target.scheme, str(ip), str(target.port),
+                      target.path))
 
 
 def _listen(address: str, default: bool, tls: bool) -> str:
@@ -239,6 +256,10 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
     for name, t in sorted(upstreams.items()):
         out.append(f"upstream {name} {{ server {t.host}:{t.port}; keepalive {settings.keepalive}; }}")
     out.append("")
+    if settings.lua_dir:
+        if parsed:
+            raise ValueError("with lua_dir, routes go to the route table, not the configuration")
+        return "\n".join(out + _dynamic(settings, common + error))
     hosts = sorted({spec.host for spec, _ in parsed.values() if spec.host})
     default_routes = [(s, t) for s, t in parsed.values() if not s.host]
     for host in ["", *hosts]:
@@ -268,8 +289,55 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
     return "\n".join(out)
 
 
+def _dynamic(settings: Settings, common: list[str]) -> list[str]:
+    """The public server and the status listener when the routes live in the Lua route table."""
+    tls = [f"ssl_certificate {quote(settings.tls[0])};",
+           f"ssl_certificate_key {quote(settings.tls[1])};"] if settings.tls else []
+    if not settings.status_listen.startswith("unix:"):
+        # Route changes arrive there: only a socket in a directory of the hub's own is safe.
+        raise RouteError("the route table is changed through the status listener: it must be a "
+                         f"unix socket, not {settings.status_listen!r}")
+    return [
+        f"lua_package_path {quote(settings.lua_dir + '/?.lua;;')};",
+        f"lua_shared_dict hpcgate_routes {settings.table_size_mb}m;",
+        'init_by_lua_block { require "hpcgate_routes" }  # loaded (and checked) by the master',
+        "upstream hpcgate_routes {",
+        "    server 0.0.0.1;  # a placeholder: balance() sets the peer access() chose",
+        '    balancer_by_lua_block { require("hpcgate_routes").balance() }',
+        f"    keepalive {settings.dynamic_keepalive};  # after the balancer: it wraps it",
+        "}",
+        "",
+        "server {",
+        *[f"    {_listen(a, default=True, tls=bool(settings.tls))}" for a in settings.listen],
+        "    server_name _;",
+        *[f"    {line}" for line in tls + common],
+        "    location / {",
+        '        set $hpcgate_scheme "";',
+        '        set $hpcgate_uri "";',
+        '        access_by_lua_block { require("hpcgate_routes").access() }',
+        "        proxy_pass $hpcgate_scheme://hpcgate_routes$hpcgate_uri;",
+        "    }",
+        '    location @hpcgate_no_route { return 404 "No route for this URL.\\n"; }',
+        "}",
+        "server {",
+        f"    listen {settings.status_listen};",
+        "    access_log off;",
+        f"    location = {GENERATION_PATH} {{",
+        '        content_by_lua_block { require("hpcgate_routes").generation() }',
+        "    }",
+        f"    location = {ROUTES_PATH} {{",
+        "        allow unix:;",
+        "        deny all;",
+        "        client_max_body_size 64m;",
+        "        client_body_buffer_size 64m;  # the whole table in memory, never in a file",
+        '        content_by_lua_block { require("hpcgate_routes").update() }',
+        "    }",
+        "    location / { return 404; }",
+        "}", ""]
+
+
 def render_main(http: str, state_dir: str, pid_file: str, error_log: str, worker_processes: str,
-                access_log: str = "") -> str:
+                access_log: str = "", modules: tuple[str, ...] = ()) -> str:
     """A whole nginx.conf for an nginx the hub runs in the foreground, around `http`."""
     temp = [f"{kind}_temp_path {quote(f'{state_dir}/temp/{kind}')};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")]
@@ -277,8 +345,9 @@ def render_main(http: str, state_dir: str, pid_file: str, error_log: str, worker
         raise RouteError(f"worker_processes must be 'auto' or a number, not {worker_processes!r}")
     access = f"access_log {quote(access_log)};" if access_log else "access_log off;"
     inner = "\n".join(f"    {line}" if line else "" for line in [*temp, access, *http.splitlines()])
+    load = "".join(f"load_module {quote(m)};\n" for m in modules)
     return (f"# Generated by hpcgate-nginx: nginx run by the hub in the foreground.\n"
-            f"daemon off;\nmaster_process on;\nworker_processes {worker_processes};\n"
+            f"{load}daemon off;\nmaster_process on;\nworker_processes {worker_processes};\n"
             f"pid {quote(pid_file)};\nerror_log {quote(error_log)} warn;\n"
             f"events {{ worker_connections 4096; }}\n"
             f"http {{\n{inner}\n}}\n")
