@@ -405,15 +405,32 @@ async def test_routes_survive_a_new_proxy_object_and_it_adopts_nginx(env: Env, p
     assert await proxy.get_all_routes() == await again.get_all_routes()
 
 
-async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy: NginxProxy) -> None:
+@pytest.mark.parametrize("dynamic", [True, False], ids=["route-table", "reloads"])
+async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy: NginxProxy,
+                                                                dynamic: bool) -> None:
     """A 2 GiB download (sendfile from a sparse file upstream) and a websocket stay open through
-    100 route changes, each a graceful reload; requests right after each change see it."""
+    100 route changes, in the route table or each a graceful reload; requests right after each
+    change see it."""
+    port = env.port
+    if not dynamic:
+        port = free_port()
+        proxy = env.proxy("reload-download", public_url=f"http://127.0.0.1:{port}/",
+                          dynamic_routes=False)
+        await proxy.start()
+    try:
+        await _download_and_websocket_through_changes(env, proxy, port)
+    finally:
+        if not dynamic:
+            await proxy.stop()
+
+
+async def _download_and_websocket_through_changes(env: Env, proxy: NginxProxy, port: int) -> None:
     await proxy.add_route("/user/frank/", env.target(1), {})
     timings = []
     step = HUGE // 100
     async with aiohttp.ClientSession() as s, \
-            s.ws_connect(f"http://127.0.0.1:{env.port}/user/frank/ws") as ws, \
-            s.get(f"http://127.0.0.1:{env.port}/user/frank/huge") as download:
+            s.ws_connect(f"http://127.0.0.1:{port}/user/frank/ws") as ws, \
+            s.get(f"http://127.0.0.1:{port}/user/frank/huge") as download:
         assert download.status == 200 and download.content_length == HUGE
         received = 0
         for i in range(100):
@@ -423,12 +440,12 @@ async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy:
             if i % 2:
                 await proxy.delete_route(f"/user/g{i - 1}/")
                 timings.append(time.monotonic() - t0)
-                assert (await get(env, f"/user/g{i - 1}/api"))[0] == 404
+                assert (await get(env, f"/user/g{i - 1}/api", port=port))[0] == 404
             else:
                 await proxy.add_route(f"/user/g{i}/", env.target(i % 3), {})
                 timings.append(time.monotonic() - t0)
                 # A request right after add_route returns reaches the new route, never a 5xx.
-                status, body = await get(env, f"/user/g{i}/api")
+                status, body = await get(env, f"/user/g{i}/api", port=port)
                 assert status == 200 and body["port"] == env.upstreams[i % 3], (i, status, body)
             await ws.send_str(f"ping{i}")
             assert (await ws.receive_str(timeout=5)) == f"{env.upstreams[1]}:ping{i}"
@@ -438,7 +455,8 @@ async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy:
     assert not [spec for spec in await proxy.get_all_routes() if spec.startswith("/user/g")]
     await proxy.delete_route("/user/frank/")
     timings.sort()
-    print(f"100 route changes with a 2 GiB download and a websocket open: p50 "
+    print(f"100 route changes ({'route table' if proxy.dynamic else 'reloads'}) with a 2 GiB "
+          f"download and a websocket open: p50 "
           f"{1000 * timings[50]:.0f} ms, max {1000 * timings[-1]:.0f} ms")
 
 
