@@ -360,6 +360,45 @@ async def test_route_changes_touch_no_worker_with_1000_routes(env: Env, proxy: N
     assert timings[-1] < 1  # a reload took 0.1-0.2 s here, and more under load
 
 
+async def test_a_fresh_nginx_serves_the_routes_at_once_and_a_reload_keeps_the_table(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nginx started (again) loads the table the hub wrote from routes.json in its master, so it
+    serves every route before the hub sends anything; a reload (SIGHUP) keeps the table in shared
+    memory as the hub changed it since, rather than that file."""
+    from gateway.hub.proxy.nginx import _workers
+
+    port = free_port()
+    first = env.proxy("fresh", public_url=f"http://127.0.0.1:{port}/")
+    await first.start()
+    await first.add_route("/user/wes/", env.target(2), {})
+    await first.stop()
+    again = env.proxy("fresh", public_url=f"http://127.0.0.1:{port}/")
+    sent: list[list[str]] = []
+
+    async def withheld(lines: list[str]) -> None:
+        sent.append(lines)
+
+    monkeypatch.setattr(again, "_send", withheld)
+    await again.start()
+    try:
+        assert sent and "/user/wes/" in sent[0][1]  # what the hub would have sent
+        status, body = await get(env, "/user/wes/x", port=port)
+        assert status == 200 and body["port"] == env.upstreams[2], (status, body)
+        monkeypatch.undo()
+        await again.delete_route("/user/wes/")
+        await again.add_route("/user/xan/", env.target(1), {})
+        before = _workers(again._pid)
+        os.kill(again._pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while set(_workers(again._pid)) & set(before):
+            assert time.monotonic() < deadline, "the old workers never left"
+            await asyncio.sleep(0.05)
+        assert (await get(env, "/user/wes/x", port=port))[0] == 404
+        assert (await get(env, "/user/xan/x", port=port))[1]["port"] == env.upstreams[1]
+    finally:
+        await again.stop()
+
+
 async def test_a_hub_upgraded_to_dynamic_routes_adopts_its_nginx(env: Env) -> None:
     """A hub restarted with dynamic routes on an nginx that serves routes from its configuration
     reloads it once onto the route table: the same master, the routes still served."""

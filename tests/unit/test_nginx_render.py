@@ -263,3 +263,12 @@ def test_table_lines_hold_the_decoded_path_and_an_address() -> None:
     assert host == "set\talice.hub.org/\thttp\t::1\t5\t"
     with pytest.raises(ValueError):  # a name never reaches the balancer
         table_line(parse_routespec("/x/"), parse_target("http://node1:5"), "node1")
+
+
+def test_the_table_files_path_reaches_lua_as_decimal_escapes_only() -> None:
+    from dataclasses import replace
+
+    conf = render_http({}, replace(DYNAMIC, table_file='/st/a"b}\\x/table'))
+    literal = re.search(r'load\(("[^"]*")\) \}', conf).group(1)
+    assert re.fullmatch(r'"(\\[0-9]{3})+"', literal)
+    assert bytes(int(d) for d in re.findall(r"[0-9]{3}", literal)).decode() == '/st/a"b}\\x/table'

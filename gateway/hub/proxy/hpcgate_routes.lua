@@ -101,37 +101,30 @@ local function fail(status, message)
     return ngx.exit(status)
 end
 
--- content_by_lua on the status listener: POST lines, tab-separated:
+-- Apply the hub's lines, tab-separated:
 --   "set", key, scheme, address, port, target path  (a route, new or replaced)
 --   "del", key
 --   "sync"            (the sets that follow are the whole table: every other route goes)
 --   "generation", N   (last: what GET /_hpcgate_generation answers from now on)
-function _M.update()
-    if ngx.req.get_method() ~= "POST" then
-        return fail(405, "POST only")
-    end
-    ngx.req.read_body()
-    local body = ngx.req.get_body_data()
-    if not body then
-        return fail(400, "no body (or larger than client_body_buffer_size)")
-    end
+-- true, or nil, an HTTP status and a message.
+local function apply(body)
     local sync, seen, generation = false, {}, nil
     for line in body:gmatch("[^\n]+") do
         local op, rest = match(line, "^(%a+)\t?(.*)$")
         if op == "set" then
             local key, value = match(rest, "^([^\t]+)\t(%a+\t[^\t]+\t%d+\t.*)$")
             if not key then
-                return fail(400, "bad set line")
+                return nil, 400, "bad set line"
             end
             local new = routes:get(key) == nil
             local ok, err = routes:safe_set(key, value)  -- never evicts another route
             if not ok then
-                return fail(507, "route table full (" .. err .. "): raise NginxProxy.route_table_size")
+                return nil, 507, "route table full (" .. err .. "): raise NginxProxy.route_table_size"
             end
             if new then
                 ok, err = count_host(host_of(key), 1)
                 if not ok then
-                    return fail(507, "route table full (" .. err .. ")")
+                    return nil, 507, "route table full (" .. err .. ")"
                 end
             end
             seen[key] = true
@@ -145,7 +138,7 @@ function _M.update()
         elseif op == "generation" then
             generation = tonumber(rest)
         else
-            return fail(400, "bad line")
+            return nil, 400, "bad line"
         end
     end
     if sync then
@@ -169,7 +162,7 @@ function _M.update()
         for host, n in pairs(hosts) do
             local ok, err = routes:safe_set("#host " .. host, n)
             if not ok then
-                return fail(507, "route table full (" .. err .. ")")
+                return nil, 507, "route table full (" .. err .. ")"
             end
         end
         for _, key in ipairs(stale) do
@@ -181,8 +174,44 @@ function _M.update()
     if generation then
         routes:set("#generation", generation)
     end
+    return true
+end
+
+-- content_by_lua on the status listener: the hub POSTs lines for apply().
+function _M.update()
+    if ngx.req.get_method() ~= "POST" then
+        return fail(405, "POST only")
+    end
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data()
+    if not body then
+        return fail(400, "no body (or larger than client_body_buffer_size)")
+    end
+    local ok, status, message = apply(body)
+    if not ok then
+        return fail(status, message)
+    end
     ngx.header["Content-Type"] = "text/plain"
-    ngx.say(generation or "")
+    ngx.say(routes:get("#generation") or "")
+end
+
+-- init_by_lua, in the master: a freshly started nginx serves the table the hub wrote for it
+-- (`path`, lines for apply()) from its first request, before the hub sends anything. A reload
+-- keeps the shared table as it is.
+function _M.load(path)
+    if routes:get("#generation") then
+        return
+    end
+    local file = io.open(path, "rb")
+    if not file then
+        return
+    end
+    local body = file:read("*a")
+    file:close()
+    local ok, _, message = apply(body)
+    if not ok then
+        ngx.log(ngx.ERR, "hpcgate: the route table in ", path, " was refused: ", message)
+    end
 end
 
 -- content_by_lua on the status listener: the generation the hub last sent, -1 before any.

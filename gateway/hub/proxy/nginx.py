@@ -37,6 +37,7 @@ from gateway.hub.proxy.render import (
 STATE_FILE = "routes.json"
 OLD_WORKERS_GRACE = 0.15  # seconds; used when the site's nginx master is unknown (no pid_file)
 CONF_FILE = "nginx.conf"
+TABLE_FILE = "table"  # routes.json as the route table's lines, for a fresh nginx (in private/)
 
 
 class NginxProxy(Proxy):
@@ -55,7 +56,8 @@ class NginxProxy(Proxy):
     picks its route there, and the hub sends each change over the status listener, a unix socket
     in a 0700 directory of its own. A change is served by every worker when `add_route` returns,
     no reload and no connection touched: about 2 ms with 1,000 routes, most of it writing
-    routes.json. nginx started (again), or adopted, gets the whole table from routes.json.
+    routes.json. nginx started (again) loads the table, written from routes.json, in its master
+    before its first request; nginx adopted gets it whole from routes.json too.
 
     Otherwise (`should_start = False`: a site's own nginx includes `include_file` in its `http {}`
     block and the hub runs `reload_command`, an argv list, never a shell string; or
@@ -198,7 +200,8 @@ class NginxProxy(Proxy):
                         timeout=self.upstream_timeout,
                         tls=(self.ssl_cert, self.ssl_key) if self.ssl_cert else None,
                         lua_dir=str(Path(__file__).parent) if self.dynamic else "",
-                        table_size_mb=self.route_table_size)
+                        table_size_mb=self.route_table_size,
+                        table_file=str(self.dir / "private" / TABLE_FILE))
 
     def _listen_addresses(self) -> list[str]:
         if self.listen:
@@ -584,6 +587,11 @@ class NginxProxy(Proxy):
             if self.status_address.startswith("unix:"):  # left by an nginx that was SIGKILLed
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.status_address[5:])
+            if self.dynamic:  # nginx serves these from its first request; start() syncs after
+                await self._resolve_names(self._committed)
+                lines = ["sync", *filter(None, map(self._table_line, self._committed.values())),
+                         f"generation\t{self._generation}"]
+                _write_atomic(self.dir / "private" / TABLE_FILE, "\n".join(lines) + "\n")
             self.log.info("Starting nginx on %s", ", ".join(self._listen_addresses()))
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
                 [self.nginx_path, "-c", str(self.conf_path), "-p", f"{self.dir}/"],

@@ -128,6 +128,7 @@ class Settings:
     # per route, a reload per change.
     lua_dir: str = ""
     table_size_mb: int = 16  # the shared dict holding the route table
+    table_file: str = ""  # the table a freshly started nginx loads before the hub sends it
     dynamic_keepalive: int = 256  # idle upstream connections per worker, all targets together
 
 
@@ -300,7 +301,8 @@ def _dynamic(settings: Settings, common: list[str]) -> list[str]:
     return [
         f"lua_package_path {quote(settings.lua_dir + '/?.lua;;')};",
         f"lua_shared_dict hpcgate_routes {settings.table_size_mb}m;",
-        'init_by_lua_block { require "hpcgate_routes" }  # loaded (and checked) by the master',
+        # In the master: checks the module, and a fresh nginx starts with the hub's table.
+        f'init_by_lua_block {{ require("hpcgate_routes").load({_lua_string(settings.table_file)}) }}',
         "upstream hpcgate_routes {",
         "    server 0.0.0.1;  # a placeholder: balance() sets the peer access() chose",
         '    balancer_by_lua_block { require("hpcgate_routes").balance() }',
@@ -334,6 +336,12 @@ def _dynamic(settings: Settings, common: list[str]) -> list[str]:
         "    }",
         "    location / { return 404; }",
         "}", ""]
+
+
+def _lua_string(value: str) -> str:
+    """A Lua string literal of `value`, every byte a decimal escape: nothing in it can end the
+    string or the block around it."""
+    return '"' + "".join(f"\\{b:03d}" for b in value.encode()) + '"'
 
 
 def render_main(http: str, state_dir: str, pid_file: str, error_log: str, worker_processes: str,
