@@ -399,6 +399,15 @@ async def test_a_fresh_nginx_serves_the_routes_at_once_and_a_reload_keeps_the_ta
         await again.stop()
 
 
+async def test_without_the_lua_module_the_hub_says_what_to_install(env: Env) -> None:
+    p = env.proxy("no-lua", public_url=f"http://127.0.0.1:{free_port()}/",
+                  lua_modules=["/usr/lib/nginx/modules/ndk_http_module.so", "/nonexistent/lua.so"])
+    with pytest.raises(RuntimeError, match="/nonexistent/lua.so is missing: install Debian's "
+                                           "libnginx-mod-http-lua"):
+        await p.start()
+    assert p._running_pid() is None
+
+
 async def test_a_hub_upgraded_to_dynamic_routes_adopts_its_nginx(env: Env) -> None:
     """A hub restarted with dynamic routes on an nginx that serves routes from its configuration
     reloads it once onto the route table: the same master, the routes still served."""

@@ -361,6 +361,12 @@ class NginxProxy(Proxy):
     async def _configure(self, running: int | None) -> None:
         """Write (and test) the configuration, which holds no route; a `running` nginx whose
         file differs (other settings, or a hub upgraded) is reloaded onto the new one."""
+        missing = _missing(self.lua_modules)
+        if missing:
+            raise RuntimeError(
+                f"hpcgate-nginx's route table needs lua-nginx-module, and {', '.join(missing)} is "
+                "missing: install Debian's libnginx-mod-http-lua (make setup does), or set "
+                "c.NginxProxy.dynamic_routes = False (a reload per route change)")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "temp").mkdir(mode=0o755, exist_ok=True)  # nginx makes (and chowns) the rest
         private = self.dir / "private"
@@ -764,6 +770,10 @@ def _wchan(pid: int) -> str | None:
         return Path(f"/proc/{pid}/wchan").read_text()  # a /proc file: never blocks
     except OSError:
         return None
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
 
 
 def _table_key(routespec: str) -> str:
