@@ -243,6 +243,23 @@ async def test_host_routes(env: Env) -> None:
         await p.stop()
 
 
+async def test_an_ipv6_target(env: Env, proxy: NginxProxy) -> None:
+    """The balancer takes an IPv6 peer in brackets, as nginx's upstream parser reads it."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "::1", port).start()
+    try:
+        await proxy.add_route("/user/six/", f"http://[::1]:{port}", {})
+        status, body = await get(env, "/user/six/api")
+        assert status == 200 and body["port"] == port and body["path"] == "/user/six/api"
+        await proxy.delete_route("/user/six/")
+    finally:
+        await runner.cleanup()
+
+
 async def test_client_supplied_addresses_are_replaced(env: Env, proxy: NginxProxy) -> None:
     await proxy.add_route("/user/carol/", env.target(0), {})
     status, body = await get(env, "/user/carol/api",

@@ -260,7 +260,7 @@ def test_table_lines_hold_the_decoded_path_and_an_address() -> None:
                       "10.0.0.2")
     assert line == "set\t/user/o'brien x/\thttp\t10.0.0.2\t4000\t/base"
     host = table_line(parse_routespec("Alice.hub.org/"), parse_target("http://[::1]:5"), "[::1]")
-    assert host == "set\talice.hub.org/\thttp\t::1\t5\t"
+    assert host == "set\talice.hub.org/\thttp\t[::1]\t5\t"
     with pytest.raises(ValueError):  # a name never reaches the balancer
         table_line(parse_routespec("/x/"), parse_target("http://node1:5"), "node1")
 

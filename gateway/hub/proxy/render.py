@@ -187,7 +187,8 @@ def table_line(spec: Spec, target: Target, address: str) -> str:
     `address` is the target host's IP address (the balancer takes no names). Nothing here can
     hold a tab or a newline: parse_routespec and parse_target refuse control characters."""
     ip = ipaddress.ip_address(address.strip("[]"))  # refuses anything but an address
-    return "\t".join(("set", spec.host + spec.path, target.scheme, str(ip), str(target.port),
+    peer = f"[{ip}]" if ip.version == 6 else str(ip)  # as the balancer parses it (ngx_parse_url)
+    return "\t".join(("set", spec.host + spec.path, target.scheme, peer, str(target.port),
                       target.path))
 
 
