@@ -119,7 +119,10 @@ local function apply(body)
             local new = routes:get(key) == nil
             local ok, err = routes:safe_set(key, value)  -- never evicts another route
             if not ok then
-                return nil, 507, "route table full (" .. err .. "): raise NginxProxy.route_table_size"
+                if err == "no memory" then
+                    err = "the route table is full: raise NginxProxy.route_table_size"
+                end
+                return nil, 507, "cannot store the route: " .. err
             end
             if new then
                 ok, err = count_host(host_of(key), 1)
