@@ -385,6 +385,7 @@ class NginxProxy(Proxy):
         if running is None:
             return
         self.log.info("Reloading nginx %d onto a new configuration", running)
+        await self._write_table_file()  # should the table be new (another size): routes.json's
         idle = await _master_idle(running, self.reload_timeout)
         before = _workers(running)
         os.kill(running, signal.SIGHUP)
@@ -392,6 +393,13 @@ class NginxProxy(Proxy):
         await self._wait_old_workers_closed(running, before)
         self._known_workers = _workers(running)
         self._full_sync = True  # a table from before (another configuration) may be empty
+
+    async def _write_table_file(self) -> None:
+        """routes.json as lines for the route table, which a new table loads in nginx's master."""
+        await self._resolve_names(self._committed)
+        lines = ["sync", *filter(None, map(self._table_line, self._committed.values())),
+                 f"generation\t{self._generation}"]
+        _write_atomic(self.dir / "private" / TABLE_FILE, "\n".join(lines) + "\n")
 
     async def _wait_answering(self) -> None:
         """Until the status listener answers: the route table can take changes."""
@@ -594,10 +602,7 @@ class NginxProxy(Proxy):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.status_address[5:])
             if self.dynamic:  # nginx serves these from its first request; start() syncs after
-                await self._resolve_names(self._committed)
-                lines = ["sync", *filter(None, map(self._table_line, self._committed.values())),
-                         f"generation\t{self._generation}"]
-                _write_atomic(self.dir / "private" / TABLE_FILE, "\n".join(lines) + "\n")
+                await self._write_table_file()
             self.log.info("Starting nginx on %s", ", ".join(self._listen_addresses()))
             self._proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, never awaited
                 [self.nginx_path, "-c", str(self.conf_path), "-p", f"{self.dir}/"],
