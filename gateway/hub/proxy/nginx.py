@@ -98,7 +98,9 @@ class NginxProxy(Proxy):
     status_listen = Unicode(
         "", config=True,
         help="Where nginx answers the hub's generation check: 'unix:/path' or '127.0.0.1:PORT' "
-             "(loopback only). Default: a unix socket in state_dir.")
+             "(loopback only). With dynamic_routes route changes arrive there too: then only a "
+             "unix socket, in a directory only the hub can enter. Default: a unix socket in "
+             "state_dir (state_dir/private with dynamic_routes).")
     worker_processes = Unicode("auto", config=True, help="nginx's worker_processes.")
     batch_window = Float(
         0, config=True,
