@@ -7,28 +7,31 @@
 --                      the path decoded, as nginx matches locations, starting and ending with "/")
 --   "#host <host>"  -> how many routes that host has
 --   "#generation"   -> the generation the hub last sent
+--   "#longest"      -> the length of the longest route path: no prefix longer is looked up
 -- Keys and values never hold a control character: the hub refuses them in routespecs and targets.
 
 local routes = ngx.shared.hpcgate_routes
 local balancer = require "ngx.balancer"
 
 local byte, sub, find, match = string.byte, string.sub, string.find, string.match
-local tonumber = tonumber
+local tonumber, min = tonumber, math.min
 local SLASH = 47
 
 local _M = {}
 
 -- The longest route for `uri` among `host`'s: first the URI plus "/" (a prefix's own URL, as
--- /user/alice for /user/alice/, like CHP's segment matching), then every prefix ending in "/".
-local function longest(host, uri)
+-- /user/alice for /user/alice/, like CHP's segment matching), then every prefix ending in "/",
+-- none longer than `limit` (the longest route's path): a URI of 30,000 slashes cost seconds.
+local function longest(host, uri, limit)
     local value
-    if byte(uri, -1) ~= SLASH then
+    local n = #uri
+    if byte(uri, -1) ~= SLASH and n < limit then
         value = routes:get(host .. uri .. "/")
         if value then
             return value
         end
     end
-    for i = #uri, 1, -1 do
+    for i = min(n, limit), 1, -1 do
         if byte(uri, i) == SLASH then
             value = routes:get(host .. sub(uri, 1, i))
             if value then
@@ -43,12 +46,13 @@ end
 -- peer for balance().
 function _M.access()
     local uri, host = ngx.var.uri, ngx.var.host
+    local limit = routes:get("#longest") or 0
     local value
     if routes:get("#host " .. host) then
         -- A host with routes of its own falls back to the host-less "/" only (the hub).
-        value = longest(host, uri) or routes:get("/")
+        value = longest(host, uri, limit) or routes:get("/")
     else
-        value = longest("", uri)
+        value = longest("", uri, limit)
     end
     if not value then
         return ngx.exec("@hpcgate_no_route")
@@ -80,6 +84,11 @@ local function host_of(key)
     return sub(key, 1, find(key, "/", 1, true) - 1)
 end
 
+local function path_length(key)
+    local host = host_of(key)
+    return #key - (host and #host or 0)
+end
+
 local function count_host(host, by)
     if not host then
         return true
@@ -109,12 +118,18 @@ end
 -- true, or nil, an HTTP status and a message.
 local function apply(body)
     local sync, seen, generation = false, {}, nil
+    local longest_path = routes:get("#longest") or 0
     for line in body:gmatch("[^\n]+") do
         local op, rest = match(line, "^(%a+)\t?(.*)$")
         if op == "set" then
             local key, value = match(rest, "^([^\t]+)\t(%a+\t[^\t]+\t%d+\t.*)$")
             if not key then
                 return nil, 400, "bad set line"
+            end
+            local length = path_length(key)
+            if length > longest_path then  -- first: no request may stop short of the route
+                longest_path = length
+                routes:set("#longest", length)
             end
             local new = routes:get(key) == nil
             local ok, err = routes:safe_set(key, value)  -- never evicts another route
@@ -147,7 +162,7 @@ local function apply(body)
     if sync then
         -- Routes the hub no longer has go; host counts are recounted from what stays, set before
         -- stale ones go (a request meanwhile never sees its host without routes).
-        local hosts, stale = {}, {}
+        local hosts, stale, longest_seen = {}, {}, 1
         for _, key in ipairs(routes:get_keys(0)) do
             if sub(key, 1, 6) == "#host " then
                 stale[#stale + 1] = key
@@ -159,6 +174,7 @@ local function apply(body)
                     if host then
                         hosts[host] = (hosts[host] or 0) + 1
                     end
+                    longest_seen = math.max(longest_seen, path_length(key))
                 end
             end
         end
@@ -173,6 +189,7 @@ local function apply(body)
                 routes:delete(key)
             end
         end
+        routes:set("#longest", longest_seen)  -- the routes that went may have been the longest
     end
     if generation then
         routes:set("#generation", generation)
