@@ -9,7 +9,8 @@ CHP_DIR ?= /opt/hpcgate/chp
 LAB_DIR ?= /var/tmp/hpcgate-lab
 LABEXT := $(VENV)/share/jupyter/labextensions/hpcgate-session/package.json
 DEB_PACKAGES := slurm-wlm slurmrestd munge slapd ldap-utils openssh-server sudo acl iproute2 \
-	python3 python3-venv systemd nginx-light chromium wrk curl postgresql
+	python3 python3-venv systemd nginx-light libnginx-mod-http-lua chromium wrk curl \
+	postgresql
 # Installed without their Recommends: prometheus would bring prometheus-node-exporter (a second
 # daemon, on :9100 wherever systemd runs) and its helpers (ipmitool, nvme-cli, smartmontools...).
 # The tests start their own prometheus on a free loopback port; promtool checks the alert rules.

@@ -1,7 +1,8 @@
 """hpcgate-nginx against configurable-http-proxy, in turns, in front of the same upstreams.
 
 Both proxies run on loopback with the same 1,000 filler routes (each to a target of its own, as
-users' servers are: nginx gets 1,000 upstreams) plus two real ones:
+users' servers are; hpcgate-nginx keeps them in its route table, without a reload) plus two real
+ones:
 `/user/bench/` to a static nginx (sendfile, keepalive) serving a 1 MB and a 128-byte file, and
 `/user/ws/` to an aiohttp websocket echo server (a separate process). Each row alternates the two
 proxies (--rounds times, median reported), so a busy moment of the shared machine does not fall on

@@ -72,8 +72,8 @@ def test_spawn_kernel_websocket_hub_restart_and_stop_through_nginx(hub: Hub,
     assert status in (201, 202), _
     hub.wait_ready("alice")
     assert routes(hub)["/user/alice/"]["data"]["user"] == "alice"
-    conf = hub.hub.dir / "nginx" / "nginx.conf"
-    assert '"/user/alice/"' in conf.read_text()
+    state = hub.hub.dir / "nginx" / "routes.json"  # the persisted truth, in nginx's table too
+    assert "/user/alice/" in json.loads(state.read_text())["routes"]
     code, body = hub.get("/user/alice/api")
     assert code == 200 and "version" in json.loads(body)
 
@@ -107,4 +107,6 @@ def test_spawn_kernel_websocket_hub_restart_and_stop_through_nginx(hub: Hub,
 
     hub.stop("alice")
     assert "/user/alice/" not in routes(hub)
-    assert '"/user/alice/"' not in conf.read_text()
+    assert "/user/alice/" not in json.loads(state.read_text())["routes"]
+    # nginx's table dropped it too: the hub answers now, not JupyterLab's API.
+    assert not hub.get("/user/alice/api")[1].lstrip().startswith('{"version"')

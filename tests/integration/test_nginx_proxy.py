@@ -246,6 +246,39 @@ async def test_host_routes(env: Env) -> None:
         await p.stop()
 
 
+async def test_an_ipv6_target(env: Env, proxy: NginxProxy) -> None:
+    """The balancer takes an IPv6 peer in brackets, as nginx's upstream parser reads it."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "::1", port).start()
+    try:
+        await proxy.add_route("/user/six/", f"http://[::1]:{port}", {})
+        status, body = await get(env, "/user/six/api")
+        assert status == 200 and body["port"] == port and body["path"] == "/user/six/api"
+        await proxy.delete_route("/user/six/")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_path_of_many_slashes_costs_no_more_than_a_short_one(env: Env, proxy: NginxProxy) -> None:
+    """The route lookup tries no prefix longer than the longest route: a path of 30,000 slashes
+    took 2 s of a worker's CPU per request when every prefix was looked up."""
+    await proxy.add_route("/user/deep/", env.target(1), {})
+    try:
+        status, body = await get(env, "/user/deep/a/b/c/d/e/f/g/h?x=/1/2/")
+        assert status == 200 and body["port"] == env.upstreams[1]
+        t0 = time.monotonic()
+        for _ in range(20):
+            status, _ = await raw_get(env.port, "/x" + "/" * 30000)
+            assert status in (400, 404)  # no route, or the hub's default refuses the length
+        assert time.monotonic() - t0 < 5  # 43 s before
+    finally:
+        await proxy.delete_route("/user/deep/")
+
+
 async def test_client_supplied_addresses_are_replaced(env: Env, proxy: NginxProxy) -> None:
     await proxy.add_route("/user/carol/", env.target(0), {})
     status, body = await get(env, "/user/carol/api",
@@ -283,32 +316,153 @@ async def test_a_change_nginx_refuses_fails_alone_and_changes_nothing(env: Env, 
 
 
 async def test_a_configuration_the_master_refuses_on_reload_is_rolled_back(
-        env: Env, proxy: NginxProxy, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route changes to IP targets skip nginx -t (the master parses the file on SIGHUP anyway):
-    should the master refuse it, the change fails at once, and files and routes are as before."""
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without dynamic routes, route changes to IP targets skip nginx -t (the master parses the
+    file on SIGHUP anyway): should the master refuse it, the change fails at once, and files and
+    routes are as before."""
     from gateway.hub.proxy import nginx as module
 
-    await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
-    conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
-    real = module.render_http
+    port = free_port()
+    proxy = env.proxy("reloads", public_url=f"http://127.0.0.1:{port}/", dynamic_routes=False)
+    await proxy.start()
+    try:
+        await proxy.add_route("/user/kim/", env.target(0), {})  # nginx -t ran for these settings
+        assert "/user/kim/" in proxy.conf_path.read_text()  # routes in the configuration
+        conf, state = proxy.conf_path.read_text(), (proxy.dir / "routes.json").read_text()
+        real = module.render_http
 
-    def broken(routes: dict, settings: Any) -> str:
-        text = real(routes, settings)
-        return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
+        def broken(routes: dict, settings: Any) -> str:
+            text = real(routes, settings)
+            return text + "no_such_directive on;\n" if "/user/lee/" in routes else text
 
-    monkeypatch.setattr(module, "render_http", broken)
-    t0 = time.monotonic()
-    with pytest.raises(module.NginxRefused, match="no_such_directive"):
-        await proxy.add_route("/user/lee/", env.target(1), {})
-    assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
-    assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
-    assert await proxy.get_route("/user/lee/") is None
-    monkeypatch.setattr(module, "render_http", real)
-    await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+        monkeypatch.setattr(module, "render_http", broken)
+        t0 = time.monotonic()
+        with pytest.raises(module.NginxRefused, match="no_such_directive"):
+            await proxy.add_route("/user/lee/", env.target(1), {})
+        assert time.monotonic() - t0 < 5  # seen in the error log, not a reload timeout
+        assert proxy.conf_path.read_text() == conf and (proxy.dir / "routes.json").read_text() == state
+        assert await proxy.get_route("/user/lee/") is None
+        monkeypatch.setattr(module, "render_http", real)
+        await proxy.add_route("/user/lee/", env.target(1), {})  # the same nginx, the next change works
+        assert (await get(env, "/user/lee/x", port=port))[1]["port"] == env.upstreams[1]
+        assert (await get(env, "/user/kim/x", port=port))[1]["port"] == env.upstreams[0]
+    finally:
+        await proxy.stop()
+
+
+async def test_a_change_the_route_table_refuses_changes_nothing(env: Env, proxy: NginxProxy) -> None:
+    """nginx's route table refuses a key longer than its limit (64 KiB): the change fails, with
+    routes.json as before, and the next change (the whole table again) goes through."""
+    await proxy.add_route("/user/kim/", env.target(0), {})
+    state = (proxy.dir / "routes.json").read_text()
+    before = await proxy.get_all_routes()
+    with pytest.raises(RuntimeError, match=r"refused the route change \(507\): cannot store the "
+                                           "route: key too long"):
+        await proxy.add_route("/user/" + "k" * 70000 + "/", env.target(1), {})
+    assert (proxy.dir / "routes.json").read_text() == state
+    assert await proxy.get_all_routes() == before
+    await proxy.add_route("/user/lee/", env.target(1), {})
     assert (await get(env, "/user/lee/x"))[1]["port"] == env.upstreams[1]
     assert (await get(env, "/user/kim/x"))[1]["port"] == env.upstreams[0]
     for spec in ("/user/kim/", "/user/lee/"):
         await proxy.delete_route(spec)
+
+
+async def test_route_changes_touch_no_worker_with_1000_routes(env: Env, proxy: NginxProxy) -> None:
+    """Dynamic routes: the configuration holds no route, a change neither reloads nor forks (the
+    same workers serve before and after), and each is served as soon as add_route returns."""
+    from gateway.hub.proxy.nginx import _workers
+
+    for i in range(0, 1000, 250):
+        await asyncio.gather(*[proxy.add_route(f"/user/filler{j}/", f"http://127.0.0.1:{20000 + j}", {})
+                               for j in range(i, i + 250)])
+    assert "filler" not in proxy.conf_path.read_text()
+    workers = _workers(proxy._pid)
+    timings = []
+    for i in range(20):
+        t0 = time.monotonic()
+        await proxy.add_route(f"/user/quick{i}/", env.target(i % 3), {})
+        timings.append(time.monotonic() - t0)
+        status, body = await get(env, f"/user/quick{i}/x")
+        assert status == 200 and body["port"] == env.upstreams[i % 3]
+        t0 = time.monotonic()
+        await proxy.delete_route(f"/user/quick{i}/")
+        timings.append(time.monotonic() - t0)
+        assert (await get(env, f"/user/quick{i}/x"))[0] == 404
+    assert _workers(proxy._pid) == workers
+    await asyncio.gather(*[proxy.delete_route(f"/user/filler{j}/") for j in range(1000)])
+    timings.sort()
+    print(f"route changes with 1,000 routes: p50 {1000 * timings[20]:.1f} ms, "
+          f"max {1000 * timings[-1]:.1f} ms")
+    assert timings[-1] < 1  # a reload took 0.1-0.2 s here, and more under load
+
+
+async def test_a_fresh_nginx_serves_the_routes_at_once_and_a_reload_keeps_the_table(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nginx started (again) loads the table the hub wrote from routes.json in its master, so it
+    serves every route before the hub sends anything; a reload (SIGHUP) keeps the table in shared
+    memory as the hub changed it since, rather than that file."""
+    from gateway.hub.proxy.nginx import _workers
+
+    port = free_port()
+    first = env.proxy("fresh", public_url=f"http://127.0.0.1:{port}/")
+    await first.start()
+    await first.add_route("/user/wes/", env.target(2), {})
+    await first.stop()
+    again = env.proxy("fresh", public_url=f"http://127.0.0.1:{port}/")
+    sent: list[list[str]] = []
+
+    async def withheld(lines: list[str]) -> None:
+        sent.append(lines)
+
+    monkeypatch.setattr(again, "_send", withheld)
+    await again.start()
+    try:
+        assert sent and "/user/wes/" in sent[0][1]  # what the hub would have sent
+        status, body = await get(env, "/user/wes/x", port=port)
+        assert status == 200 and body["port"] == env.upstreams[2], (status, body)
+        monkeypatch.undo()
+        await again.delete_route("/user/wes/")
+        await again.add_route("/user/xan/", env.target(1), {})
+        before = _workers(again._pid)
+        os.kill(again._pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while set(_workers(again._pid)) & set(before):
+            assert time.monotonic() < deadline, "the old workers never left"
+            await asyncio.sleep(0.05)
+        assert (await get(env, "/user/wes/x", port=port))[0] == 404
+        assert (await get(env, "/user/xan/x", port=port))[1]["port"] == env.upstreams[1]
+    finally:
+        await again.stop()
+
+
+async def test_without_the_lua_module_the_hub_says_what_to_install(env: Env) -> None:
+    p = env.proxy("no-lua", public_url=f"http://127.0.0.1:{free_port()}/",
+                  lua_modules=["/usr/lib/nginx/modules/ndk_http_module.so", "/nonexistent/lua.so"])
+    with pytest.raises(RuntimeError, match="/nonexistent/lua.so is missing: install Debian's "
+                                           "libnginx-mod-http-lua"):
+        await p.start()
+    assert p._running_pid() is None
+
+
+async def test_a_hub_upgraded_to_dynamic_routes_adopts_its_nginx(env: Env) -> None:
+    """A hub restarted with dynamic routes on an nginx that serves routes from its configuration
+    reloads it once onto the route table: the same master, the routes still served."""
+    port = free_port()
+    old = env.proxy("upgrade", public_url=f"http://127.0.0.1:{port}/", dynamic_routes=False)
+    await old.start()
+    new = None
+    try:
+        await old.add_route("/user/uma/", env.target(2), {})
+        new = env.proxy("upgrade", public_url=f"http://127.0.0.1:{port}/")
+        await new.start()
+        assert new._pid == old._pid and "/user/uma/" not in new.conf_path.read_text()
+        assert (await get(env, "/user/uma/x", port=port))[1]["port"] == env.upstreams[2]
+        await new.add_route("/user/vic/", env.target(1), {})
+        assert (await get(env, "/user/vic/x", port=port))[1]["port"] == env.upstreams[1]
+    finally:
+        await (new or old).stop()
+
 
 async def test_changes_at_once_share_one_reload(env: Env, proxy: NginxProxy) -> None:
     first = proxy._generation
@@ -336,15 +490,32 @@ async def test_routes_survive_a_new_proxy_object_and_it_adopts_nginx(env: Env, p
     assert await proxy.get_all_routes() == await again.get_all_routes()
 
 
-async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy: NginxProxy) -> None:
+@pytest.mark.parametrize("dynamic", [True, False], ids=["route-table", "reloads"])
+async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy: NginxProxy,
+                                                                dynamic: bool) -> None:
     """A 2 GiB download (sendfile from a sparse file upstream) and a websocket stay open through
-    100 route changes, each a graceful reload; requests right after each change see it."""
+    100 route changes, in the route table or each a graceful reload; requests right after each
+    change see it."""
+    port = env.port
+    if not dynamic:
+        port = free_port()
+        proxy = env.proxy("reload-download", public_url=f"http://127.0.0.1:{port}/",
+                          dynamic_routes=False)
+        await proxy.start()
+    try:
+        await _download_and_websocket_through_changes(env, proxy, port)
+    finally:
+        if not dynamic:
+            await proxy.stop()
+
+
+async def _download_and_websocket_through_changes(env: Env, proxy: NginxProxy, port: int) -> None:
     await proxy.add_route("/user/frank/", env.target(1), {})
     timings = []
     step = HUGE // 100
     async with aiohttp.ClientSession() as s, \
-            s.ws_connect(f"http://127.0.0.1:{env.port}/user/frank/ws") as ws, \
-            s.get(f"http://127.0.0.1:{env.port}/user/frank/huge") as download:
+            s.ws_connect(f"http://127.0.0.1:{port}/user/frank/ws") as ws, \
+            s.get(f"http://127.0.0.1:{port}/user/frank/huge") as download:
         assert download.status == 200 and download.content_length == HUGE
         received = 0
         for i in range(100):
@@ -354,12 +525,12 @@ async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy:
             if i % 2:
                 await proxy.delete_route(f"/user/g{i - 1}/")
                 timings.append(time.monotonic() - t0)
-                assert (await get(env, f"/user/g{i - 1}/api"))[0] == 404
+                assert (await get(env, f"/user/g{i - 1}/api", port=port))[0] == 404
             else:
                 await proxy.add_route(f"/user/g{i}/", env.target(i % 3), {})
                 timings.append(time.monotonic() - t0)
                 # A request right after add_route returns reaches the new route, never a 5xx.
-                status, body = await get(env, f"/user/g{i}/api")
+                status, body = await get(env, f"/user/g{i}/api", port=port)
                 assert status == 200 and body["port"] == env.upstreams[i % 3], (i, status, body)
             await ws.send_str(f"ping{i}")
             assert (await ws.receive_str(timeout=5)) == f"{env.upstreams[1]}:ping{i}"
@@ -369,7 +540,8 @@ async def test_download_and_websocket_survive_100_route_changes(env: Env, proxy:
     assert not [spec for spec in await proxy.get_all_routes() if spec.startswith("/user/g")]
     await proxy.delete_route("/user/frank/")
     timings.sort()
-    print(f"100 route changes with a 2 GiB download and a websocket open: p50 "
+    print(f"100 route changes ({'route table' if proxy.dynamic else 'reloads'}) with a 2 GiB "
+          f"download and a websocket open: p50 "
           f"{1000 * timings[50]:.0f} ms, max {1000 * timings[-1]:.0f} ms")
 
 

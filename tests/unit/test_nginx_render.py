@@ -21,6 +21,7 @@ from gateway.hub.proxy.render import (
     quote,
     render_http,
     render_main,
+    table_line,
 )
 from gateway.lab.hub import proxy_config
 
@@ -215,3 +216,59 @@ def test_upstream_names_are_unique_and_of_many_lengths() -> None:
     assert all(re.fullmatch(r"hpcgate_[0-9a-f]{16,47}", n) for n in names)
     assert len({len(n) for n in names}) == 32
     assert parse_target("http://10.0.0.1:80").upstream == parse_target("http://10.0.0.1").upstream
+
+
+DYNAMIC = Settings(listen=("127.0.0.1:8000",), status_listen="unix:/s/private/status.sock",
+                   generation=0, error_target="http://10.0.0.1:8081/hub/error", lua_dir="/pkg/proxy")
+
+
+def test_dynamic_routes_live_in_the_route_table_not_the_configuration() -> None:
+    conf = render_http({}, DYNAMIC)
+    assert 'lua_package_path "/pkg/proxy/?.lua;;";' in conf
+    assert "lua_shared_dict hpcgate_routes 16m;" in conf
+    assert re.search(r"upstream hpcgate_routes \{\n.*\n\s+balancer_by_lua_block .*\n\s+keepalive 256;", conf)
+    assert "proxy_pass $hpcgate_scheme://hpcgate_routes$hpcgate_uri;" in conf
+    assert 'location @hpcgate_no_route { return 404 "No route for this URL.\\n"; }' in conf
+    # Everything a route had stays: headers from the peer, no buffering, the hub's error page.
+    for directive in ("proxy_set_header X-Real-IP $remote_addr;", "proxy_buffering off;",
+                      "proxy_request_buffering off;", "client_max_body_size 0;",
+                      "error_page 502 504 =503 @hpcgate_unreachable;", "proxy_hide_header Set-Cookie;",
+                      f'if ($request_uri ~* "{DOT_SEGMENT}")'):
+        assert directive in conf, directive
+    status = conf.split("listen unix:/s/private/status.sock;")[1]
+    assert "location = /_hpcgate_routes {\n        allow unix:;\n        deny all;" in status
+    with pytest.raises(ValueError):  # routes never reach this configuration
+        render_http({"/": {"target": "http://10.0.0.1:8081"}}, DYNAMIC)
+
+
+def test_dynamic_routes_take_changes_on_a_unix_socket_only() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(RouteError, match="unix socket"):
+        render_http({}, replace(DYNAMIC, status_listen="127.0.0.1:9999"))
+
+
+def test_the_main_config_loads_modules_first() -> None:
+    conf = render_main("# http", "/st", "/st/p.pid", "/st/e.log", "auto",
+                       modules=("/m/ndk_http_module.so", "/m/ngx_http_lua_module.so"))
+    assert conf.splitlines()[1:3] == ['load_module "/m/ndk_http_module.so";',
+                                      'load_module "/m/ngx_http_lua_module.so";']
+
+
+def test_table_lines_hold_the_decoded_path_and_an_address() -> None:
+    line = table_line(parse_routespec("/user/o%27brien%20x/"), parse_target("http://10.0.0.2:4000/base/"),
+                      "10.0.0.2")
+    assert line == "set\t/user/o'brien x/\thttp\t10.0.0.2\t4000\t/base"
+    host = table_line(parse_routespec("Alice.hub.org/"), parse_target("http://[::1]:5"), "[::1]")
+    assert host == "set\talice.hub.org/\thttp\t[::1]\t5\t"
+    with pytest.raises(ValueError):  # a name never reaches the balancer
+        table_line(parse_routespec("/x/"), parse_target("http://node1:5"), "node1")
+
+
+def test_the_table_files_path_reaches_lua_as_decimal_escapes_only() -> None:
+    from dataclasses import replace
+
+    conf = render_http({}, replace(DYNAMIC, table_file='/st/a"b}\\x/table'))
+    literal = re.search(r'load\(("[^"]*")\) \}', conf).group(1)
+    assert re.fullmatch(r'"(\\[0-9]{3})+"', literal)
+    assert bytes(int(d) for d in re.findall(r"[0-9]{3}", literal)).decode() == '/st/a"b}\\x/table'
