@@ -40,13 +40,45 @@ def tunnel_hub(lab: dict) -> Iterator[Hub]:
         yield h
 
 
-def ssh_client_pids(user: str, lab: dict) -> list[int]:
+def ssh_client_pids(user: str, lab: dict, hub: Hub | None = None) -> list[int]:
     """The user's job-side tunnel clients to this lab's endpoint (another lab on the machine,
-    e.g. a benchmark's, has its own port)."""
+    e.g. a benchmark's, has its own port). With `hub`: those of the user's running jobs only,
+    and none may belong to a job that has ended (an ssh that outlived its job fails here)."""
     pattern = f"^ssh -N -T -F /dev/null .* -p {lab['tunnel']['port']} "
     out = subprocess.run(["pgrep", "-u", user, "-f", pattern],
                          capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    pids = [int(p) for p in out.split()]
+    if hub is None:
+        return pids
+    jobs = {str(j["job_id"]): j["job_state"] for j in hub.active_jobs(user)}
+    running = {pid: _job_of(pid) for pid in pids}
+    strays = {pid: job for pid, job in running.items() if job not in jobs}
+    assert not strays, f"tunnel ssh clients of {user} whose job is not running: {strays} " \
+                       f"(running: {jobs}): " + "; ".join(_cmdline(p) for p in strays)
+    return [pid for pid, job in running.items() if jobs.get(job) == "RUNNING"]
+
+
+def only_ssh_client(hub: Hub, user: str) -> int:
+    """The one tunnel client of the user's running job."""
+    pids = ssh_client_pids(user, hub.lab, hub)
+    assert len(pids) == 1, [(p, _job_of(p), _cmdline(p)) for p in pids]
+    return pids[0]
+
+
+def _job_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    found = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"SLURM_JOB_ID=")]
+    return found[0] if found else None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return f"{pid} (gone)"
 
 
 def authorized_lines(lab: dict) -> list[str]:
@@ -107,7 +139,7 @@ def test_server_on_c2_loopback_reachable_only_through_tunnel_and_proxy(alice_up:
 def test_the_hub_api_on_the_node_is_a_socket_only_the_jobs_user_can_open(alice_up: Hub) -> None:
     """Another user on the same node must not reach the hub through alice's tunnel: its end is a
     Unix socket in a 0700 directory of alice's, not a port on the node's loopback."""
-    [pid] = ssh_client_pids("alice", alice_up.lab)
+    pid = only_ssh_client(alice_up, "alice")
     argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
     local = argv[argv.index("-L") + 1]
     path = Path(local.split(":", 1)[0])
@@ -185,7 +217,7 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
                             headers={"Content-Type": "application/json"}, timeout=60)
     assert status == 201, body
     kernel_id = json.loads(body)["id"]
-    [old] = ssh_client_pids("alice", hub.lab)
+    old = only_ssh_client(hub, "alice")
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
     while True:
@@ -199,7 +231,7 @@ def test_killing_ssh_restores_service_within_5s_and_kernel_survives(alice_up: Hu
             break
         time.sleep(0.1)
     assert kernel_id in [k["id"] for k in json.loads(body)]
-    [new] = ssh_client_pids("alice", hub.lab)
+    new = only_ssh_client(hub, "alice")
     assert new != old
     assert "reconnecting in" in job_log(hub.lab, "alice")
     fetch(hub, f"/user/alice/api/kernels/{kernel_id}", alice, method="DELETE")
