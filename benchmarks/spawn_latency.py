@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lab import Lab
-from gateway.lab.hub import LabHub
+from gateway.lab.hub import LabHub, batchspawner_sudoers
 from gateway.lab.site import PINNED_NODES, with_changes
 
 USER = "alice"
@@ -130,7 +130,8 @@ class Side:
         if name == "hpcgate":
             self.hub = LabHub(info, state_dir, extra_config=extra, policy=hpcgate_policy())
         else:
-            self.hub = LabHub(info, state_dir, extra_config=batchspawner_config(info) + extra)
+            self.hub = LabHub(info, state_dir, extra_config=batchspawner_config(info) + extra,
+                              extra_sudoers=batchspawner_sudoers())
         self.home = Path(info["users"][USER]["workdir"])  # the lab's home for USER, not /home
 
     def job_log(self, job_id: str) -> Path:
@@ -302,6 +303,7 @@ def main() -> None:
     info = lab.up(nodes=2)
     logs = Path(info["logs"])
     state = Path(tempfile.mkdtemp(prefix="hpcgate-spawnbench-hubs-", dir="/var/tmp"))
+    state.chmod(0o755)  # each side's hub runs as the lab's unprivileged hub account, below it
     sides = [Side(name, info, state / name, getattr(args, f"{name}_config") + "\n")
              for name in names]
     runs: list[dict[str, Any]] = []

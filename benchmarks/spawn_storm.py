@@ -54,7 +54,7 @@ import aiohttp
 
 from benchmarks.poll_load import sdiag
 from gateway.lab import Lab
-from gateway.lab.hub import LabHub
+from gateway.lab.hub import LabHub, batchspawner_sudoers
 
 DEFAULT_DIR = "/var/tmp/hpcgate-lab-storm"  # noqa: S108 - root's lab state
 NODE_CPUS = 256
@@ -316,7 +316,7 @@ def run_side(name: str, info: dict[str, Any], state: Path, users: list[str],
         options: dict[str, Any] = {"partition": "debug"}
     else:
         hub = LabHub(info, state, extra_config=extra + batchspawner_config(info),
-                     ldap_login=True, database=database)
+                     ldap_login=True, database=database, extra_sudoers=batchspawner_sudoers())
         options = {}
     passwords = json.loads(Path(info["ldap"]["passwords_file"]).read_text())
     names = [f"s{k}" for k in range(1, per_user + 1)]
@@ -481,7 +481,15 @@ def main() -> None:
     per_user = args.servers // args.users
     lab = Lab(args.dir)
     was_up = lab.status()["ok"]
+    # Memory is not enforced on this lab's node: batchspawner's job (srun, then
+    # batchspawner-singleuser importing JupyterHub) needs more than the 64 MB hpcgate's fits in,
+    # and cgroup limits would end it as out of memory; both sides ask for the same.
+    os.environ["HPCGATE_LAB_MEMORY_CGROUP"] = "0"
     info = lab.up(nodes=1, users=args.users, postgres=True, node_cpus=NODE_CPUS)
+    if info["slurm"].get("memory_enforced"):
+        raise SystemExit(f"The lab in {args.dir} enforces memory (it was up before): batchspawner's "
+                         f"jobs would run out of memory. Run `hpcgate lab down --dir {args.dir}` "
+                         "first.")
     # New jobs and new database sessions inherit these; both are put back at the end.
     niced = {info["pids"]["slurmd-c1"]: NODE_NICE, info["pids"]["postgres"]: DATABASE_NICE}
     for pid, nice in niced.items():
@@ -497,6 +505,7 @@ def main() -> None:
           "single-user server (answers the hub's checks, reports activity), NOT JupyterLab.",
           flush=True)
     state = Path(tempfile.mkdtemp(prefix="hpcgate-storm-hubs-", dir="/var/tmp"))
+    state.chmod(0o755)  # each side's hub runs as the lab's unprivileged hub account, below it
     results = []
     try:
         for name in [s for s in SIDES if s in args.sides.split(",")]:

@@ -164,15 +164,20 @@ def install_sudoers(policy_file: Path) -> Path | None:
     """The policy's sudoers file from `hpcgate deploy-files`, checked by visudo and installed in
     /etc/sudoers.d under a name made from its text (labs and hubs side by side each keep theirs;
     `Lab.down` removes a lab's). None when the policy needs no sudo on this host."""
-    import hashlib
-
     from gateway.admin.deploy import sudo_runs_as, sudoers
     from gateway.policy.load import load_policy
 
     policy = load_policy(str(policy_file))
     if sudo_runs_as(policy) != "hub":
         return None
-    text = sudoers(policy, HUB_USER, str(policy_file))
+    return install_sudoers_text(sudoers(policy, HUB_USER, str(policy_file)))
+
+
+def install_sudoers_text(text: str) -> Path:
+    """`text` checked by visudo and installed in /etc/sudoers.d (see install_sudoers); it must
+    name the lab's directory, so that `Lab.down` removes it."""
+    import hashlib
+
     target = SUDOERS_DIR / f"{SUDOERS_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     if target.exists() and target.read_text() == text:
         return target
@@ -185,6 +190,13 @@ def install_sudoers(policy_file: Path) -> Path | None:
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def batchspawner_sudoers() -> str:
+    """What batchspawner's README asks of a hub that does not run as root: `sudo -E -u USER`
+    for its batch commands (here prefixed by `env`, which pins the lab's SLURM_CONF), keeping
+    the hub's environment (SETENV). Never as root. For the benchmarks' anchor hubs."""
+    return f"{HUB_USER} ALL = (ALL, !root) NOPASSWD:SETENV: /usr/bin/env\n"
 
 
 def remove_sudoers(lab_dir: Path) -> None:
@@ -214,12 +226,15 @@ class LabHub:
 
     def __init__(self, info: dict[str, Any], state_dir: Path, extra_config: str = "",
                  policy: dict[str, Any] | None = None, ldap_login: bool = False,
-                 proxy_port: int = 0, proxy: str = "nginx", database: str = "sqlite"):
+                 proxy_port: int = 0, proxy: str = "nginx", database: str = "sqlite",
+                 extra_sudoers: str = ""):
         """`extra_config` is JupyterHub's own configuration; `policy` holds changes to the lab's
         site policy (demo.yaml made concrete), section by section; `proxy` is "nginx"
         (hpcgate-nginx, the default) or "chp" (configurable-http-proxy); `database` is "sqlite"
         (a file in the state directory, the default) or "postgresql" (a database of its own on
-        the lab's PostgreSQL: `hpcgate lab up --postgres`)."""
+        the lab's PostgreSQL: `hpcgate lab up --postgres`). `extra_sudoers`: more sudoers rules
+        for the hub's account (an anchor's spawner, which runs its own sudo commands), installed
+        by start() beside the policy's."""
         if database not in DATABASES:
             raise ValueError(f"database must be one of {DATABASES}, not {database!r}")
         self.info = info
@@ -250,6 +265,7 @@ class LabHub:
         self.config.chmod(0o600)
         self._crypt_key()  # made (root's, 0600) before the directory goes to the hub
         self.sudoers: Path | None = None  # the rules start() installs for the hub's account
+        self.extra_sudoers = extra_sudoers
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "jupyterhub.log"
 
@@ -288,6 +304,9 @@ class LabHub:
     def start(self, timeout: float = 60) -> None:
         uid, gid = ensure_hub_account()
         self.sudoers = install_sudoers(self.policy_file)
+        if self.extra_sudoers:
+            install_sudoers_text(f"# for a hub on the lab in {self.info['dir']}/\n"
+                                 f"{self.extra_sudoers}")
         give_to_hub(self.dir)
         self._crypt_key_file().chmod(0o600)
         os.chown(self._crypt_key_file(), 0, 0)  # the hub gets it in its environment, as on a site
