@@ -227,6 +227,27 @@ async def test_an_unreachable_server_answers_503_with_the_hubs_page(env: Env) ->
         await p.stop()
 
 
+async def test_the_hub_itself_down_gets_a_sentence_not_a_bare_502(env: Env) -> None:
+    """While the hub restarts (nothing on its port), its pages and a server that does not answer
+    get a 503 with a sentence and Retry-After, not nginx's own 502 page."""
+    port, hub_port = free_port(), free_port()
+    p = env.proxy("hubdown", public_url=f"http://127.0.0.1:{port}/",
+                  hub=SimpleNamespace(url=f"http://127.0.0.1:{hub_port}/hub/"))
+    await p.start()
+    try:
+        await p.add_route("/", f"http://127.0.0.1:{hub_port}", {"hub": True})
+        await p.add_route("/user/ida/", f"http://127.0.0.1:{free_port()}", {})
+        async with aiohttp.ClientSession() as s:
+            for path in ("/hub/home", "/hub/api/users/ida", "/user/ida/lab"):
+                async with s.get(f"http://127.0.0.1:{port}{path}") as r:
+                    text = await r.text()
+                    assert r.status == 503, (path, r.status, text[:200])
+                    assert "The portal is not answering right now" in text, text[:300]
+                    assert r.headers["Retry-After"] == "10" and "Set-Cookie" not in r.headers
+    finally:
+        await p.stop()
+
+
 async def test_host_routes(env: Env) -> None:
     port = free_port()
     p = env.proxy("hosts", public_url=f"http://127.0.0.1:{port}/", host_routing=True)

@@ -134,6 +134,12 @@ class Settings:
 
 # Headers of the error page's request to the hub (proxy_set_header in a location replaces every
 # inherited one): the client's address as everywhere, no upgrade, body, cookies or credentials.
+HUB_DOWN_PAGE = (
+    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>The portal is not answering"
+    "</title></head><body><h1>The portal is not answering right now</h1><p>It may be "
+    "restarting. Your running servers and their jobs are not affected. Try again in a minute."
+    "</p></body></html>")
+"""What the proxy answers (503) when neither a server nor the hub answers."""
 _ERROR_PAGE_HEADERS = (
     "proxy_set_header Host $http_host;",
     "proxy_set_header Connection \"\";",
@@ -243,7 +249,9 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
         # The hub's own page when a server does not answer, as CHP's --error-target gives: a
         # plain GET of /hub/error/503 (which answers 200), sent to the client as a 503 (as CHP
         # does), so that a client polling until 200 never takes the page for its server's answer.
-        error = ["error_page 502 504 =503 @hpcgate_unreachable;",
+        # recursive: nginx decides at the first error whether a second may redirect again.
+        error = ["recursive_error_pages on;",
+                 "error_page 502 504 =503 @hpcgate_unreachable;",
                  "location @hpcgate_unreachable {",
                  f"    rewrite ^ {hub.path}/503 break;",
                  "    proxy_method GET;",
@@ -254,7 +262,16 @@ def render_http(routes: Mapping[str, Mapping[str, Any]], settings: Settings) -> 
                  # open hub pages was refused (403) until they reloaded.
                  "    proxy_hide_header Set-Cookie;",
                  *[f"    {line}" for line in _ERROR_PAGE_HEADERS],
+                 # The hub itself not answering (restarting, killed): a sentence, not nginx's
+                 # bare 502 page.
+                 "    error_page 502 504 = @hpcgate_hub_down;",
                  f"    proxy_pass {hub.scheme}://{hub.upstream};",
+                 "}",
+                 "location @hpcgate_hub_down {",
+                 "    default_type text/html;",
+                 "    add_header Retry-After 10 always;",
+                 "    add_header Cache-Control no-store always;",
+                 f"    return 503 {quote(HUB_DOWN_PAGE)};",
                  "}"]
     for name, t in sorted(upstreams.items()):
         out.append(f"upstream {name} {{ server {t.host}:{t.port}; keepalive {settings.keepalive}; }}")
