@@ -174,11 +174,11 @@ def test_a_port_named_by_a_line_left_behind_never_goes_to_another_server(tmp_pat
     settings = hubside.TunnelSettings(
         ssh_host="10.0.0.1", ssh_port=2222, ssh_user="t", known_hosts=str(known),
         authorized_keys=str(tmp_path / "ak"), hub_api_url="http://10.0.0.1:8081/hub/api/",
-        ports=(45020, 45021))
+        ports=(29020, 29021))  # below the ephemeral range: no client holds them
     first = hubside.prepare(settings, "alice-default-1")["remote_port"]
     hubside.unclaim(first)  # as after a restart: only the authorized_keys line remains
     second = hubside.prepare(settings, "bob-default-2")["remote_port"]
-    assert {first, second} == {45020, 45021}
+    assert {first, second} == {29020, 29021}
     hubside.unclaim(second)
     with pytest.raises(hubside.TunnelConfigError, match="no free loopback port"):
         hubside.prepare(settings, "carol-default-3")
