@@ -216,19 +216,20 @@ def test_iopub_is_read_once_whichever_clients_come_and_go(server: Server) -> Non
 
 def _subscribers(port: int, expected: int, timeout: float = 10) -> bool:
     """Whether the connections to a kernel's IOPub port come to `expected` (and stay a moment)."""
-    deadline, count = time.monotonic() + timeout, -1
-    while time.monotonic() < deadline:
+    def count() -> int:
         out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
                              capture_output=True, text=True, check=True).stdout
-        count = len(out.splitlines())
-        if count == expected:
+        return len(out.splitlines())
+
+    deadline, seen = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        seen = count()
+        if seen == expected:
             time.sleep(0.3)
-            out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                                 capture_output=True, text=True, check=True).stdout
-            if len(out.splitlines()) == expected:
+            if count() == expected:
                 return True
         time.sleep(0.05)
-    raise AssertionError(f"{count} connections to IOPub port {port}, not {expected}")
+    raise AssertionError(f"{seen} connections to IOPub port {port}, not {expected}")
 
 
 def test_records_reach_the_hub_once_it_is_back(server: Server, hub: StandInHub) -> None:

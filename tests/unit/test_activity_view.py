@@ -122,22 +122,28 @@ def render(**ns: object) -> str:
     return env.get_template("activity.html").render(**ns)
 
 
-def test_the_page_escapes_what_users_wrote() -> None:
+def alice_page(recs: list[dict], **ns: object) -> str:
+    """alice's own page over the last five hours with `recs`, as the handler fills it in;
+    `ns` replaces any of its values."""
     from gateway.hub.activity_access import ActivityScope
     from gateway.hub.activity_page import Target, _ms
     from gateway.hub.activity_view import time_text
 
+    s = summarize(recs, TimeRange(NOW - 5 * HOUR, NOW))
+    return render(**{
+        "target": Target(["alice"], "alice"), "scope": ActivityScope("alice", frozenset(), ()),
+        "summary": s, "chart": chart(s), "recent": recs, "shown": len(recs), "total": len(recs),
+        "since": "a", "until": "b", "clipped": False, "retention_days": 180, "cutoff": "x",
+        "oldest": None, "user_choices": ["alice"], "group_choices": [], "csv_url": "c",
+        "jsonl_url": "j", "page_url": "/hub/activity", "time_text": time_text, "hourly": True,
+        "ms": _ms, **ns})
+
+
+def test_the_page_escapes_what_users_wrote() -> None:
     evil = '<script>alert("x")</script>.ipynb'
-    rng = TimeRange(NOW - 5 * HOUR, NOW)
     recs = [execution(path=evil), execution(kernel="<b>k</b>", outcome="error"),
             Origin(user="alice").record("notebook_open", time=iso(NOW - HOUR), path=evil)]
-    s = summarize(recs, rng)
-    html = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
-                  summary=s, chart=chart(s), recent=recs, shown=3, total=3, since="a", until="b",
-                  clipped=False, retention_days=180, cutoff="x", oldest=None,
-                  user_choices=["alice"], group_choices=[], csv_url="/hub/activity/export?x=1&y=2",
-                  jsonl_url="j", page_url="/hub/activity", time_text=time_text, hourly=True,
-                  ms=_ms)
+    html = alice_page(recs, csv_url="/hub/activity/export?x=1&y=2")
     assert "<script>" not in html and "<b>k</b>" not in html
     assert "&lt;script&gt;" in html and "&lt;b&gt;k&lt;/b&gt;" in html
     assert 'id="activity-chart"' in html and html.count('class="bar"') == 2
@@ -222,29 +228,16 @@ def test_every_field_of_the_schema_has_a_csv_column() -> None:
 
 
 def test_a_download_shows_its_file_and_bytes() -> None:
-    from gateway.hub.activity_access import ActivityScope
-    from gateway.hub.activity_page import Target, _ms
-    from gateway.hub.activity_view import time_text
-
     rec = Origin(user="alice").record("download", time=iso(NOW - HOUR), path="<i>dawn</i>.wav",
                                       bytes=12 << 20, range_start=4096, file_bytes=1 << 30)
     assert problems(rec) == []
-    s = summarize([rec], TimeRange(NOW - 5 * HOUR, NOW))
-    html = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
-                  summary=s, chart=chart(s), recent=[rec], shown=1, total=1, since="a", until="b",
-                  clipped=False, retention_days=180, cutoff="x", oldest=None,
-                  user_choices=["alice"], group_choices=[], csv_url="c", jsonl_url="j",
-                  page_url="/hub/activity", time_text=time_text, hourly=True, ms=_ms)
+    html = alice_page([rec])
     assert 'id="activity-off"' not in html
-    off = render(target=Target(["alice"], "alice"), scope=ActivityScope("alice", frozenset(), ()),
-                 summary=s, chart=chart(s), recent=[], shown=0, total=0, since="a", until="b",
-                 clipped=False, retention_days=180, cutoff="x", oldest=None, user_choices=[],
-                 group_choices=[], csv_url="c", jsonl_url="j", page_url="p", time_text=time_text,
-                 hourly=True, ms=_ms, recording=False)
+    off = alice_page([rec], recording=False)
     assert 'id="activity-off"' in off and "records no activity now" in off
     row = html.split('data-kind="download"')[1].split("</tr>")[0]
     assert "&lt;i&gt;dawn&lt;/i&gt;.wav" in row and "12.0 MiB sent from byte 4096" in row
-    csv_row_ = dict(zip(CSV_COLUMNS, next(csv.reader(io.StringIO(to_csv([rec])).readlines()[1:])),
-                        strict=True))
-    assert (csv_row_["bytes"], csv_row_["range_start"], csv_row_["file_bytes"]) == \
+    rows = list(csv.reader(io.StringIO(to_csv([rec]))))
+    cells = dict(zip(CSV_COLUMNS, rows[1], strict=True))
+    assert (cells["bytes"], cells["range_start"], cells["file_bytes"]) == \
         (str(12 << 20), "4096", str(1 << 30))
